@@ -1,0 +1,19 @@
+"""jebm_kernels: fused Langevin samplers for latent-space EBM priors.
+
+Public API: ``langevin`` (the sampler), ``LangevinSampler`` (torchebm-style class),
+``philox_randn`` / ``philox_rand`` / ``PhiloxGenerator`` (the shared noise stream), the energy
+descriptions in ``spec`` and ``PriorEnergy`` / ``PosteriorEnergy``, ``available_backends``.
+"""
+from .backends import available_backends
+from .energies import PosteriorEnergy, PriorEnergy
+from .philox import PhiloxGenerator, philox_rand, philox_randn
+from .sampler import langevin
+from .spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential
+from .torchebm_compat import LangevinSampler
+
+__all__ = [
+    "langevin", "LangevinSampler", "available_backends",
+    "philox_randn", "philox_rand", "PhiloxGenerator",
+    "MLPSpec", "GaussianSpec", "PriorSpec", "mlp_spec_from_sequential", "PriorEnergy", "PosteriorEnergy",
+]
+__version__ = "0.1.0"

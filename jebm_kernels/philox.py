@@ -1,0 +1,137 @@
+"""Philox4x32-10 normals, bit for bit the stream of Triton's ``tl.randn(seed, offset)``.
+
+Every backend draws its Langevin noise from this one counter-based stream, so chains run on
+different backends with the same (seed, offset) can be compared element by element.
+
+The stream, as Triton 3.x defines it (``triton/language/random.py``):
+- key   = (seed & 0xffffffff, seed >> 32), a 64-bit seed;
+- count = (offset & 0xffffffff, offset >> 32, 0, 0), a 64-bit counter, one per element;
+- ten Philox rounds give four uint32 words; the first two become uniforms by
+  ``u = (w as int32, negatives flipped by ~) * 4.6566127342e-10`` and one normal by Box-Muller:
+  ``sqrt(-2 log max(u1, 1e-7)) * cos(2 pi u2)``.
+The uint32 words are exact here; the normal agrees with Triton to float32 rounding of log/cos.
+
+The torch implementation keeps uint32 values in int64 tensors: a 32x32-bit product does not fit in
+a signed int64, so the high word is computed from two 32x16-bit products.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["philox_randint4x", "philox_randn", "philox_rand", "PhiloxGenerator", "uint_to_uniform"]
+
+_MASK32 = 0xFFFFFFFF
+_MASK64 = (1 << 64) - 1
+_KEY_A = 0x9E3779B9
+_KEY_B = 0xBB67AE85
+_ROUND_A = 0xD2511F53
+_ROUND_B = 0xCD9E8D57
+N_ROUNDS = 10
+# Triton's scale: the largest value with MAX_INT32 * scale < 1.0 in float32.
+_UNIFORM_SCALE = 4.6566127342e-10
+
+
+def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit words of the 64-bit product of constant ``a`` and uint32 tensor ``b``."""
+    b_lo = b & 0xFFFF
+    b_hi = b >> 16
+    p_lo = b_lo * a  # < 2^48
+    p_hi = b_hi * a  # < 2^48
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    lo = (p_lo + ((p_hi & 0xFFFF) << 16)) & _MASK32
+    return hi & _MASK32, lo
+
+
+def _check_seed_offset(seed: int, offset: int, n: int) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _MASK64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if offset + n > _MASK64 + 1:
+        raise ValueError(f"offset + n = {offset + n} runs past the 64-bit Philox counter")
+
+
+def philox_randint4x(seed: int, offset: int, n: int, *, device=None) -> tuple[torch.Tensor, ...]:
+    """The four Philox4x32-10 words for counters offset .. offset+n-1, as int64 tensors in [0, 2^32)."""
+    _check_seed_offset(seed, offset, n)
+    idx = torch.arange(n, dtype=torch.int64, device=device)
+    # offset + idx may exceed 2^63: split the 64-bit counter into two 32-bit words first.
+    off_lo, off_hi = offset & _MASK32, offset >> 32
+    lo = idx + off_lo  # < 2^33
+    c0 = lo & _MASK32
+    c1 = (lo >> 32) + off_hi
+    c1 = c1 & _MASK32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(N_ROUNDS):
+        hi_b, lo_b = _mulhilo(_ROUND_B, c2)
+        hi_a, lo_a = _mulhilo(_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _KEY_A) & _MASK32
+        k1 = (k1 + _KEY_B) & _MASK32
+    return c0, c1, c2, c3
+
+
+def uint_to_uniform(w: torch.Tensor) -> torch.Tensor:
+    """Triton's ``uint_to_uniform_float`` for uint32 words held in int64: float32 in [0, 1)."""
+    x = torch.where(w >= 2**31, w - 2**32, w)  # bitcast to int32
+    x = torch.where(x < 0, -x - 1, x)  # ~x
+    return x.to(torch.float32) * torch.tensor(_UNIFORM_SCALE, dtype=torch.float32)
+
+
+def _box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    u1 = torch.clamp_min(u1, 1.0e-7)
+    th = torch.tensor(2 * math.pi, dtype=torch.float32) * u2
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    return r * torch.cos(th)
+
+
+def philox_randn(seed: int, offset: int, n: int, *, device=None) -> torch.Tensor:
+    """n float32 normals; element i equals Triton's ``tl.randn(seed, offset + i)``."""
+    w0, w1, _, _ = philox_randint4x(seed, offset, n, device=device)
+    return _box_muller(uint_to_uniform(w0), uint_to_uniform(w1))
+
+
+def philox_rand(seed: int, offset: int, n: int, *, device=None) -> torch.Tensor:
+    """n float32 uniforms in [0, 1); element i equals Triton's ``tl.rand(seed, offset + i)``."""
+    w0, _, _, _ = philox_randint4x(seed, offset, n, device=device)
+    return uint_to_uniform(w0)
+
+
+class PhiloxGenerator:
+    """A (seed, offset) noise stream: the seed is fixed, the offset advances as noise is drawn.
+
+    Give one to ``langevin(generator=...)`` to continue a stream across calls (a trainer keeps one
+    and saves its ``state()`` in checkpoints), or build one from the ``(seed, offset)`` that a
+    call's info recorded to replay that call exactly.
+    """
+
+    def __init__(self, seed: int, offset: int = 0):
+        _check_seed_offset(seed, offset, 0)
+        self.seed = seed
+        self.offset = offset
+
+    @classmethod
+    def from_torch(cls, generator: torch.Generator | None = None) -> "PhiloxGenerator":
+        """A fresh 64-bit seed drawn from a torch.Generator (the default CPU one when None)."""
+        words = torch.randint(0, 2**32, (2,), dtype=torch.int64, generator=generator, device="cpu")
+        hi, lo = (int(w) for w in words.tolist())  # a CPU tensor: no device sync
+        return cls((hi << 32) | lo, 0)
+
+    def take(self, n: int) -> int:
+        """Reserve n counters; returns the offset at which they start."""
+        start = self.offset
+        _check_seed_offset(self.seed, start, n)
+        self.offset = start + n
+        return start
+
+    def state(self) -> tuple[int, int]:
+        return (self.seed, self.offset)
+
+    def __repr__(self) -> str:
+        return f"PhiloxGenerator(seed={self.seed}, offset={self.offset})"

@@ -1,0 +1,59 @@
+"""``langevin``: the one public sampling function.
+
+Convention (the EBM-prior papers'): energy U, lower = more probable, step size s, noise scale tau,
+    z <- z - (s^2 / 2) grad U(z) + s * tau * xi,   xi ~ N(0, I).
+From torchebm's ``x <- x - eta grad U + sqrt(2 eta) xi``: s = sqrt(2 eta).
+From blackjax's MALA/Langevin on a log density log p = -U with step size h
+(``x <- x + h grad log p + sqrt(2 h) xi``): s = sqrt(2 h).
+tau < 1 gives the "cold" chains the papers use for short-run training; tau = 1 is exact Langevin.
+"""
+from __future__ import annotations
+
+import torch
+
+from .backends import select_backend
+from .problem import make_problem
+
+__all__ = ["langevin"]
+
+
+def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, prior_sigma=None,
+             generator=None, backend: str = "auto", mala: bool = False, return_info: bool = False):
+    """Run ``n_steps`` of (MALA-corrected, with ``mala=True``) Langevin dynamics on ``energy``.
+
+    Args:
+        energy: callable taking ``z``'s structure (a tensor, or a list with one tensor per layer,
+            batch first) and returning per-chain energies [B], lower = more probable. An
+            ``nn.Sequential`` of Linear layers and one supported activation ending in ``Linear(h, 1)``
+            is read as an energy (its [B, 1] output as [B]) and can be fused; so can
+            ``jebm_kernels.PriorEnergy`` / ``PosteriorEnergy``.
+        z: starting points: a tensor [B, ...] or a list of them (all with batch B). Not modified.
+        n_steps: number of steps K >= 0.
+        step_size: s > 0, a float or one per layer.
+        noise_scale: tau >= 0 multiplies the noise.
+        prior_sigma: adds ||z_l||^2 / (2 sigma_l^2) to the energy (a float or one per layer).
+        generator: where the Philox (seed, offset) comes from: None (torch's default CPU
+            generator draws a seed), a ``torch.Generator`` (likewise), a ``PhiloxGenerator``
+            (its stream continues and its offset advances), or a ``(seed, offset)`` to replay.
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
+        mala: add a per-chain Metropolis-Hastings accept/reject step.
+        return_info: also return a dict: ``energy`` and ``grad_norm`` (per-step chain means, at the
+            state each step starts from), ``accept`` (per-step acceptance rate, MALA),
+            ``accept_rate``, ``seed``, ``offset`` (replay with ``generator=(seed, offset)``),
+            ``n_steps`` and ``backend``.
+
+    Returns:
+        the final state in ``z``'s structure, and the info dict with ``return_info=True``.
+    """
+    problem, _ = make_problem(energy, z, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
+                              prior_sigma=prior_sigma, generator=generator, mala=mala,
+                              return_info=return_info)
+    chosen = select_backend(backend, problem)
+    flat, stats = chosen.run(problem)
+    out = problem.restructure(flat)
+    if not return_info:
+        return out
+    info = {name: (torch.stack(v).tolist() if v else []) for name, v in stats.items()}
+    info["accept_rate"] = (sum(info["accept"]) / len(info["accept"])) if info["accept"] else None
+    info.update(seed=problem.seed, offset=problem.offset, n_steps=problem.n_steps, backend=chosen.name)
+    return out, info
