@@ -133,6 +133,8 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
         if t.dim() < 2:
             raise ValueError(f"z[{i}] must be batch first with at least 2 dims [B, d], got shape {tuple(t.shape)}")
     B = layers[0].shape[0]
+    if B == 0:
+        raise ValueError("z has an empty batch (0 chains): nothing to sample")
     for i, t in enumerate(layers):
         if t.shape[0] != B:
             raise ValueError(f"every layer needs the same batch size: z[0] has {B} chains, z[{i}] has {t.shape[0]}")
@@ -140,10 +142,8 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
             raise ValueError(f"z[{i}] is on {t.device} but z[0] is on {layers[0].device}: put every layer on one device")
         if t.dtype != layers[0].dtype:
             raise TypeError(f"z[{i}] has dtype {t.dtype} but z[0] has {layers[0].dtype}: use one dtype")
-        if t[0].numel() == 0:
+        if math.prod(t.shape[1:]) == 0:
             raise ValueError(f"z[{i}] has no elements per chain, shape {tuple(t.shape)}")
-    if B == 0:
-        raise ValueError("z has an empty batch (0 chains): nothing to sample")
     if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 0:
         raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
     steps = _per_layer(step_size, len(layers), "step_size")
