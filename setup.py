@@ -61,7 +61,8 @@ setup(
         "matplotlib>=3.6",     # training curves, benchmark plots
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "triton>=3.0", "torchebm"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "triton>=3.0"],
+        "bench": ["pytest-benchmark>=4", "torchebm"],
         "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["jebm=jebm.cli:main"]},
