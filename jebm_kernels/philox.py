@@ -11,8 +11,11 @@ The stream, as Triton 3.x defines it (``triton/language/random.py``):
   ``sqrt(-2 log max(u1, 1e-7)) * cos(2 pi u2)``.
 The uint32 words are exact here; the normal agrees with Triton to float32 rounding of log/cos.
 
-The torch implementation keeps uint32 values in int64 tensors: a 32x32-bit product does not fit in
-a signed int64, so the high word is computed from two 32x16-bit products.
+The torch implementation keeps uint32 values in int64 tensors. A 32x32-bit product can exceed
+2^63; torch's int64 multiply wraps modulo 2^64 (two's complement, vectorised or not), so the 64
+bits of the product, and hence both 32-bit words, are still exact. The Triton tests check it.
+This is 2.6x faster than building the high word from 32x16-bit partial products (21 ms against
+55 ms for 228,000 normals, 2 cores): the reference's noise is a real share of its step time.
 """
 from __future__ import annotations
 
@@ -31,17 +34,6 @@ _ROUND_B = 0xCD9E8D57
 N_ROUNDS = 10
 # Triton's scale: the largest value with MAX_INT32 * scale < 1.0 in float32.
 _UNIFORM_SCALE = 4.6566127342e-10
-
-
-def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) 32-bit words of the 64-bit product of constant ``a`` and uint32 tensor ``b``."""
-    b_lo = b & 0xFFFF
-    b_hi = b >> 16
-    p_lo = b_lo * a  # < 2^48
-    p_hi = b_hi * a  # < 2^48
-    hi = (p_hi + (p_lo >> 16)) >> 16
-    lo = (p_lo + ((p_hi & 0xFFFF) << 16)) & _MASK32
-    return hi & _MASK32, lo
 
 
 def _check_seed_offset(seed: int, offset: int, n: int) -> None:
@@ -69,9 +61,10 @@ def philox_randint4x(seed: int, offset: int, n: int, *, device=None) -> tuple[to
     c3 = torch.zeros_like(c0)
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     for _ in range(N_ROUNDS):
-        hi_b, lo_b = _mulhilo(_ROUND_B, c2)
-        hi_a, lo_a = _mulhilo(_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        p_b = c2 * _ROUND_B  # wraps mod 2^64: see the module docstring
+        p_a = c0 * _ROUND_A
+        c0, c2 = ((p_b >> 32) & _MASK32) ^ c1 ^ k0, ((p_a >> 32) & _MASK32) ^ c3 ^ k1
+        c1, c3 = p_b & _MASK32, p_a & _MASK32
         k0 = (k0 + _KEY_A) & _MASK32
         k1 = (k1 + _KEY_B) & _MASK32
     return c0, c1, c2, c3
