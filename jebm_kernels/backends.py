@@ -2,7 +2,8 @@
 
 A backend is an object with ``name``, ``unavailable_reason()`` (None when this machine can run it),
 ``unsupported_reason(problem)`` (None when it can serve that problem) and ``run(problem)``.
-``auto`` takes the first of ``PRIORITY`` that can serve and falls back quietly; a named backend that
+``auto`` takes the first of ``PRIORITY`` that can serve (and has no ``auto_reason(problem)``
+objection) and falls back quietly; a named backend that
 cannot serve raises, saying why. ``JEBM_BACKEND`` puts one backend first in the ``auto`` order.
 """
 from __future__ import annotations
@@ -66,9 +67,16 @@ def select_backend(name: str, problem: Problem):
         order.insert(0, preferred)
     for n in order:
         b = _REGISTRY.get(n)
-        if b is not None and b.unavailable_reason() is None and b.unsupported_reason(problem) is None:
+        if b is None or b.unavailable_reason() is not None or b.unsupported_reason(problem) is not None:
+            continue
+        auto_reason = getattr(b, "auto_reason", None)  # served only when named, e.g. an interpreter
+        if auto_reason is None or auto_reason(problem) is None:
             return b
     return _REGISTRY["reference"]
 
 
 register_backend(ReferenceBackend())
+
+from .triton_backend import TritonBackend  # noqa: E402  (registers after the registry exists)
+
+register_backend(TritonBackend())

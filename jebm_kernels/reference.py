@@ -13,7 +13,7 @@ import torch
 from .philox import philox_rand, philox_randn
 from .problem import Problem
 
-__all__ = ["run_reference", "energy_and_grad", "step_noise"]
+__all__ = ["run_reference", "run_chain", "energy_and_grad", "step_noise"]
 
 
 def energy_and_grad(problem: Problem, x: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -36,18 +36,26 @@ def step_noise(problem: Problem, k: int) -> tuple[list[torch.Tensor], torch.Tens
     return noise, uniform
 
 
-def run_reference(problem: Problem) -> tuple[list[torch.Tensor], dict]:
-    s = problem.step_sizes
+def reference_proposal(problem: Problem, x, g, k):
+    """The Langevin move of step k in torch: (proposal, normals, MALA uniforms or None)."""
+    noise, uniform = step_noise(problem, k)
     tau = problem.noise_scale
+    prop = [xl - (sl * sl / 2) * gl + (sl * tau) * nl for xl, gl, nl, sl in zip(x, g, noise, problem.step_sizes)]
+    return prop, noise, uniform
+
+
+def run_chain(problem: Problem, propose) -> tuple[list[torch.Tensor], dict]:
+    """The K-step loop with autograd gradients; ``propose`` makes each step's move (torch here,
+    a fused kernel in the Triton backend), everything else is this one piece of code."""
+    s, tau = problem.step_sizes, problem.noise_scale
     x = [t.clone() for t in problem.z]
     energies, grad_norms, accepts = [], [], []
     u, g = (energy_and_grad(problem, x) if problem.n_steps else (None, None))
     for k in range(problem.n_steps):
-        noise, uniform = step_noise(problem, k)
         if problem.want_info:
             energies.append(u.mean())
             grad_norms.append(torch.sqrt(sum(gl.pow(2).sum(-1) for gl in g)).mean())
-        prop = [xl - (sl * sl / 2) * gl + (sl * tau) * nl for xl, gl, nl, sl in zip(x, g, noise, s)]
+        prop, noise, uniform = propose(problem, x, g, k)
         if not problem.mala:
             x = prop
             if k + 1 < problem.n_steps:
@@ -66,3 +74,7 @@ def run_reference(problem: Problem) -> tuple[list[torch.Tensor], dict]:
         if problem.want_info:
             accepts.append(accept.to(torch.float32).mean())
     return x, {"energy": energies, "grad_norm": grad_norms, "accept": accepts}
+
+
+def run_reference(problem: Problem) -> tuple[list[torch.Tensor], dict]:
+    return run_chain(problem, reference_proposal)

@@ -1,0 +1,102 @@
+"""Triton: the multi-layer fused Langevin update, every latent layer in one launch.
+
+    out_l = x_l - h_l * g_l + c_l * xi_l,   h_l = s_l^2 / 2,  c_l = s_l * tau,
+    xi = tl.randn(seed, offset + flat index)   (the problem.py noise layout)
+
+The layers live in one flat buffer in layer-major order ([B, d_1] then [B, d_2] ...), which is
+exactly the noise layout, so a layer's noise counter is ``offset + start_l + i``. The grid is
+(blocks, L + 1): axis 1 picks the layer; the extra row L draws the MALA uniforms
+``tl.rand(seed, offset + B * D + b)``. Optionally the normals are written out (MALA needs them
+for the proposal density) and the result clamped.
+
+Seed and offset are 64-bit kernel arguments that Triton must not specialise (a specialised
+value would recompile for every call); they are never read back on the host.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # triton is optional: the backend reports itself unavailable
+    triton = None
+
+__all__ = ["multi_layer_update"]
+
+if triton is not None:
+
+    @triton.jit(do_not_specialize=["seed", "offset", "n_uniform"])
+    def _multi_layer_update_kernel(
+        x_ptr,          # float32 [N]: current state, all layers, layer-major
+        g_ptr,          # float32 [N]: dU/dx, same layout
+        out_ptr,        # float32 [N]: the moved state (may alias x_ptr)
+        noise_ptr,      # float32 [N]: the normals drawn (written only when WRITE_NOISE)
+        uniform_ptr,    # float32 [n_uniform]: MALA uniforms (written only when n_uniform > 0)
+        start_ptr,      # int64 [L]: first flat index of each layer
+        size_ptr,       # int64 [L]: elements of each layer
+        h_ptr,          # float32 [L]: s_l^2 / 2
+        c_ptr,          # float32 [L]: s_l * tau
+        n_layers,       # L
+        n_uniform,      # B with MALA, else 0
+        uniform_base,   # B * D: where the uniforms' counters start
+        seed,           # uint64 Philox key
+        offset,         # int64 first counter of this step
+        clamp_lo, clamp_hi,
+        WRITE_NOISE: tl.constexpr, CLAMP: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        layer = tl.program_id(1)
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        if layer < n_layers:
+            start = tl.load(start_ptr + layer)
+            size = tl.load(size_ptr + layer)
+            h = tl.load(h_ptr + layer)
+            c = tl.load(c_ptr + layer)
+            mask = i < size
+            idx = start + i
+            x = tl.load(x_ptr + idx, mask=mask)
+            g = tl.load(g_ptr + idx, mask=mask)
+            xi = tl.randn(seed, offset + idx)
+            y = (x - h * g) + c * xi
+            if CLAMP:
+                y = tl.minimum(tl.maximum(y, clamp_lo), clamp_hi)
+            tl.store(out_ptr + idx, y, mask=mask)
+            if WRITE_NOISE:
+                tl.store(noise_ptr + idx, xi, mask=mask)
+        else:
+            mask = i < n_uniform
+            tl.store(uniform_ptr + i, tl.rand(seed, offset + uniform_base + i), mask=mask)
+
+
+def multi_layer_update(x: torch.Tensor, g: torch.Tensor, sizes: list[int], step_sizes: list[float],
+                       noise_scale: float, seed: int, offset: int, *, n_uniform: int = 0,
+                       write_noise: bool = False, clamp: tuple[float, float] | None = None,
+                       out: torch.Tensor | None = None, block: int = 1024):
+    """Move every layer of the flat state ``x`` [N] one Langevin step in one launch.
+
+    Returns (moved state, normals or None, uniforms or None). ``sizes`` are the per-layer element
+    counts (B * d_l), in order; ``x`` and ``g`` are contiguous float32 on one device.
+    """
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    if x.dtype != torch.float32 or g.dtype != torch.float32:
+        raise TypeError("multi_layer_update works in float32")
+    if not (x.is_contiguous() and g.is_contiguous()) or x.shape != g.shape or x.dim() != 1:
+        raise ValueError("x and g must be contiguous 1-D tensors of one shape")
+    if sum(sizes) != x.numel() or len(sizes) != len(step_sizes) or not sizes:
+        raise ValueError(f"layer sizes {sizes} do not add up to the state's {x.numel()} elements")
+    device = x.device
+    out = torch.empty_like(x) if out is None else out
+    noise = torch.empty_like(x) if write_noise else out
+    uniform = torch.empty(max(n_uniform, 1), dtype=torch.float32, device=device)
+    starts = torch.tensor([sum(sizes[:l]) for l in range(len(sizes))], dtype=torch.int64, device=device)
+    size_t = torch.tensor(sizes, dtype=torch.int64, device=device)
+    # h and c rounded to float32 once, as the reference's float32 ops round the Python scalars.
+    h = torch.tensor([s * s / 2 for s in step_sizes], dtype=torch.float32, device=device)
+    c = torch.tensor([s * noise_scale for s in step_sizes], dtype=torch.float32, device=device)
+    lo, hi = clamp if clamp is not None else (0.0, 0.0)
+    grid = (triton.cdiv(max(max(sizes), n_uniform), block), len(sizes) + 1)
+    _multi_layer_update_kernel[grid](
+        x, g, out, noise, uniform, starts, size_t, h, c, len(sizes), n_uniform, x.numel(),
+        seed, offset, lo, hi, WRITE_NOISE=write_noise, CLAMP=clamp is not None, BLOCK=block)
+    return out, (noise if write_noise else None), (uniform[:n_uniform] if n_uniform else None)
