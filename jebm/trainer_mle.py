@@ -1,0 +1,95 @@
+"""The MLE learning scheme (Cui, Wu & Han, CVPR 2023; DESIGN.md "Learning, MLE scheme").
+
+One iteration on a batch x:
+1. z+ ~ p(z | x) by posterior Langevin from noise; z- ~ p(z) by prior Langevin from noise.
+2. decoder g:         minimise ||x - g(z_1+)||^2 / (2 sigma_x^2)   (sum over pixels, mean over batch)
+   Gaussians beta:    minimise mean log p_beta(z-) - mean log p_beta(z+)
+                      (p_beta sits inside the normalised tilted prior, so it has a negative phase)
+   EBM terms alpha:   minimise mean F(z-) - mean F(z+)
+The three losses touch disjoint parameters and z+ / z- are detached, so one backward pass of
+their sum gives each parameter group exactly its own gradient.
+
+The Gaussian-prior baseline (no EBM) has p(z) = p_beta(z) exactly normalised: the negative phase
+E_{p_beta}[grad log p_beta] is zero in expectation, so it is left out and no prior chain is run;
+beta then minimises -mean log p_beta(z+) (alternating back-propagation, Han et al. 2017).
+"""
+from __future__ import annotations
+
+import torch
+
+from .model import JEBM
+
+__all__ = ["MLETrainer", "first_non_finite"]
+
+
+def first_non_finite(metrics: dict) -> str | None:
+    """The name of the first metric that is NaN or inf, or None."""
+    for k, v in metrics.items():
+        if v != v or v in (float("inf"), float("-inf")):
+            return k
+    return None
+
+
+class MLETrainer:
+    """Optimisers and the update of the MLE scheme; ``step`` does one iteration."""
+
+    name = "mle"
+    loss_key = "loss_recon"  # the loss that must fall during training (the decoder's)
+
+    def __init__(self, model: JEBM, cfg: dict):
+        self.model = model
+        self.cfg = cfg
+        betas = tuple(cfg["adam_betas"])
+        # Separate optimisers so the EBM and the generator keep the papers' separate learning rates
+        # and Adam statistics.
+        self.opt_gen = torch.optim.Adam(model.generator_parameters(), lr=cfg["lr_gen"], betas=betas)
+        self.opt_ebm = (torch.optim.Adam(model.ebm_parameters(), lr=cfg["lr_ebm"], betas=betas)
+                        if model.has_ebm else None)
+
+    def modules(self) -> dict:
+        """Modules besides the model that a checkpoint must hold (none for MLE)."""
+        return {}
+
+    def optimizers(self) -> dict:
+        opts = {"gen": self.opt_gen}
+        if self.opt_ebm is not None:
+            opts["ebm"] = self.opt_ebm
+        return opts
+
+    def posterior(self, x, *, generator, backend):
+        """z-space posterior samples for x (posterior Langevin from noise)."""
+        return self.model.sample_posterior(x, generator=generator, backend=backend)
+
+    def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
+        """One iteration. Returns (metrics, name of the first non-finite metric or None); with a
+        non-finite loss or energy no parameter is updated."""
+        model, sx2 = self.model, 2 * self.model.sigma_x ** 2
+        z_pos = model.sample_posterior(x, generator=generator, backend=backend)
+        z_neg = model.sample_prior(x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
+
+        recon = model.decode(z_pos[0])
+        sq = (x - recon).reshape(x.shape[0], -1).pow(2).sum(-1)
+        loss_recon = sq.mean() / sx2
+        logp_pos = model.log_p_beta(z_pos).mean()
+        metrics = {"loss_recon": loss_recon, "mse": sq.mean() / recon[0].numel(), "logp_pos": logp_pos}
+        if model.has_ebm:
+            logp_neg = model.log_p_beta(z_neg).mean()
+            F_pos, F_neg = model.F(z_pos).mean(), model.F(z_neg).mean()
+            loss_beta = logp_neg - logp_pos
+            loss_ebm = F_neg - F_pos
+            metrics.update(loss_beta=loss_beta, loss_ebm=loss_ebm, logp_neg=logp_neg, F_pos=F_pos, F_neg=F_neg)
+            total = loss_recon + loss_beta + loss_ebm
+        else:
+            loss_beta = -logp_pos
+            metrics.update(loss_beta=loss_beta)
+            total = loss_recon + loss_beta
+        values = {k: float(v.detach()) for k, v in metrics.items()}
+        bad = first_non_finite(values)
+        if bad is not None:
+            return values, bad
+        for opt in self.optimizers().values():
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in self.optimizers().values():
+            opt.step()
+        return values, None

@@ -1,0 +1,105 @@
+"""The variational learning scheme (DESIGN.md "Learning, variational scheme").
+
+An amortised inference model q_phi(z | x) (``jebm.model.InferenceModel``: bottom-up features,
+then q(z_L | x) and q(z_l | z_{l+1}, x), reparameterised) replaces posterior Langevin. One
+iteration on a batch x:
+- phi, g, beta maximise the ELBO  E_q[ log p(x|z_1) + F(z) + log p_beta(z) - log q(z|x) ]
+  (the EBM's log Z does not depend on them), and beta also gets the negative phase of the tilted
+  prior: loss_gen = -ELBO + mean log p_beta(z-), z- from prior Langevin (detached).
+- alpha minimises mean F(z-) - mean F(z_q detached).
+Only the prior chain remains in the loop. The F(z) term of the ELBO gives phi (through the
+reparameterised z_q) a gradient, but not alpha: alpha's gradient from loss_gen is discarded
+before its own loss is back-propagated.
+
+Noise for q's reparameterisation comes from the trainer's Philox stream, like every chain, so
+the run is reproducible from its seed and resumable bit for bit.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .model import JEBM, InferenceModel, randn_layers
+from .trainer_mle import first_non_finite
+
+__all__ = ["VariationalTrainer", "build_inference_model"]
+
+
+def build_inference_model(cfg: dict, image_shape) -> InferenceModel:
+    return InferenceModel(image_shape, cfg["dims"], hidden=cfg["infer_hidden"], head_hidden=cfg["infer_head_hidden"],
+                          encoder="conv" if cfg["decoder"] == "conv" else "mlp", nif=cfg["nif"])
+
+
+class VariationalTrainer:
+    name = "variational"
+    loss_key = "neg_elbo"  # the loss that must fall during training
+
+    def __init__(self, model: JEBM, cfg: dict, infer: InferenceModel | None = None):
+        self.model = model
+        self.cfg = cfg
+        p = next(model.parameters())
+        self.infer = (infer if infer is not None else build_inference_model(cfg, model.image_shape)).to(p.device, p.dtype)
+        betas = tuple(cfg["adam_betas"])
+        self.opt_gen = torch.optim.Adam([
+            {"params": model.generator_parameters(), "lr": cfg["lr_gen"]},
+            {"params": list(self.infer.parameters()), "lr": cfg["lr_infer"]},
+        ], betas=betas)
+        self.opt_ebm = (torch.optim.Adam(model.ebm_parameters(), lr=cfg["lr_ebm"], betas=betas)
+                        if model.has_ebm else None)
+
+    def modules(self) -> dict:
+        return {"infer": self.infer}
+
+    def optimizers(self) -> dict:
+        opts = {"gen": self.opt_gen}
+        if self.opt_ebm is not None:
+            opts["ebm"] = self.opt_ebm
+        return opts
+
+    def posterior(self, x, *, generator, backend):
+        """z-space samples from q(z | x)."""
+        noise = randn_layers(x.shape[0], self.model.dims, generator, device=x.device, dtype=x.dtype)
+        with torch.no_grad():
+            z, _ = self.infer(x, noise)
+        return [t.detach() for t in z]
+
+    def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
+        model, B = self.model, x.shape[0]
+        sx = model.sigma_x
+        noise = randn_layers(B, model.dims, generator, device=x.device, dtype=x.dtype)
+        z_q, log_q = self.infer(x, noise)
+        recon = model.decode(z_q[0])
+        sq = (x - recon).reshape(B, -1).pow(2).sum(-1)
+        n_pix = recon[0].numel()
+        log_px = -sq / (2 * sx * sx) - n_pix * (math.log(sx) + 0.5 * math.log(2 * math.pi))
+        logp_q = model.log_p_beta(z_q)
+        F_q = model.F(z_q)
+        elbo = log_px + F_q + logp_q - log_q
+        loss_gen = -elbo.mean()
+        metrics = {"neg_elbo": -elbo.mean(), "loss_recon": (sq / (2 * sx * sx)).mean(), "mse": sq.mean() / n_pix,
+                   "kl": (log_q - logp_q - F_q).mean(), "logp_pos": logp_q.mean()}
+        loss_ebm = None
+        if model.has_ebm:
+            z_neg = model.sample_prior(B, generator=generator, backend=backend)
+            logp_neg = model.log_p_beta(z_neg).mean()
+            loss_gen = loss_gen + logp_neg
+            F_pos = model.F([t.detach() for t in z_q]).mean()
+            F_neg = model.F(z_neg).mean()
+            loss_ebm = F_neg - F_pos
+            metrics.update(loss_ebm=loss_ebm, logp_neg=logp_neg, F_pos=F_pos, F_neg=F_neg)
+        values = {k: float(v.detach()) for k, v in metrics.items()}
+        bad = first_non_finite(values)
+        if bad is not None:
+            return values, bad
+        for opt in self.optimizers().values():
+            opt.zero_grad(set_to_none=True)
+        loss_gen.backward()
+        if loss_ebm is not None:
+            # loss_gen's F(z_q) term reached alpha too; alpha learns only from its own loss.
+            for p in model.ebm_parameters():
+                p.grad = None
+            loss_ebm.backward()
+        for opt in self.optimizers().values():
+            opt.step()
+        return values, None
