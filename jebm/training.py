@@ -225,7 +225,7 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
             "modules": {k: m.state_dict() for k, m in trainer.modules().items()},
             "optimizers": {k: o.state_dict() for k, o in trainer.optimizers().items()},
             "philox": [gen.seed, gen.offset],
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }, ckpt_path)
         last_good.update(iteration=iteration, path=ckpt_path)
 

@@ -1,0 +1,187 @@
+"""Training: each scheme lowers its loss, checkpoints round-trip and are safe to load, resume is
+bit-exact on the reference backend, divergence stops with a clear message and a good checkpoint."""
+import json
+
+import pytest
+import torch
+
+import jebm
+from jebm.checkpoint import load_checkpoint, save_checkpoint
+from jebm.training import batch_indices
+
+# Tiny but real: two latent layers, short chains; a few hundredths of a second per iteration.
+TINY = dict(dims=[8, 4], ebm_hidden=[32], gauss_hidden=[32], dec_hidden=[64], infer_hidden=[64],
+            infer_head_hidden=[32], prior_steps=8, post_steps=8, batch_size=50, sample_every=0, n_samples=16)
+
+
+def read_metrics(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+def window_means(lines, key, k=10):
+    vals = [l[key] for l in lines]
+    return sum(vals[:k]) / k, sum(vals[-k:]) / k
+
+
+@pytest.mark.parametrize("scheme,key", [("mle", "loss_recon"), ("variational", "neg_elbo")])
+def test_short_training_lowers_the_loss(tmp_path, scheme, key):
+    res = jebm.train(scheme=scheme, iters=80, out_dir=tmp_path / scheme, progress=False, backend="reference",
+                     **TINY)
+    lines = read_metrics(res.run_dir)
+    assert [l["iter"] for l in lines] == list(range(1, 81))
+    first, last = window_means(lines, key)
+    # The decoder starts from noise; 80 iterations remove well over a third of the error.
+    assert last < 0.65 * first, f"{key}: first-10 mean {first:.2f}, last-10 mean {last:.2f}"
+    assert all(l["sec_per_iter"] > 0 for l in lines)
+    if scheme == "mle":
+        assert {"loss_beta", "loss_ebm", "F_pos", "F_neg", "logp_neg"} <= set(lines[-1])
+    else:
+        assert {"kl", "loss_ebm", "F_pos", "F_neg"} <= set(lines[-1])
+    assert res.iterations == 80 and res.checkpoint.is_file()
+    assert res.samples_png.is_file() and res.reconstructions_png.is_file()
+    assert (res.run_dir / "loss_curves.png").is_file() and (res.run_dir / "config.json").is_file()
+
+
+def test_gaussian_baseline_trains_without_a_prior_chain(tmp_path):
+    res = jebm.train(iters=20, out_dir=tmp_path / "g", progress=False, ebm=False, **TINY)
+    lines = read_metrics(res.run_dir)
+    assert "loss_ebm" not in lines[-1] and "F_neg" not in lines[-1]
+    ck = load_checkpoint(res.checkpoint)
+    assert set(ck["optimizers"]) == {"gen"}
+
+
+def test_checkpoint_round_trip(tmp_path):
+    res = jebm.train(scheme="variational", iters=6, out_dir=tmp_path / "r", progress=False, seed=3, **TINY)
+    # weights_only=True: the checkpoint holds tensors and plain Python values only.
+    raw = torch.load(res.checkpoint, weights_only=True)
+    assert raw["iteration"] == 6 and raw["config"]["seed"] == 3 and raw["config"]["scheme"] == "variational"
+    assert isinstance(raw["philox"][0], int) and isinstance(raw["philox"][1], int) and raw["philox"][1] > 0
+    assert set(raw["optimizers"]) == {"gen", "ebm"} and "infer" in raw["modules"]
+    run = jebm.load_run(res.run_dir)
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, raw["model"][k]), k
+    for k, v in run.infer.state_dict().items():
+        assert torch.equal(v, raw["modules"]["infer"][k]), k
+    assert run.iteration == 6 and run.config == raw["config"]
+    # no temporary files left behind by the atomic writes
+    assert not [p.name for p in res.run_dir.iterdir() if ".tmp" in p.name]
+
+
+def test_atomic_save_leaves_the_old_checkpoint_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    good = {"format_version": 1, "config": {}, "iteration": 1, "image_shape": [1, 8, 8], "model": {},
+            "optimizers": {}, "philox": [0, 0]}
+    save_checkpoint(good, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({**good, "iteration": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("scheme", ["mle", "variational"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, scheme):
+    kw = dict(scheme=scheme, backend="reference", progress=False, seed=5, **TINY)
+    full = jebm.train(iters=10, out_dir=tmp_path / "full", **kw)
+    jebm.train(iters=4, out_dir=tmp_path / "split", **kw)
+    resumed = jebm.train(iters=10, out_dir=tmp_path / "split", resume=True, progress=False)
+    assert resumed.iterations == 10 and resumed.run_dir == tmp_path / "split"
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert b["iteration"] == 10 and a["philox"] == b["philox"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"parameter {k} differs after resume"
+    for name in a["optimizers"]:
+        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
+        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    la, lb = read_metrics(full.run_dir), read_metrics(resumed.run_dir)
+    assert [l["iter"] for l in lb] == list(range(1, 11))
+    key = "loss_recon"
+    assert [l[key] for l in la] == [l[key] for l in lb]
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    jebm.train(iters=4, out_dir=run, progress=False, ckpt_every=2, **TINY)
+    # A run killed after logging iterations 5 and 6 but before checkpointing them:
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iter": 5, "loss_recon": 1.0}) + "\n" + '{"iter": 6, "loss_rec')
+    jebm.train(iters=6, out_dir=run, resume=True, progress=False)
+    assert [l["iter"] for l in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert read_metrics(run)[4]["loss_recon"] != 1.0
+
+
+def test_resume_and_new_run_mistakes_are_reported(tmp_path):
+    run = tmp_path / "r"
+    with pytest.raises(ValueError, match="nothing to resume"):
+        jebm.train(iters=2, out_dir=run, resume=True, progress=False)
+    jebm.train(iters=2, out_dir=run, progress=False, **TINY)
+    with pytest.raises(ValueError, match="already holds a run"):
+        jebm.train(iters=2, out_dir=run, progress=False, **TINY)
+    with pytest.raises(ValueError, match="scheme='variational' \\(run has 'mle'\\)"):
+        jebm.train(iters=4, out_dir=run, resume=True, scheme="variational", progress=False)
+
+
+def test_divergence_at_the_first_iteration_keeps_the_initial_checkpoint(tmp_path):
+    # A prior step of 1e4 overflows the chain at once: the energies become inf / NaN.
+    with pytest.raises(jebm.TrainingDiverged, match="diverged at iteration 1:") as info:
+        jebm.train(iters=5, out_dir=tmp_path / "d", progress=False, **{**TINY, "prior_step_size": 1e4})
+    assert info.value.iteration == 1 and isinstance(info.value, RuntimeError)
+    ck = load_checkpoint(info.value.checkpoint)
+    assert ck["iteration"] == 0
+    assert all(bool(torch.isfinite(v).all()) for v in ck["model"].values())
+
+
+def test_divergence_later_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = jebm.JEBM.sample_posterior
+
+    def poisoned(self, x, **kw):
+        z = real(self, x, **kw)
+        calls["n"] += 1
+        if calls["n"] == 5:  # the posterior chain of iteration 5 blows up
+            z = [torch.full_like(t, float("nan")) for t in z]
+        return z
+
+    monkeypatch.setattr(jebm.JEBM, "sample_posterior", poisoned)
+    run = tmp_path / "d"
+    with pytest.raises(jebm.TrainingDiverged) as info:
+        jebm.train(iters=10, out_dir=run, progress=False, ckpt_every=2, **TINY)
+    msg = str(info.value)
+    assert "diverged at iteration 5" in msg and "loss_recon" in msg and "iteration 4" in msg
+    assert str(run / "checkpoint.pt") in msg
+    ck = load_checkpoint(run)
+    assert ck["iteration"] == 4 and all(bool(torch.isfinite(v).all()) for v in ck["model"].values())
+    last = read_metrics(run)[-1]
+    assert last["iter"] == 5 and last["diverged"] == "loss_recon"
+    # Resuming from the good checkpoint continues (with the poison gone it trains on).
+    monkeypatch.undo()
+    res = jebm.train(iters=6, out_dir=run, resume=True, progress=False)
+    assert res.iterations == 6
+
+
+def test_batches_cover_each_epoch_once():
+    seen = torch.cat([batch_indices(10, 3, seed=1, it=i) for i in range(3)])
+    assert len(set(seen.tolist())) == 9  # one epoch = 3 batches of 3 (the last incomplete one dropped)
+    assert torch.equal(batch_indices(10, 3, 1, 4), batch_indices(10, 3, 1, 4))
+    assert not torch.equal(batch_indices(10, 3, 1, 0), batch_indices(10, 3, 2, 0))
+
+
+def test_train_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        jebm.train(dataset="cifar", iters=1, out_dir=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="scheme must be"):
+        jebm.train(scheme="vae", iters=1, out_dir=tmp_path / "b", progress=False)
+    with pytest.raises(TypeError, match="unknown config key"):
+        jebm.train(iters=1, out_dir=tmp_path / "c", progress=False, learning_rate=1.0)
+    with pytest.raises(ValueError, match="iters must be an int"):
+        jebm.train(iters=-3, out_dir=tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match="backend"):
+        jebm.train(iters=1, out_dir=tmp_path / "e", progress=False, backend="gpu")
+    with pytest.raises(ValueError, match="npz"):
+        jebm.train(dataset="npz", data_root=tmp_path / "missing.npz", iters=1, out_dir=tmp_path / "f", progress=False)
