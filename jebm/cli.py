@@ -1,0 +1,172 @@
+"""The ``jebm`` command (also ``python -m jebm``): argument parsing only; the work is in
+``jebm.training`` and ``jebm.eval``.
+
+    jebm train --dataset digits --scheme mle --iters 400 --out runs/default [--resume] [--set KEY=VALUE ...]
+    jebm sample RUN_DIR_OR_CHECKPOINT --n 64 --out samples.png
+    jebm eval RUN_DIR [--out DIR] [--n-test N]
+    jebm eval --outlier --classes 1 4 5 7 9 --seeds 0 1 2 --iters 150 --out runs/outlier
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+
+__all__ = ["main", "build_parser", "parse_set"]
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs; VALUE is read as a Python literal (``[32, 16]``, ``0.5``, ``None``,
+    ``True``) and otherwise kept as a string (``space=z``)."""
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out[key] = value
+    return out
+
+
+def _add_common_train(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None:
+    from .data import DATASETS
+    from .presets import PRESETS
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="data set (default digits: scikit-learn's bundled 8x8 digits)")
+    p.add_argument("--data-root", default=None, help="folder / file the mnist, fashion-mnist, npz, folder data sets read")
+    p.add_argument("--scheme", choices=("mle", "variational"), default=None, help="learning scheme (default mle)")
+    p.add_argument("--iters", type=int, default=None, help="training iterations (default: the preset's)")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None, help="configuration preset (default 'default')")
+    p.add_argument("--backend", default=None, help="jebm_kernels.langevin backend: auto (default), reference, cpu, "
+                                                   "triton, cuda")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                   help="override any run-config key (repeatable), e.g. --set dims=[32,16] --set space=z")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jebm", description="Joint latent-space EBM priors over multi-layer "
+                                                              "generators: train, sample, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (writes metrics.jsonl, PNG grids, checkpoint.pt)")
+    _add_common_train(t)
+    t.add_argument("--out", default=None, help="run folder (default runs/<preset>-<dataset>-<scheme>)")
+    t.add_argument("--seed", type=int, default=None, help="seed of initialisation, noise and data order (default 0)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--exclude-class", type=int, default=None, help="train without this class (outlier protocol)")
+
+    s = sub.add_parser("sample", help="write a PNG grid of samples from a trained run")
+    s.add_argument("run", help="run folder or checkpoint file")
+    s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--out", default=None, help="PNG path (default <run>/samples_eval.png)")
+    s.add_argument("--nrow", type=int, default=None, help="images per grid row (default: a near-square grid)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backend", default="auto")
+
+    e = sub.add_parser("eval", help="evaluate a run (reconstruction, hierarchical grid) or run the outlier protocol")
+    e.add_argument("run", nargs="?", default=None, help="run folder or checkpoint (not needed with --outlier)")
+    e.add_argument("--out", default=None, help="output folder (default: the run folder; runs/outlier with --outlier)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the evaluation chains")
+    e.add_argument("--n-test", type=int, default=None, help="evaluate on the first N test images only")
+    e.add_argument("--n-hier", type=int, default=10, help="columns of the hierarchical sampling grid")
+    e.add_argument("--posterior", choices=("auto", "langevin", "amortised"), default="auto",
+                   help="posterior samples by Langevin or by the inference model (variational runs); auto: q when present")
+    e.add_argument("--outlier", action="store_true", help="run the held-out-class outlier protocol")
+    e.add_argument("--classes", type=int, nargs="+", default=None, help="held-out classes (default 1 4 5 7 9)")
+    e.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2)")
+    _add_common_train(e, for_eval=True)
+    return parser
+
+
+def _cmd_train(a) -> int:
+    from .training import train
+    kwargs = parse_set(a.overrides)
+    if a.exclude_class is not None:
+        kwargs["exclude_class"] = a.exclude_class
+    res = train(dataset=a.dataset, scheme=a.scheme, iters=a.iters, out_dir=a.out, backend=a.backend, seed=a.seed,
+                resume=a.resume, preset=a.preset, data_root=a.data_root, progress=not a.no_progress, **kwargs)
+    per_iter = res.metrics.get("sec_per_iter")
+    print(f"run folder:  {res.run_dir}")
+    print(f"checkpoint:  {res.checkpoint}")
+    print(f"iterations:  {res.iterations} (this call {res.wall_time_s:.1f} s"
+          + (f", last {per_iter:.3f} s/iter" if isinstance(per_iter, float) else "") + ")")
+    shown = {k: round(v, 4) for k, v in res.recent.items() if k not in ("sec_per_iter", "philox_offset")}
+    print(f"final metrics (mean of the last 10 logged iterations): {json.dumps(shown)}")
+    print(f"samples:     {res.samples_png}")
+    print(f"recons:      {res.reconstructions_png}")
+    return 0
+
+
+def _cmd_sample(a) -> int:
+    from .eval import sample_images
+    path = sample_images(a.run, a.out, n=a.n, seed=a.seed, backend=a.backend, nrow=a.nrow)
+    print(path)
+    return 0
+
+
+def _cmd_eval(a) -> int:
+    from . import eval as ev
+    if a.outlier:
+        kwargs = parse_set(a.overrides)
+        if a.run is not None:
+            # Take the data set, preset, scheme and overrides of an existing run as the base.
+            from .training import load_run
+            cfg = load_run(a.run).config
+            base = {k: cfg[k] for k in ("dataset", "data_root", "preset", "scheme")}
+            kwargs = {**{k: v for k, v in cfg.items() if k not in ("dataset", "data_root", "preset", "scheme", "ebm",
+                                                                   "exclude_class", "seed", "iters", "backend")},
+                      **kwargs}
+        else:
+            base = {"dataset": "digits", "data_root": None, "preset": "default", "scheme": "mle"}
+        for k in ("dataset", "data_root", "preset", "scheme"):
+            if getattr(a, k) is not None:
+                base[k] = getattr(a, k)
+        summary = ev.outlier_experiment(
+            classes=a.classes if a.classes is not None else ev.PAPER_CLASSES,
+            seeds=a.seeds if a.seeds is not None else (0, 1, 2), iters=a.iters,
+            out_dir=a.out if a.out is not None else "runs/outlier", backend=a.backend or "auto",
+            progress=not a.no_progress, score_seed=a.seed, **base, **kwargs)
+        print(f"AUPRC, mean +- std over seeds {summary['seeds']} ({summary['iters']} iterations):")
+        for c, v in summary["per_class"].items():
+            print(f"  held-out {c}: EBM prior {v['ebm']['mean']:.3f} +- {v['ebm']['std']:.3f}   "
+                  f"Gaussian prior {v['gauss']['mean']:.3f} +- {v['gauss']['std']:.3f}")
+        o = summary["overall"]
+        print(f"  all:        EBM prior {o['ebm']['mean']:.3f} +- {o['ebm']['std']:.3f}   "
+              f"Gaussian prior {o['gauss']['mean']:.3f} +- {o['gauss']['std']:.3f}")
+        print(f"written: {summary['png']} and outlier.json beside it")
+        return 0
+    if a.run is None:
+        raise ValueError("jebm eval needs a run folder or checkpoint (or --outlier for the outlier protocol)")
+    res = ev.evaluate_run(a.run, a.out, n_test=a.n_test, seed=a.seed, backend=a.backend or "auto", n_hier=a.n_hier,
+                          data_root=a.data_root, method=a.posterior)
+    print(json.dumps({k: res[k] for k in ("iteration", "n_test", "posterior", "reconstruction")
+                      if k in res}, indent=2))
+    if "outlier" in res:
+        print(f"outlier AUPRC (held-out class {res['outlier']['held_out_class']}): {res['outlier']['auprc']:.3f}")
+    print(f"written: {res['hierarchical_png']}, eval.json beside it")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .training import TrainingDiverged
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval}[a.command](a)
+    except TrainingDiverged as exc:
+        print(f"jebm {a.command}: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as exc:
+        # Bad input: a clear one-line message, not a traceback.
+        print(f"jebm {a.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
