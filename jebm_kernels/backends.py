@@ -80,3 +80,4 @@ register_backend(ReferenceBackend())
 from .triton_backend import TritonBackend  # noqa: E402  (registers after the registry exists)
 
 register_backend(TritonBackend())
+from . import cpu as _cpu  # noqa: E402,F401  (registers the cpu backend)

@@ -1,0 +1,503 @@
+// jebm_kernels._C: pybind11 bindings for the CPU kernels.
+//
+// Every binding takes raw addresses (Python ints) and sizes, never torch tensors, so the module
+// does not depend on torch's C++ ABI and one build serves any torch version. jebm_kernels/cpu.py
+// checks dtype, device, shape and contiguity of every tensor before it passes an address; this
+// file checks again everything it can see: sizes (non-negative, within limits, consistent with
+// each other), list lengths, null addresses, finite scalars, counter overflow. A bad argument
+// raises std::invalid_argument, which pybind11 turns into ValueError; a wrongly typed one is a
+// TypeError from pybind11's own conversion. Kernels run with the GIL released.
+//
+// Instruction set: chosen once at import with __builtin_cpu_supports (AVX-512 F/DQ/BW/VL, else
+// AVX2+FMA, else the baseline build); the environment variable JEBM_ISA or set_isa() can pick a
+// lower one (tests use that to run the generic code on an AVX2 machine).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels.h"
+
+namespace py = pybind11;
+
+namespace jebm {
+namespace {
+
+const IsaOps* g_isa = nullptr;
+
+bool cpu_has(const std::string& name) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (name == "avx512")
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return name == "generic";
+}
+
+const IsaOps* isa_by_name(const std::string& name) {
+    if (name == "avx512") return isa_avx512();
+    if (name == "avx2") return isa_avx2();
+    if (name == "generic") return isa_generic();
+    return nullptr;
+}
+
+std::vector<std::string> usable_isas() {
+    std::vector<std::string> out;
+    for (const char* n : {"avx512", "avx2", "generic"})
+        if (isa_by_name(n) && cpu_has(n)) out.push_back(n);
+    return out;
+}
+
+void set_isa(const std::string& name) {
+    const IsaOps* ops = isa_by_name(name);
+    if (!ops) throw std::invalid_argument("unknown or not compiled instruction set '" + name + "'; choose avx512, avx2 or generic");
+    if (!cpu_has(name)) throw std::invalid_argument("this CPU cannot run the '" + name + "' kernels");
+    g_isa = ops;
+}
+
+void init_isa() {
+    const char* env = std::getenv("JEBM_ISA");
+    if (env && *env) {
+        try {
+            set_isa(env);
+            return;
+        } catch (const std::invalid_argument&) {
+            // fall through to the best the CPU has; cpu.py reports isa() to the user
+        }
+    }
+    g_isa = isa_by_name(usable_isas().front());
+}
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
+
+template <class T>
+T* addr(uint64_t p, const std::string& what) {
+    if (p == 0) bad(what + " is a null address");
+    if (p % alignof(T) != 0) bad(what + " is not aligned for its element type");
+    return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
+}
+
+template <class T>
+T* addr_or_null(uint64_t p, const std::string& what) {
+    return p == 0 ? nullptr : addr<T>(p, what);
+}
+
+int64_t check_count(int64_t v, int64_t lo, int64_t hi, const std::string& what) {
+    if (v < lo || v > hi)
+        bad(what + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + std::to_string(v));
+    return v;
+}
+
+float finite_float(double v, const std::string& what) {
+    if (!std::isfinite(v) || std::fabs(v) > 3.0e38) bad(what + " must be a finite float32 value, got " + std::to_string(v));
+    return static_cast<float>(v);
+}
+
+int check_threads(int64_t n) { return (int)check_count(n, 1, 4096, "nthreads"); }
+
+// offset + n must stay within the 64-bit counter (as PhiloxGenerator.take checks).
+void check_counters(uint64_t offset, unsigned __int128 n, const std::string& what) {
+    const unsigned __int128 end = (unsigned __int128)offset + n;
+    if (end > ((unsigned __int128)1 << 64)) bad(what + ": offset + counters used run past the 64-bit Philox counter");
+}
+
+constexpr int64_t kMaxBatch = int64_t(1) << 31;
+constexpr int64_t kMaxElems = int64_t(1) << 40;
+constexpr int64_t kMaxMatrix = int64_t(1) << 28;
+
+using MLPArg = std::tuple<std::vector<int64_t>, std::vector<uint64_t>, std::vector<uint64_t>, int64_t, double, int64_t>;
+
+class Model {
+public:
+    Model(const std::vector<int64_t>& dims, const std::vector<MLPArg>& mlps, const std::vector<int64_t>& terms,
+          int64_t joint, const std::vector<int64_t>& gauss, const std::vector<double>& floors, int64_t space,
+          double energy_sign, const std::vector<double>& base_sigma, const std::vector<double>& prior_sigma,
+          int64_t decoder, double sigma_x)
+        : ops_(g_isa), desc_(new ModelDesc()) {
+        ModelDesc& d = *desc_;
+        std::memset(&d, 0, sizeof(ModelDesc));
+        d.L = (int)check_count((int64_t)dims.size(), 1, kMaxLatent, "number of latent layers");
+        D_ = 0;
+        for (int l = 0; l < d.L; ++l) {
+            d.dims[l] = (int)check_count(dims[l], 1, kMaxWidth, "latent dim " + std::to_string(l + 1));
+            D_ += d.dims[l];
+        }
+        if (D_ > kMaxWidth) bad("the latent dims add up to more than " + std::to_string(kMaxWidth));
+        d.n_mlps = (int)check_count((int64_t)mlps.size(), 0, kMaxMLPs, "number of MLPs");
+        for (int i = 0; i < d.n_mlps; ++i) {
+            const auto& [sizes, w, b, act, param, out_act] = mlps[i];
+            const std::string nm = "MLP " + std::to_string(i);
+            MLPDesc& m = d.mlps[i];
+            m.n_layers = (int)check_count((int64_t)sizes.size() - 1, 1, kMaxLinear, nm + ": number of Linear layers");
+            if ((int64_t)w.size() != m.n_layers || (int64_t)b.size() != m.n_layers)
+                bad(nm + ": needs one weight and one bias address (0 = no bias) per layer: " + std::to_string(m.n_layers) +
+                    " layers, " + std::to_string(w.size()) + " weights, " + std::to_string(b.size()) + " biases");
+            for (int l = 0; l <= m.n_layers; ++l)
+                m.sizes[l] = (int)check_count(sizes[l], 1, kMaxWidth, nm + ": width " + std::to_string(l));
+            for (int l = 0; l < m.n_layers; ++l) {
+                if ((int64_t)m.sizes[l] * m.sizes[l + 1] > kMaxMatrix) bad(nm + ": weight matrix too large");
+                m.w[l] = addr<const float>(w[l], nm + " weight " + std::to_string(l));
+                m.b[l] = addr_or_null<const float>(b[l], nm + " bias " + std::to_string(l));
+            }
+            m.act = (int)check_count(act, 0, ACT_COUNT - 1, nm + ": activation code");
+            m.out_act = (int)check_count(out_act, 0, ACT_COUNT - 1, nm + ": output activation code");
+            m.act_param = finite_float(param, nm + ": activation parameter");
+            if ((m.act == ACT_SOFTPLUS || m.out_act == ACT_SOFTPLUS) && m.act_param == 0.0f)
+                bad(nm + ": softplus needs beta != 0");
+        }
+        auto mlp_index = [&](int64_t i, const std::string& what) -> const MLPDesc& {
+            if (i < 0 || i >= d.n_mlps) bad(what + ": MLP index " + std::to_string(i) + " out of range");
+            return d.mlps[i];
+        };
+        auto check_io = [&](const MLPDesc& m, int in, int out, const std::string& what) {
+            if (m.sizes[0] != in || m.sizes[m.n_layers] != out)
+                bad(what + " must map " + std::to_string(in) + " -> " + std::to_string(out) + ", got " +
+                    std::to_string(m.sizes[0]) + " -> " + std::to_string(m.sizes[m.n_layers]));
+        };
+        if ((int64_t)terms.size() != d.L) bad("need one layer term index (-1 = none) per latent layer");
+        for (int l = 0; l < d.L; ++l) {
+            d.term[l] = (int)terms[l];
+            if (terms[l] != -1) check_io(mlp_index(terms[l], "layer term"), d.dims[l], 1, "layer term " + std::to_string(l + 1));
+        }
+        d.joint = (int)joint;
+        if (joint != -1) check_io(mlp_index(joint, "joint term"), D_, 1, "the joint term");
+        if (!gauss.empty() && (int64_t)gauss.size() != d.L - 1)
+            bad("need L - 1 = " + std::to_string(d.L - 1) + " inter-layer Gaussians, got " + std::to_string(gauss.size()));
+        if (floors.size() != gauss.size()) bad("need one sigma floor per Gaussian");
+        d.n_gauss = (int)gauss.size();
+        for (int l = 0; l < d.n_gauss; ++l) {
+            d.gauss[l] = (int)gauss[l];
+            check_io(mlp_index(gauss[l], "Gaussian"), d.dims[l + 1], 2 * d.dims[l], "Gaussian " + std::to_string(l + 1));
+            d.sigma_floor[l] = finite_float(floors[l], "sigma floor");
+        }
+        d.space = (int)check_count(space, 0, 1, "space (0 = z, 1 = eps)");
+        d.energy_sign = finite_float(energy_sign, "energy_sign");
+        if (!base_sigma.empty()) {
+            if ((int64_t)base_sigma.size() != d.L) bad("base_sigma needs one value per layer");
+            if (d.n_gauss) bad("give either inter-layer Gaussians or base_sigma, not both");
+            if (d.space != 0) bad("base_sigma priors are sampled in z-space");
+            d.has_base = 1;
+            for (int l = 0; l < d.L; ++l) {
+                const double s = base_sigma[l];
+                if (!(s > 0)) bad("base_sigma must be > 0 (inf: no base term)");
+                d.base_on[l] = std::isinf(s) ? 0 : 1;
+                d.base_den[l] = d.base_on[l] ? finite_float(2 * s * s, "2 base_sigma^2") : 1.0f;
+                if (d.base_on[l] && d.base_den[l] == 0.0f) bad("base_sigma too small for float32");
+            }
+        } else if (d.n_gauss != d.L - 1) {
+            bad("need L - 1 inter-layer Gaussians (or base_sigma)");
+        }
+        if (d.space == 1 && d.n_gauss != d.L - 1) bad("eps-space needs the inter-layer Gaussians");
+        if (!prior_sigma.empty()) {
+            if ((int64_t)prior_sigma.size() != d.L) bad("prior_sigma needs one value per layer");
+            d.has_ps = 1;
+            for (int l = 0; l < d.L; ++l) {
+                const double s = prior_sigma[l];
+                if (!(std::isfinite(s) && s > 0)) bad("prior_sigma must be finite and > 0");
+                d.ps_den[l] = finite_float(2 * s * s, "2 prior_sigma^2");
+                if (d.ps_den[l] == 0.0f) bad("prior_sigma too small for float32");
+            }
+        }
+        d.decoder = (int)decoder;
+        if (decoder != -1) {
+            const MLPDesc& m = mlp_index(decoder, "decoder");
+            if (m.sizes[0] != d.dims[0]) bad("the decoder must take z_1 (" + std::to_string(d.dims[0]) + " inputs)");
+            d.P = m.sizes[m.n_layers];
+            if (!(std::isfinite(sigma_x) && sigma_x > 0)) bad("sigma_x must be finite and > 0");
+            d.dec_den = finite_float(2 * sigma_x * sigma_x, "2 sigma_x^2");
+            if (d.dec_den == 0.0f) bad("sigma_x too small for float32");
+        }
+        model_ = ops_->pack(desc_.get());
+        if (!model_) throw std::bad_alloc();
+    }
+
+    ~Model() {
+        if (model_) ops_->release(model_);
+    }
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
+
+    void chain(int64_t B, const std::vector<uint64_t>& x, const std::vector<uint64_t>& out, int64_t K,
+               const std::vector<double>& h, const std::vector<double>& c, const std::vector<double>& mala_den,
+               bool mala, uint64_t seed, uint64_t offset, uint64_t xobs, uint64_t energy_out, uint64_t gnorm_out,
+               uint64_t accept_out, uint64_t accept_record, int64_t nthreads) {
+        const ModelDesc& d = *desc_;
+        ChainArgs a;
+        std::memset(&a, 0, sizeof a);
+        a.B = check_count(B, 1, kMaxBatch, "batch B");
+        if (B * (int64_t)D_ > kMaxElems) bad("B * D too large");
+        set_layers(x, a.x, "x");
+        set_layers_out(out, a.out, "out");
+        a.K = check_count(K, 0, kMaxBatch, "n_steps K");
+        set_scalars(h, a.h, "h (s^2 / 2)");
+        set_scalars(c, a.c, "c (s tau)");
+        a.mala = mala ? 1 : 0;
+        if (mala) {
+            set_scalars(mala_den, a.mala_den, "mala_den (2 (s tau)^2)");
+            for (int l = 0; l < d.L; ++l)
+                if (!(a.mala_den[l] > 0)) bad("mala_den must be > 0");
+        }
+        a.seed = seed;
+        a.offset = offset;
+        a.stride = (uint64_t)B * (uint64_t)D_ + (mala ? (uint64_t)B : 0);
+        check_counters(offset, (unsigned __int128)a.stride * (uint64_t)K, "chain");
+        a.xobs = d.decoder >= 0 ? addr<const float>(xobs, "xobs") : nullptr;
+        a.nthreads = check_threads(nthreads);
+        float* e_out = addr_or_null<float>(energy_out, "energy_out");
+        float* g_out = addr_or_null<float>(gnorm_out, "gnorm_out");
+        float* acc_out = addr_or_null<float>(accept_out, "accept_out");
+        uint8_t* acc_rec = addr_or_null<uint8_t>(accept_record, "accept_record");
+        if ((e_out == nullptr) != (g_out == nullptr)) bad("give both energy_out and gnorm_out, or neither");
+        if ((acc_out || acc_rec) && !mala) bad("accept outputs need mala=True");
+        std::vector<float> se, sg;
+        std::vector<uint8_t> sa;
+        if (e_out && K > 0) {
+            se.assign((size_t)(K * B), 0.0f);
+            sg.assign((size_t)(K * B), 0.0f);
+            a.st_energy = se.data();
+            a.st_gnorm = sg.data();
+        }
+        if ((acc_out || acc_rec) && K > 0) {
+            sa.assign((size_t)(K * B), 0);
+            a.st_accept = sa.data();
+        }
+        int rc;
+        {
+            py::gil_scoped_release nogil;
+            rc = ops_->chain(model_, &a);
+        }
+        if (rc) throw std::bad_alloc();
+        for (int64_t k = 0; k < K; ++k) {
+            if (e_out) {
+                double se_k = 0, sg_k = 0;
+                for (int64_t b = 0; b < B; ++b) {
+                    se_k += se[k * B + b];
+                    sg_k += sg[k * B + b];
+                }
+                e_out[k] = (float)(se_k / B);
+                g_out[k] = (float)(sg_k / B);
+            }
+            if (acc_out) {
+                int64_t n = 0;
+                for (int64_t b = 0; b < B; ++b) n += sa[k * B + b];
+                acc_out[k] = (float)((double)n / B);
+            }
+        }
+        if (acc_rec && K > 0) std::memcpy(acc_rec, sa.data(), (size_t)(K * B));
+    }
+
+    void eval(int64_t B, const std::vector<uint64_t>& x, uint64_t ext_u, uint64_t ext_g, uint64_t xobs, uint64_t u,
+              const std::vector<uint64_t>& g, uint64_t z1, int64_t nthreads) {
+        const ModelDesc& d = *desc_;
+        EvalArgs a;
+        std::memset(&a, 0, sizeof a);
+        a.B = check_count(B, 1, kMaxBatch, "batch B");
+        if (B * (int64_t)D_ > kMaxElems) bad("B * D too large");
+        set_layers(x, a.x, "x");
+        a.ext_u = addr_or_null<const float>(ext_u, "ext_u");
+        a.ext_g = addr_or_null<const float>(ext_g, "ext_g");
+        if ((a.ext_u == nullptr) != (a.ext_g == nullptr)) bad("give both ext_u and ext_g, or neither");
+        a.xobs = d.decoder >= 0 ? addr<const float>(xobs, "xobs") : nullptr;
+        a.u = addr<float>(u, "u");
+        set_layers_out(g, a.g, "g");
+        a.z1 = addr_or_null<float>(z1, "z1");
+        a.nthreads = check_threads(nthreads);
+        int rc;
+        {
+            py::gil_scoped_release nogil;
+            rc = ops_->eval(model_, &a);
+        }
+        if (rc) throw std::bad_alloc();
+    }
+
+    void z1(int64_t B, const std::vector<uint64_t>& x, uint64_t z1, int64_t nthreads) {
+        EvalArgs a;
+        std::memset(&a, 0, sizeof a);
+        a.B = check_count(B, 1, kMaxBatch, "batch B");
+        if (B * (int64_t)D_ > kMaxElems) bad("B * D too large");
+        set_layers(x, a.x, "x");
+        a.z1 = addr<float>(z1, "z1");
+        a.only_z1 = 1;
+        a.nthreads = check_threads(nthreads);
+        int rc;
+        {
+            py::gil_scoped_release nogil;
+            rc = ops_->eval(model_, &a);
+        }
+        if (rc) throw std::bad_alloc();
+    }
+
+    std::vector<int64_t> dims() const { return std::vector<int64_t>(desc_->dims, desc_->dims + desc_->L); }
+    std::string isa() const { return ops_->name; }
+
+private:
+    void set_layers(const std::vector<uint64_t>& p, const float** dst, const std::string& what) const {
+        if ((int64_t)p.size() != desc_->L)
+            bad(what + ": need one address per latent layer (" + std::to_string(desc_->L) + "), got " + std::to_string(p.size()));
+        for (int l = 0; l < desc_->L; ++l) dst[l] = addr<const float>(p[l], what + "[" + std::to_string(l) + "]");
+    }
+    void set_layers_out(const std::vector<uint64_t>& p, float** dst, const std::string& what) const {
+        if ((int64_t)p.size() != desc_->L)
+            bad(what + ": need one address per latent layer (" + std::to_string(desc_->L) + "), got " + std::to_string(p.size()));
+        for (int l = 0; l < desc_->L; ++l) dst[l] = addr<float>(p[l], what + "[" + std::to_string(l) + "]");
+    }
+    void set_scalars(const std::vector<double>& v, float* dst, const std::string& what) const {
+        if ((int64_t)v.size() != desc_->L)
+            bad(what + ": need one value per latent layer (" + std::to_string(desc_->L) + "), got " + std::to_string(v.size()));
+        for (int l = 0; l < desc_->L; ++l) dst[l] = finite_float(v[l], what);
+    }
+
+    const IsaOps* ops_;
+    std::unique_ptr<ModelDesc> desc_;
+    void* model_ = nullptr;
+    int D_ = 0;
+};
+
+void philox_fill(uint64_t seed, uint64_t offset, int64_t n, uint64_t out, int64_t nthreads, bool normal) {
+    check_count(n, 0, kMaxElems, "n");
+    check_counters(offset, (unsigned __int128)n, "philox");
+    float* o = n ? addr<float>(out, "out") : nullptr;
+    const int nt = check_threads(nthreads);
+    if (n == 0) return;
+    const IsaOps* ops = g_isa;
+    py::gil_scoped_release nogil;
+    (normal ? ops->randn : ops->rand)(seed, offset, n, o, nt);
+}
+
+void multi_layer_update(int64_t B, const std::vector<int64_t>& dims, const std::vector<uint64_t>& x,
+                        const std::vector<uint64_t>& g, const std::vector<uint64_t>& out,
+                        const std::vector<uint64_t>& noise, uint64_t uniform, const std::vector<double>& h,
+                        const std::vector<double>& c, uint64_t seed, uint64_t offset, int64_t nthreads) {
+    UpdateArgs a;
+    std::memset(&a, 0, sizeof a);
+    a.L = (int)check_count((int64_t)dims.size(), 1, kMaxLatent, "number of layers");
+    a.B = check_count(B, 1, kMaxBatch, "batch B");
+    int64_t D = 0;
+    for (int l = 0; l < a.L; ++l) {
+        a.dims[l] = check_count(dims[l], 1, kMaxWidth, "dim " + std::to_string(l));
+        D += a.dims[l];
+    }
+    if (B * D > kMaxElems) bad("B * D too large");
+    auto count = [&](size_t n, const std::string& what) {
+        if ((int64_t)n != a.L) bad(what + ": need one per layer (" + std::to_string(a.L) + "), got " + std::to_string(n));
+    };
+    count(x.size(), "x");
+    count(g.size(), "g");
+    count(out.size(), "out");
+    count(h.size(), "h");
+    count(c.size(), "c");
+    if (!noise.empty()) count(noise.size(), "noise");
+    for (int l = 0; l < a.L; ++l) {
+        const std::string i = "[" + std::to_string(l) + "]";
+        a.x[l] = addr<const float>(x[l], "x" + i);
+        a.g[l] = addr<const float>(g[l], "g" + i);
+        a.out[l] = addr<float>(out[l], "out" + i);
+        a.noise[l] = noise.empty() ? nullptr : addr<float>(noise[l], "noise" + i);
+        a.h[l] = finite_float(h[l], "h");
+        a.c[l] = finite_float(c[l], "c");
+    }
+    a.uniform = addr_or_null<float>(uniform, "uniform");
+    a.seed = seed;
+    a.offset = offset;
+    check_counters(offset, (unsigned __int128)(B * D + (a.uniform ? B : 0)), "update");
+    a.nthreads = check_threads(nthreads);
+    const IsaOps* ops = g_isa;
+    py::gil_scoped_release nogil;
+    ops->update(&a);
+}
+
+void activation(int64_t act, double param, uint64_t in, int64_t n, uint64_t value, uint64_t deriv) {
+    check_count(act, 0, ACT_COUNT - 1, "activation code");
+    const float p = finite_float(param, "activation parameter");
+    if (act == ACT_SOFTPLUS && p == 0.0f) bad("softplus needs beta != 0");
+    check_count(n, 0, kMaxElems, "n");
+    if (n == 0) return;
+    const float* i = addr<const float>(in, "in");
+    float* v = addr<float>(value, "value");
+    float* d = addr<float>(deriv, "deriv");
+    g_isa->activation((int)act, p, i, n, v, d);
+}
+
+}  // namespace
+}  // namespace jebm
+
+PYBIND11_MODULE(_C, m) {
+    using namespace jebm;
+    m.doc() = "jebm CPU kernels (OpenMP, runtime-dispatched SIMD); raw-address bindings, see csrc/bindings.cpp";
+    init_isa();
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const std::bad_alloc&) {
+            PyErr_SetString(PyExc_MemoryError, "jebm_kernels._C: out of memory");
+        }
+    });
+
+    m.def("isa", []() { return std::string(g_isa->name); }, "The instruction set the kernels run with.");
+    m.def("available_isas", &usable_isas, "Instruction sets this CPU can run, best first.");
+    m.def("set_isa", &set_isa, py::arg("name"), "Run later calls with 'avx512', 'avx2' or 'generic' kernels.");
+    m.def("block_chains", []() { return g_isa->block_chains; }, "Chains per block in the fused kernels.");
+    m.def("vector_width", []() { return g_isa->vector_width; });
+    m.def("act_codes", []() {
+        py::dict d;
+        d["identity"] = (int)ACT_IDENTITY;
+        d["leaky_relu"] = (int)ACT_LEAKY_RELU;
+        d["gelu"] = (int)ACT_GELU;
+        d["gelu_tanh"] = (int)ACT_GELU_TANH;
+        d["silu"] = (int)ACT_SILU;
+        d["softplus"] = (int)ACT_SOFTPLUS;
+        d["tanh"] = (int)ACT_TANH;
+        d["relu"] = (int)ACT_RELU;
+        return d;
+    });
+    m.def("philox_randn",
+          [](uint64_t seed, uint64_t offset, int64_t n, uint64_t out, int64_t nthreads) {
+              philox_fill(seed, offset, n, out, nthreads, true);
+          },
+          py::arg("seed"), py::arg("offset"), py::arg("n"), py::arg("out"), py::arg("nthreads") = 1,
+          "Writes n float32 normals, tl.randn(seed, offset + i), at address out.");
+    m.def("philox_rand",
+          [](uint64_t seed, uint64_t offset, int64_t n, uint64_t out, int64_t nthreads) {
+              philox_fill(seed, offset, n, out, nthreads, false);
+          },
+          py::arg("seed"), py::arg("offset"), py::arg("n"), py::arg("out"), py::arg("nthreads") = 1,
+          "Writes n float32 uniforms, tl.rand(seed, offset + i), at address out.");
+    m.def("multi_layer_update", &multi_layer_update, py::arg("B"), py::arg("dims"), py::arg("x"), py::arg("g"),
+          py::arg("out"), py::arg("noise"), py::arg("uniform"), py::arg("h"), py::arg("c"), py::arg("seed"),
+          py::arg("offset"), py::arg("nthreads") = 1,
+          "out_l = (x_l - h_l g_l) + c_l xi_l for every layer, xi at the problem.py noise layout; optionally "
+          "writes the normals and the B MALA uniforms (counters offset + B*D + b).");
+    m.def("activation", &activation, py::arg("act"), py::arg("param"), py::arg("inp"), py::arg("n"),
+          py::arg("value"), py::arg("deriv"), "An activation's value and derivative at n floats (for tests).");
+
+    py::class_<Model>(m, "Model",
+                      "An energy (prior, optional MLP decoder) with its weights packed for this CPU; "
+                      "packing happens here, once per langevin call.")
+        .def(py::init<const std::vector<int64_t>&, const std::vector<MLPArg>&, const std::vector<int64_t>&, int64_t,
+                      const std::vector<int64_t>&, const std::vector<double>&, int64_t, double,
+                      const std::vector<double>&, const std::vector<double>&, int64_t, double>(),
+             py::arg("dims"), py::arg("mlps"), py::arg("terms"), py::arg("joint"), py::arg("gaussians"),
+             py::arg("sigma_floors"), py::arg("space"), py::arg("energy_sign"), py::arg("base_sigma"),
+             py::arg("prior_sigma"), py::arg("decoder"), py::arg("sigma_x"))
+        .def("chain", &Model::chain, py::arg("B"), py::arg("x"), py::arg("out"), py::arg("K"), py::arg("h"),
+             py::arg("c"), py::arg("mala_den"), py::arg("mala"), py::arg("seed"), py::arg("offset"), py::arg("xobs"),
+             py::arg("energy_out"), py::arg("gnorm_out"), py::arg("accept_out"), py::arg("accept_record"),
+             py::arg("nthreads") = 1, "All K steps of every chain, fused.")
+        .def("eval", &Model::eval, py::arg("B"), py::arg("x"), py::arg("ext_u"), py::arg("ext_g"), py::arg("xobs"),
+             py::arg("u"), py::arg("g"), py::arg("z1"), py::arg("nthreads") = 1,
+             "U(x) and dU/dx, plus an external energy and dU/dz_1 (a conv decoder's, from autograd).")
+        .def("z1", &Model::z1, py::arg("B"), py::arg("x"), py::arg("z1"), py::arg("nthreads") = 1,
+             "z_1 of the sampled variables (eps-space: through the Gaussians).")
+        .def_property_readonly("dims", &Model::dims)
+        .def_property_readonly("isa", &Model::isa);
+}
