@@ -76,6 +76,7 @@ _BASE = dict(
     # bookkeeping
     seed=0,
     backend="auto",
+    device="cpu",            # where the model, data and chains live ("cuda", "cuda:1", ...)
     preset="default",
     log_every=1,
     ckpt_every=100,
@@ -239,6 +240,13 @@ def validate_config(cfg: dict) -> dict:
     from jebm_kernels.backends import PRIORITY
     if cfg["backend"] != "auto" and cfg["backend"] not in PRIORITY:
         raise ValueError(f"backend must be 'auto' or one of {PRIORITY}, got {cfg['backend']!r}")
+    if not isinstance(cfg["device"], str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(cfg['device']).__name__}")
+    try:
+        import torch
+        torch.device(cfg["device"])
+    except RuntimeError as exc:
+        raise ValueError(f"device {cfg['device']!r} is not a torch device: {exc}") from None
     if cfg["seed"] >= 2**63:
         raise ValueError(f"seed must be < 2**63, got {cfg['seed']}")
     return cfg

@@ -39,7 +39,8 @@ from .trainer_variational import VariationalTrainer, build_inference_model
 __all__ = ["train", "TrainResult", "TrainingDiverged", "load_run", "Run", "make_trainer", "batch_indices"]
 
 # Keys that may differ between a run and its resumption (they do not change the math).
-_RESUMABLE_CHANGES = ("iters", "backend", "log_every", "ckpt_every", "sample_every", "data_root", "n_samples")
+_RESUMABLE_CHANGES = ("iters", "backend", "device", "log_every", "ckpt_every", "sample_every", "data_root",
+                      "n_samples")
 # An offset into the Philox key space for the fixed stream that draws the PNG snapshots, so they
 # never consume (and so never perturb) the training stream.
 _SNAPSHOT_SEED_XOR = 0x5EED_0F_5A4D_1E5
@@ -184,14 +185,15 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
         cfg = resolve_config(preset_name, **given)
 
     data = _load_data(cfg)
-    images = data.images
+    device = torch.device(cfg["device"])
+    images = data.images.to(device)
     if ckpt is not None and tuple(ckpt["image_shape"]) != tuple(data.shape):
         raise ValueError(f"resume: the run was trained on images of shape {tuple(ckpt['image_shape'])}, "
                          f"the data set now gives {tuple(data.shape)}")
     # Initialise from the seed without disturbing the caller's global torch RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
-        model = JEBM.from_config(cfg, data.shape)
+        model = JEBM.from_config(cfg, data.shape).to(device)
         trainer = make_trainer(model, cfg)
     gen = jk.PhiloxGenerator(cfg["seed"])
     done = 0
