@@ -1,0 +1,94 @@
+"""One training iteration of each scheme (mle, variational) on jebm's "default" configuration,
+with each sampler backend.
+
+Interface used: ``jebm.presets.resolve_config("default", scheme=..., backend=...)``,
+``jebm.model.JEBM.from_config(cfg, data.shape)``, ``jebm.training.make_trainer(model, cfg)`` and
+``trainer.step(x, generator=jebm_kernels.PhiloxGenerator(seed), backend=...)``: exactly what
+``jebm.train`` runs once per iteration (data loading, logging and checkpoints excluded). The batch
+is the first ``batch_size`` (100) images of the bundled digits training split. Each timed round is
+one iteration (Langevin chains, losses, backward, Adam steps); the parameters move between rounds,
+as in training.
+
+The default configuration: d = (16, 8), MLP energies and Gaussians of width 64, MLP decoder,
+eps-space, 30 prior and 30 posterior Langevin steps, batch 100 (``jebm/presets.py``).
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import jebm_kernels as jk
+
+from . import harness
+from .providers import gpu_reason
+
+SCHEMES = ("mle", "variational")
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+CASES = list(itertools.product(SCHEMES, BACKENDS))
+PRESET = "default"
+
+
+def _jebm():
+    try:
+        from jebm.data import load_dataset
+        from jebm.model import JEBM
+        from jebm.presets import resolve_config
+        from jebm.training import make_trainer
+    except Exception as exc:
+        return None, f"jebm is not importable ({type(exc).__name__}: {exc})"
+    return (load_dataset, JEBM, resolve_config, make_trainer), None
+
+
+@pytest.mark.parametrize("scheme,backend", CASES, ids=[f"{s}-{b}" for s, b in CASES])
+def test_train_iteration(benchmark, peak, scheme, backend):
+    benchmark.group = f"training iteration: {PRESET} configuration, {scheme}"
+    where = dict(kind="train_iteration", scheme=scheme, backend=backend)
+    api, why = _jebm()
+    if api is None:
+        harness.skip_with(why, **where)
+    load_dataset, JEBM, resolve_config, make_trainer = api
+    device = "cpu"
+    if backend in ("triton", "cuda"):
+        why = gpu_reason()
+        if why is not None:
+            harness.skip_with(why, **where)
+        device = "cuda"
+    if backend not in jk.available_backends():
+        harness.skip_with(f"backend {backend!r} is not available here (jebm_kernels.available_backends() = "
+                          f"{jk.available_backends()})", **where)
+
+    cfg = resolve_config(PRESET, scheme=scheme, backend=backend)
+    data = load_dataset(cfg["dataset"], cfg["data_root"], split="train")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"])
+        model = JEBM.from_config(cfg, data.shape).to(device)
+        trainer = make_trainer(model, cfg)
+    model.train()
+    x = data.images[: cfg["batch_size"]].to(device)
+    gen = jk.PhiloxGenerator(cfg["seed"])
+
+    def iteration():
+        values, bad = trainer.step(x, generator=gen, backend=backend)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if bad is not None:
+            raise FloatingPointError(f"{scheme} iteration on {backend}: {bad} = {values[bad]}")
+        return values
+
+    try:
+        iteration()  # first iteration: also checks that the backend serves every chain of the scheme
+    except (ValueError, RuntimeError) as exc:
+        harness.skip_with(f"backend {backend!r} cannot run a {scheme} iteration: {exc}", **where)
+
+    harness.run_timed(benchmark, iteration)
+    seconds = harness.stat(benchmark, "min")
+    benchmark.extra_info.update(
+        **where, preset=PRESET, dims=cfg["dims"], batch=cfg["batch_size"], prior_steps=cfg["prior_steps"],
+        post_steps=cfg["post_steps"], space=cfg["space"], decoder=cfg["decoder"], device=device,
+        torch_threads=torch.get_num_threads(),
+        **({} if seconds is None else {"stat": "min", "ms_per_iteration": seconds * 1e3}),
+        interface="jebm.training.make_trainer(JEBM.from_config(resolve_config('default', scheme, backend)), cfg)"
+                  ".step(x, generator=PhiloxGenerator(seed), backend=backend)",
+    )
