@@ -36,7 +36,8 @@ import copy
 import math
 from numbers import Integral, Real
 
-__all__ = ["PRESETS", "RUN_KEYS", "resolve_config", "normalize_hidden", "describe_presets"]
+__all__ = ["PRESETS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config", "normalize_hidden",
+           "describe_presets"]
 
 # Every key a run config has, with the "default" preset's value.
 _BASE = dict(
@@ -62,6 +63,7 @@ _BASE = dict(
     post_steps=30,
     post_step_size=0.1,
     noise_scale=1.0,
+    persistent_prior=False,  # True: the negative-phase prior chains continue across iterations
     # optimisation
     scheme="mle",            # "mle" or "variational"
     iters=400,
@@ -185,6 +187,16 @@ def resolve_config(preset: str = "default", **overrides) -> dict:
     return validate_config(cfg)
 
 
+def upgrade_config(saved: dict) -> dict:
+    """A saved run config with the keys added since it was written filled in by their defaults
+    (each new key's default reproduces the behaviour from before it existed), then validated."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"a run config must be a dict, got {type(saved).__name__}")
+    cfg = copy.deepcopy(_BASE)
+    cfg.update(copy.deepcopy(saved))
+    return validate_config(cfg)
+
+
 def validate_config(cfg: dict) -> dict:
     """Check and normalise a run config in place (tuples become lists); returns it."""
     missing = [k for k in _BASE if k not in cfg]
@@ -208,8 +220,9 @@ def validate_config(cfg: dict) -> dict:
         cfg["gauss_hidden"] = []
     if cfg["joint_hidden"] is not None:
         cfg["joint_hidden"] = _widths(cfg["joint_hidden"], "joint_hidden")
-    if not isinstance(cfg["ebm"], bool):
-        raise ValueError(f"ebm must be True or False, got {cfg['ebm']!r}")
+    for key in ("ebm", "persistent_prior"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
     if cfg["decoder"] not in ("mlp", "conv"):
         raise ValueError(f"decoder must be 'mlp' or 'conv', got {cfg['decoder']!r}")
     cfg["dec_hidden"] = _widths(cfg["dec_hidden"], "dec_hidden")

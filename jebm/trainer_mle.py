@@ -19,7 +19,7 @@ import torch
 
 from .model import JEBM
 
-__all__ = ["MLETrainer", "first_non_finite"]
+__all__ = ["MLETrainer", "PriorChains", "first_non_finite"]
 
 
 def first_non_finite(metrics: dict) -> str | None:
@@ -28,6 +28,30 @@ def first_non_finite(metrics: dict) -> str | None:
         if v != v or v in (float("inf"), float("-inf")):
             return k
     return None
+
+
+class PriorChains:
+    """The negative-phase prior chains of a trainer: short-run from noise each iteration (the
+    papers' default), or persistent (``persistent_prior=True``): each iteration continues the
+    previous iteration's chains, kept in the model's sampling space and checkpointed so a resumed
+    run continues exactly."""
+
+    def __init__(self, persistent: bool):
+        self.persistent = bool(persistent)
+        self.state: list[torch.Tensor] | None = None
+
+    def sample(self, model: JEBM, n: int, *, generator, backend: str) -> list[torch.Tensor]:
+        init = self.state if (self.persistent and self.state is not None and self.state[0].shape[0] == n) else None
+        z, info = model.sample_prior(n, generator=generator, backend=backend, init=init, return_info=True)
+        if self.persistent:
+            self.state = [t.detach() for t in info["state"]]
+        return z
+
+    def state_dict(self) -> dict:
+        return {"state": list(self.state)} if self.state is not None else {}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.state = list(d["state"]) if d.get("state") is not None else None
 
 
 class MLETrainer:
@@ -45,10 +69,15 @@ class MLETrainer:
         self.opt_gen = torch.optim.Adam(model.generator_parameters(), lr=cfg["lr_gen"], betas=betas)
         self.opt_ebm = (torch.optim.Adam(model.ebm_parameters(), lr=cfg["lr_ebm"], betas=betas)
                         if model.has_ebm else None)
+        self.prior_chains = PriorChains(cfg["persistent_prior"])
 
     def modules(self) -> dict:
         """Modules besides the model that a checkpoint must hold (none for MLE)."""
         return {}
+
+    def buffers(self) -> dict:
+        """Non-module state a checkpoint must hold (the persistent chains)."""
+        return {"prior_chains": self.prior_chains}
 
     def optimizers(self) -> dict:
         opts = {"gen": self.opt_gen}
@@ -65,7 +94,7 @@ class MLETrainer:
         non-finite loss or energy no parameter is updated."""
         model, sx2 = self.model, 2 * self.model.sigma_x ** 2
         z_pos = model.sample_posterior(x, generator=generator, backend=backend)
-        z_neg = model.sample_prior(x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
+        z_neg = self.prior_chains.sample(model, x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
 
         recon = model.decode(z_pos[0])
         sq = (x - recon).reshape(x.shape[0], -1).pow(2).sum(-1)

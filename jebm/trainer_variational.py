@@ -21,7 +21,7 @@ import math
 import torch
 
 from .model import JEBM, InferenceModel, randn_layers
-from .trainer_mle import first_non_finite
+from .trainer_mle import PriorChains, first_non_finite
 
 __all__ = ["VariationalTrainer", "build_inference_model"]
 
@@ -47,9 +47,13 @@ class VariationalTrainer:
         ], betas=betas)
         self.opt_ebm = (torch.optim.Adam(model.ebm_parameters(), lr=cfg["lr_ebm"], betas=betas)
                         if model.has_ebm else None)
+        self.prior_chains = PriorChains(cfg["persistent_prior"])
 
     def modules(self) -> dict:
         return {"infer": self.infer}
+
+    def buffers(self) -> dict:
+        return {"prior_chains": self.prior_chains}
 
     def optimizers(self) -> dict:
         opts = {"gen": self.opt_gen}
@@ -81,7 +85,7 @@ class VariationalTrainer:
                    "kl": (log_q - logp_q - F_q).mean(), "logp_pos": logp_q.mean()}
         loss_ebm = None
         if model.has_ebm:
-            z_neg = model.sample_prior(B, generator=generator, backend=backend)
+            z_neg = self.prior_chains.sample(model, B, generator=generator, backend=backend)
             logp_neg = model.log_p_beta(z_neg).mean()
             loss_gen = loss_gen + logp_neg
             F_pos = model.F([t.detach() for t in z_q]).mean()

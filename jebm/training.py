@@ -32,7 +32,7 @@ import jebm_kernels as jk
 
 from .checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from .model import JEBM
-from .presets import resolve_config, validate_config
+from .presets import resolve_config, upgrade_config
 from .trainer_mle import MLETrainer
 from .trainer_variational import VariationalTrainer, build_inference_model
 
@@ -110,7 +110,7 @@ def _json_default(o):
 def load_run(path, *, map_location="cpu") -> Run:
     """Load a run folder or checkpoint file into a model (eval mode) plus its inference model."""
     ckpt = load_checkpoint(path, map_location=map_location)
-    cfg = validate_config(dict(ckpt["config"]))
+    cfg = upgrade_config(ckpt["config"])
     model = JEBM.from_config(cfg, tuple(ckpt["image_shape"]))
     model.load_state_dict(ckpt["model"])
     infer = None
@@ -169,7 +169,7 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
         if not ckpt_path.is_file():
             raise ValueError(f"resume=True but {ckpt_path} does not exist: nothing to resume")
         ckpt = load_checkpoint(ckpt_path)
-        cfg = validate_config(dict(ckpt["config"]))
+        cfg = upgrade_config(ckpt["config"])
         if preset is not None and preset != cfg["preset"]:
             raise ValueError(f"resume: the run in {run_dir} used preset {cfg['preset']!r}, not {preset!r}")
         probe = resolve_config(cfg["preset"], **{**{k: cfg[k] for k in cfg if k != "preset"}, **given})
@@ -203,6 +203,9 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
             mod.load_state_dict(ckpt["modules"][name])
         for name, opt in trainer.optimizers().items():
             opt.load_state_dict(ckpt["optimizers"][name])
+        for name, buf in trainer.buffers().items():
+            buf.load_state_dict({k: (v if not isinstance(v, list) else [t.to(device) for t in v])
+                                 for k, v in ckpt.get("buffers", {}).get(name, {}).items()})
         gen = jk.PhiloxGenerator(*ckpt["philox"])
         done = int(ckpt["iteration"])
     model.train()
@@ -226,6 +229,7 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
             "model": model.state_dict(),
             "modules": {k: m.state_dict() for k, m in trainer.modules().items()},
             "optimizers": {k: o.state_dict() for k, o in trainer.optimizers().items()},
+            "buffers": {k: b.state_dict() for k, b in trainer.buffers().items()},
             "philox": [gen.seed, gen.offset],
             "torch_version": str(torch.__version__),
         }, ckpt_path)

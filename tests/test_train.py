@@ -84,9 +84,9 @@ def test_atomic_save_leaves_the_old_checkpoint_when_a_write_fails(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
-@pytest.mark.parametrize("scheme", ["mle", "variational"])
-def test_resume_equals_an_uninterrupted_run(tmp_path, scheme):
-    kw = dict(scheme=scheme, backend="reference", progress=False, seed=5, **TINY)
+@pytest.mark.parametrize("scheme,persistent", [("mle", False), ("variational", False), ("mle", True)])
+def test_resume_equals_an_uninterrupted_run(tmp_path, scheme, persistent):
+    kw = dict(scheme=scheme, backend="reference", progress=False, seed=5, **TINY, persistent_prior=persistent)
     full = jebm.train(iters=10, out_dir=tmp_path / "full", **kw)
     jebm.train(iters=4, out_dir=tmp_path / "split", **kw)
     resumed = jebm.train(iters=10, out_dir=tmp_path / "split", resume=True, progress=False)
@@ -98,6 +98,9 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, scheme):
     for name in a["optimizers"]:
         sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
         assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    if persistent:  # the persistent chains are part of the checkpoint
+        assert all(torch.equal(u, v) for u, v in zip(a["buffers"]["prior_chains"]["state"],
+                                                     b["buffers"]["prior_chains"]["state"]))
     la, lb = read_metrics(full.run_dir), read_metrics(resumed.run_dir)
     assert [l["iter"] for l in lb] == list(range(1, 11))
     key = "loss_recon"
@@ -184,3 +187,29 @@ def test_train_rejects_bad_arguments(tmp_path):
         jebm.train(iters=1, out_dir=tmp_path / "e", progress=False, backend="gpu")
     with pytest.raises(ValueError, match="npz"):
         jebm.train(dataset="npz", data_root=tmp_path / "missing.npz", iters=1, out_dir=tmp_path / "f", progress=False)
+
+
+def test_persistent_prior_chains_continue_across_iterations(monkeypatch):
+    from jebm.model import JEBM
+    from jebm.trainer_mle import PriorChains
+    import jebm_kernels as jk
+    torch.manual_seed(0)
+    m = JEBM((1, 8, 8), [4, 2], ebm_hidden=[8], gauss_hidden=[8], dec_hidden=[8], prior_steps=2)
+    inits = []
+    real = JEBM.sample_prior
+
+    def spy(self, n, **kw):
+        inits.append(kw.get("init"))
+        return real(self, n, **kw)
+
+    monkeypatch.setattr(JEBM, "sample_prior", spy)
+    g = jk.PhiloxGenerator(0)
+    chains = PriorChains(persistent=True)
+    chains.sample(m, 5, generator=g, backend="reference")
+    first_state = chains.state
+    chains.sample(m, 5, generator=g, backend="reference")
+    assert inits[0] is None and inits[1] is first_state and chains.state is not first_state
+    short_run = PriorChains(persistent=False)
+    short_run.sample(m, 5, generator=g, backend="reference")
+    short_run.sample(m, 5, generator=g, backend="reference")
+    assert inits[2] is None and inits[3] is None and short_run.state_dict() == {}
