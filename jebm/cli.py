@@ -114,6 +114,7 @@ def _cmd_eval(a) -> int:
     from . import eval as ev
     if a.outlier:
         kwargs = parse_set(a.overrides)
+        iters = a.iters
         if a.run is not None:
             # Take the data set, preset, scheme and overrides of an existing run as the base.
             from .training import load_run
@@ -122,6 +123,7 @@ def _cmd_eval(a) -> int:
             kwargs = {**{k: v for k, v in cfg.items() if k not in ("dataset", "data_root", "preset", "scheme", "ebm",
                                                                    "exclude_class", "seed", "iters", "backend")},
                       **kwargs}
+            iters = iters if iters is not None else cfg["iters"]  # the same budget as the given run
         else:
             base = {"dataset": "digits", "data_root": None, "preset": "default", "scheme": "mle"}
         for k in ("dataset", "data_root", "preset", "scheme"):
@@ -129,7 +131,7 @@ def _cmd_eval(a) -> int:
                 base[k] = getattr(a, k)
         summary = ev.outlier_experiment(
             classes=a.classes if a.classes is not None else ev.PAPER_CLASSES,
-            seeds=a.seeds if a.seeds is not None else (0, 1, 2), iters=a.iters,
+            seeds=a.seeds if a.seeds is not None else (0, 1, 2), iters=iters,
             out_dir=a.out if a.out is not None else "runs/outlier", backend=a.backend or "auto",
             progress=not a.no_progress, score_seed=a.seed, **base, **kwargs)
         print(f"AUPRC, mean +- std over seeds {summary['seeds']} ({summary['iters']} iterations):")

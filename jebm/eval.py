@@ -230,6 +230,9 @@ def outlier_experiment(*, classes=PAPER_CLASSES, seeds=(0, 1, 2), iters: int | N
     classes, seeds = _int_list(classes, "classes"), _int_list(seeds, "seeds")
     if "ebm" in overrides or "exclude_class" in overrides:
         raise TypeError("outlier_experiment sets ebm and exclude_class itself; do not pass them")
+    if iters is None:  # the preset's budget, recorded so the table says what it was
+        from .presets import resolve_config
+        iters = resolve_config(preset, **overrides)["iters"]
     out_dir = Path(out_dir)
     test = load_dataset(dataset, data_root, split="test")
     if test.labels is None:

@@ -109,3 +109,13 @@ def test_divergence_exits_1_with_the_iteration(tmp_path, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "diverged at iteration 1" in err and "checkpoint" in err
+
+
+def test_eval_outlier_runs_the_protocol_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["eval", "--outlier", "--classes", "4", "--seeds", "0", "--iters", "2", "--out", str(out),
+                 "--no-progress", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out 4: EBM prior" in printed and "Gaussian prior" in printed and "(2 iterations)" in printed
+    summary = json.loads((out / "outlier.json").read_text())
+    assert summary["iters"] == 2 and summary["classes"] == [4] and (out / "outlier.png").is_file()
