@@ -107,6 +107,9 @@ def _reason(problem: Problem) -> str | None:
                     "Linear(h, 1) on z's single layer")
         return (f"the energy ({type(problem.energy).__name__}) is not a PriorEnergy, a PosteriorEnergy or a "
                 "fusable nn.Sequential, so there is nothing to fuse")
+    if not problem.is_list and not problem.squeeze_output:
+        return (f"a {type(problem.energy).__name__} takes z as a list with one [B, d] tensor per layer "
+                "(as the reference calls it), got a single tensor")
     if any(len(s) != 2 for s in problem.shapes):
         return (f"a fused energy takes each layer as [B, d]; z has shapes {[tuple(s) for s in problem.shapes]}")
     L = len(spec.dims)

@@ -1,0 +1,348 @@
+"""jebm_kernels._C called directly: garbage to every binding raises a Python exception and never
+crashes the interpreter; the small kernels match their Python definitions; without the extension
+jebm_kernels still imports, warns once and samples with the reference.
+
+The garbage cases run in a child interpreter (belt and braces: a segfault there fails the one
+case that caused it, reported by name, instead of killing the test run), then each case is
+checked here by name.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import jebm_kernels as jk
+from jebm_kernels import cpu as jcpu
+
+from helpers import assert_close_where
+
+needs_ext = pytest.mark.skipif(jcpu.extension_error() is not None,
+                               reason=f"the C++ extension is not built: {jcpu.extension_error()}")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+# ------------------------------------------------------------------------------- garbage, by name
+
+def _garbage_cases():
+    """name -> zero-argument callable that must raise; built in the child interpreter."""
+    from jebm_kernels import _C
+
+    keep = []
+
+    def buf(n, dtype=torch.float32):
+        t = torch.zeros(max(n, 1), dtype=dtype)
+        keep.append(t)
+        return t.data_ptr()
+
+    L, dims, B = 2, [3, 2], 4
+    # a valid model: f_1 3-5-1, f_2 2-5-1, Gaussian 2-5-6, decoder 3-4
+    def mlp(sizes, act=1, param=0.2, out_act=0):
+        ws = [buf(sizes[i] * sizes[i + 1]) for i in range(len(sizes) - 1)]
+        bs = [buf(sizes[i + 1]) for i in range(len(sizes) - 1)]
+        return (list(sizes), ws, bs, act, param, out_act)
+
+    base = dict(dims=dims, mlps=[mlp([3, 5, 1]), mlp([2, 5, 1]), mlp([2, 5, 6]), mlp([3, 4])], terms=[0, 1],
+                joint=-1, gaussians=[2], sigma_floors=[0.01], space=0, energy_sign=-1.0, base_sigma=[],
+                prior_sigma=[], decoder=3, sigma_x=0.3)
+
+    def model(**over):
+        kw = dict(base)
+        kw.update(over)
+        return _C.Model(**kw)
+
+    def bad_mlp(i, **over):
+        sizes, ws, bs, act, param, out_act = base["mlps"][i]
+        d = dict(sizes=sizes, ws=ws, bs=bs, act=act, param=param, out_act=out_act)
+        d.update(over)
+        mlps = list(base["mlps"])
+        mlps[i] = (d["sizes"], d["ws"], d["bs"], d["act"], d["param"], d["out_act"])
+        return lambda: model(mlps=mlps)
+
+    m = model()
+    x = [buf(B * d) for d in dims]
+    out = [buf(B * d) for d in dims]
+    xobs = buf(B * 4)
+    chain = dict(B=B, x=x, out=out, K=3, h=[0.01, 0.01], c=[0.1, 0.1], mala_den=[0.02, 0.02], mala=False,
+                 seed=1, offset=0, xobs=xobs, energy_out=0, gnorm_out=0, accept_out=0, accept_record=0, nthreads=1)
+
+    def run_chain(**over):
+        kw = dict(chain)
+        kw.update(over)
+        return lambda: m.chain(**kw)
+
+    ev = dict(B=B, x=x, ext_u=0, ext_g=0, xobs=xobs, u=buf(B), g=out, z1=0, nthreads=1)
+
+    def run_eval(**over):
+        kw = dict(ev)
+        kw.update(over)
+        return lambda: m.eval(**kw)
+
+    upd = dict(B=B, dims=dims, x=x, g=x, out=out, noise=[], uniform=0, h=[0.1, 0.1], c=[0.1, 0.1], seed=1,
+               offset=0, nthreads=1)
+
+    def run_update(**over):
+        kw = dict(upd)
+        kw.update(over)
+        return lambda: _C.multi_layer_update(**kw)
+
+    f = buf(16)
+    cases = {
+        # Model(...)
+        "model: no layers": lambda: model(dims=[], terms=[]),
+        "model: zero dim": lambda: model(dims=[0, 2]),
+        "model: negative dim": lambda: model(dims=[-3, 2]),
+        "model: 17 layers": lambda: model(dims=[1] * 17, terms=[-1] * 17, gaussians=[], sigma_floors=[]),
+        "model: huge dim": lambda: model(dims=[2 ** 40, 2]),
+        "model: one weight too few": bad_mlp(0, ws=base["mlps"][0][1][:1]),
+        "model: one bias too many": bad_mlp(0, bs=base["mlps"][0][2] + [0]),
+        "model: zero width": bad_mlp(0, sizes=[3, 0, 1]),
+        "model: negative width": bad_mlp(0, sizes=[3, -5, 1]),
+        "model: null weight": bad_mlp(0, ws=[0, base["mlps"][0][1][1]]),
+        "model: misaligned weight": bad_mlp(0, ws=[base["mlps"][0][1][0] + 1, base["mlps"][0][1][1]]),
+        "model: negative address": bad_mlp(0, ws=[-64, base["mlps"][0][1][1]]),
+        "model: address not an int": bad_mlp(0, ws=[1.5, base["mlps"][0][1][1]]),
+        "model: activation code 99": bad_mlp(0, act=99),
+        "model: activation code -1": bad_mlp(0, act=-1),
+        "model: output activation code 8": bad_mlp(0, out_act=8),
+        "model: NaN activation parameter": bad_mlp(0, param=float("nan")),
+        "model: softplus beta 0": bad_mlp(0, act=5, param=0.0),
+        "model: no Linear layer": bad_mlp(0, sizes=[3], ws=[], bs=[]),
+        "model: 17 Linear layers": bad_mlp(0, sizes=[3] * 17 + [1], ws=[f] * 17, bs=[0] * 17),
+        "model: terms count": lambda: model(terms=[0]),
+        "model: term index out of range": lambda: model(terms=[0, 7]),
+        "model: term on the wrong layer": lambda: model(terms=[1, 0]),
+        "model: term output not 1": lambda: model(terms=[-1, 2]),
+        "model: joint on the wrong dims": lambda: model(joint=0),
+        "model: gaussians count": lambda: model(gaussians=[2, 2], sigma_floors=[0.01, 0.01]),
+        "model: gaussian of the wrong shape": lambda: model(gaussians=[1]),
+        "model: floors count": lambda: model(sigma_floors=[]),
+        "model: NaN floor": lambda: model(sigma_floors=[float("nan")]),
+        "model: no base at all": lambda: model(gaussians=[], sigma_floors=[]),
+        "model: space 2": lambda: model(space=2),
+        "model: infinite energy sign": lambda: model(energy_sign=float("inf")),
+        "model: base_sigma count": lambda: model(gaussians=[], sigma_floors=[], base_sigma=[1.0]),
+        "model: base_sigma with gaussians": lambda: model(base_sigma=[1.0, 1.0]),
+        "model: negative base_sigma": lambda: model(gaussians=[], sigma_floors=[], base_sigma=[-1.0, 1.0]),
+        "model: base_sigma in eps-space": lambda: model(gaussians=[], sigma_floors=[], base_sigma=[1.0, 1.0], space=1),
+        "model: prior_sigma 0": lambda: model(prior_sigma=[0.0, 1.0]),
+        "model: prior_sigma inf": lambda: model(prior_sigma=[math.inf, 1.0]),
+        "model: decoder index out of range": lambda: model(decoder=9),
+        "model: decoder on the wrong dim": lambda: model(decoder=1),
+        "model: sigma_x 0": lambda: model(sigma_x=0.0),
+        "model: mlps not a list": lambda: model(mlps=5),
+        # Model.chain
+        "chain: B 0": run_chain(B=0),
+        "chain: B negative": run_chain(B=-4),
+        "chain: x count": run_chain(x=x[:1]),
+        "chain: null x": run_chain(x=[x[0], 0]),
+        "chain: null out": run_chain(out=[0, out[1]]),
+        "chain: out count": run_chain(out=out + out),
+        "chain: K negative": run_chain(K=-1),
+        "chain: h count": run_chain(h=[0.1]),
+        "chain: NaN h": run_chain(h=[float("nan"), 0.1]),
+        "chain: infinite c": run_chain(c=[math.inf, 0.1]),
+        "chain: MALA with den 0": run_chain(mala=True, mala_den=[0.0, 0.02]),
+        "chain: MALA den count": run_chain(mala=True, mala_den=[0.02]),
+        "chain: null xobs with a decoder": run_chain(xobs=0),
+        "chain: counter overflow": run_chain(offset=2 ** 64 - 5),
+        "chain: offset negative": run_chain(offset=-1),
+        "chain: seed too large": run_chain(seed=2 ** 64),
+        "chain: energy without gnorm": run_chain(energy_out=buf(3)),
+        "chain: accept without MALA": run_chain(accept_out=buf(3)),
+        "chain: zero threads": run_chain(nthreads=0),
+        # Model.eval / Model.z1
+        "eval: B 0": run_eval(B=0),
+        "eval: x count": run_eval(x=x + x),
+        "eval: ext_u without ext_g": run_eval(ext_u=buf(B)),
+        "eval: null u": run_eval(u=0),
+        "eval: g count": run_eval(g=out[:1]),
+        "eval: null xobs": run_eval(xobs=0),
+        "eval: negative threads": run_eval(nthreads=-1),
+        "z1: null z1": lambda: m.z1(B, x, 0, 1),
+        "z1: B negative": lambda: m.z1(-1, x, buf(B * 3), 1),
+        "z1: x count": lambda: m.z1(B, x[:1], buf(B * 3), 1),
+        # philox
+        "randn: n negative": lambda: _C.philox_randn(1, 0, -5, f, 1),
+        "randn: null out": lambda: _C.philox_randn(1, 0, 5, 0, 1),
+        "randn: counter overflow": lambda: _C.philox_randn(1, 2 ** 64 - 2, 5, f, 1),
+        "randn: seed negative": lambda: _C.philox_randn(-1, 0, 5, f, 1),
+        "randn: zero threads": lambda: _C.philox_randn(1, 0, 5, f, 0),
+        "rand: null out": lambda: _C.philox_rand(1, 0, 5, 0, 1),
+        "rand: misaligned out": lambda: _C.philox_rand(1, 0, 5, f + 2, 1),
+        "rand: n too large": lambda: _C.philox_rand(1, 0, 2 ** 62, f, 1),
+        # multi_layer_update
+        "update: no layers": run_update(dims=[], x=[], g=[], out=[], h=[], c=[]),
+        "update: zero dim": run_update(dims=[3, 0]),
+        "update: B 0": run_update(B=0),
+        "update: x count": run_update(x=x[:1]),
+        "update: g count": run_update(g=x + x),
+        "update: out count": run_update(out=out[:1]),
+        "update: noise count": run_update(noise=[out[0]]),
+        "update: h count": run_update(h=[0.1]),
+        "update: null g": run_update(g=[x[0], 0]),
+        "update: null noise": run_update(noise=[out[0], 0]),
+        "update: NaN c": run_update(c=[0.1, float("nan")]),
+        "update: counter overflow": run_update(offset=2 ** 64 - 10, uniform=buf(B)),
+        # activation
+        "activation: code 99": lambda: _C.activation(99, 0.0, f, 4, f, f),
+        "activation: n negative": lambda: _C.activation(1, 0.2, f, -4, f, f),
+        "activation: null input": lambda: _C.activation(1, 0.2, 0, 4, f, f),
+        "activation: null derivative": lambda: _C.activation(1, 0.2, f, 4, f, 0),
+        "activation: softplus beta 0": lambda: _C.activation(5, 0.0, f, 4, f, f),
+        "activation: NaN parameter": lambda: _C.activation(1, float("nan"), f, 4, f, f),
+        # instruction sets
+        "set_isa: unknown": lambda: _C.set_isa("sse9"),
+        "set_isa: not a string": lambda: _C.set_isa(3),
+    }
+    if "avx512" not in _C.available_isas():
+        cases["set_isa: avx512 on a CPU without it"] = lambda: _C.set_isa("avx512")
+    return cases, keep
+
+
+def _child_main():
+    cases, _keep = _garbage_cases()
+    results = {}
+    for name, fn in cases.items():
+        try:
+            fn()
+            results[name] = "returned without an exception"
+        except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+            results[name] = f"ok {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - reported by name
+            results[name] = f"unexpected {type(exc).__name__}: {exc}"
+    print("RESULTS" + json.dumps(results))
+
+
+GARBAGE_NAMES = []
+if jcpu.extension_error() is None:
+    GARBAGE_NAMES = list(_garbage_cases()[0])
+
+
+@pytest.fixture(scope="module")
+def garbage_results():
+    code = f"import sys; sys.path.insert(0, {HERE!r}); sys.path.insert(0, {ROOT!r}); " \
+           "import test_cpu_bindings as t; t._child_main()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS")), None)
+    assert proc.returncode == 0 and line, (
+        f"the child interpreter died (exit {proc.returncode}) while passing garbage to the bindings:\n"
+        f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return json.loads(line[len("RESULTS"):])
+
+
+@needs_ext
+@pytest.mark.parametrize("name", GARBAGE_NAMES)
+def test_garbage_raises_a_python_exception(name, garbage_results):
+    result = garbage_results[name]
+    assert result.startswith("ok "), f"{name}: {result}"
+    assert len(result) > len("ok ValueError: ") + 5, f"{name}: the error should say what was wrong"
+
+
+@needs_ext
+def test_garbage_covers_every_binding():
+    from jebm_kernels import _C
+    names = " ".join(GARBAGE_NAMES)
+    for fn in ("Model", "chain", "eval", "z1", "randn", "rand", "update", "activation", "set_isa"):
+        assert fn.lower() in names.lower(), f"no garbage case for {fn}"
+    public = {n for n in dir(_C) if not n.startswith("_")}
+    assert public == {"Model", "activation", "act_codes", "available_isas", "block_chains", "isa",
+                      "multi_layer_update", "philox_rand", "philox_randn", "set_isa", "vector_width"}, \
+        "a new binding needs garbage cases here"
+
+
+# ------------------------------------------------------------------------- the small kernels' math
+
+@needs_ext
+@pytest.mark.parametrize("seed,offset,n", [(0, 0, 1000), (2 ** 33 + 1, 2 ** 32 - 5, 10_007), (2 ** 64 - 1, 7, 33)])
+def test_philox_matches_philox_randn(seed, offset, n):
+    from jebm_kernels import _C
+    for isa in _C.available_isas():
+        best = _C.isa()
+        try:
+            _C.set_isa(isa)
+            normal, uniform = torch.empty(n), torch.empty(n)
+            _C.philox_randn(seed, offset, n, normal.data_ptr(), 2)
+            _C.philox_rand(seed, offset, n, uniform.data_ptr(), 2)
+        finally:
+            _C.set_isa(best)
+        # uniforms: bit for bit; normals: to the last ulp or two of log/cos (ours are correctly
+        # rounded; torch's vectorised log/cos are off by one ulp for ~5-8% of arguments)
+        assert torch.equal(uniform, jk.philox_rand(seed, offset, n)), isa
+        ref = jk.philox_randn(seed, offset, n)
+        assert_close_where(normal, ref, atol=1e-6, rtol=1e-6, what=f"normals ({isa})")
+        assert float((normal == ref).float().mean()) > 0.7
+
+
+@needs_ext
+def test_multi_layer_update_matches_the_formula():
+    from jebm_kernels import _C
+    B, dims, s, tau = 7, [1, 3, 17], [0.3, 0.2, 0.05], 0.8
+    seed, offset = 2 ** 33 + 1, 2 ** 32 - 5  # the counter's low word wraps inside the call
+    x = [torch.randn(B, d) for d in dims]
+    g = [torch.randn(B, d) for d in dims]
+    out = [torch.empty(B, d) for d in dims]
+    noise = [torch.empty(B, d) for d in dims]
+    uniform = torch.empty(B)
+    h = [v * v / 2 for v in s]
+    c = [v * tau for v in s]
+    _C.multi_layer_update(B, dims, [t.data_ptr() for t in x], [t.data_ptr() for t in g],
+                          [t.data_ptr() for t in out], [t.data_ptr() for t in noise], uniform.data_ptr(),
+                          h, c, seed, offset, 2)
+    D = sum(dims)
+    xi = jk.philox_randn(seed, offset, B * D)
+    assert_close_where(torch.cat([t.reshape(-1) for t in noise]), xi, atol=1e-6, rtol=1e-6, what="normals")
+    assert torch.equal(uniform, jk.philox_rand(seed, offset + B * D, B))
+    for l in range(len(dims)):
+        # the reference's float32 ops on the same normals, bit for bit
+        expected = x[l] - (s[l] * s[l] / 2) * g[l] + (s[l] * tau) * noise[l]
+        assert torch.equal(out[l], expected), f"layer {l}"
+
+
+@needs_ext
+@pytest.mark.parametrize("name", jk.spec.ACTIVATIONS)
+def test_activation_value_and_derivative(name):
+    from jebm_kernels import _C
+    param = {"leaky_relu": 0.2, "softplus": 1.5}.get(name, 0.0)
+    x = torch.cat([torch.linspace(-25, 25, 20_001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 1e4])])
+    value, deriv = torch.empty_like(x), torch.empty_like(x)
+    _C.activation(_C.act_codes()[name], param, x.data_ptr(), x.numel(), value.data_ptr(), deriv.data_ptr())
+    xd = x.double().requires_grad_(True)
+    ref = jk.spec.activation(xd, name, param)
+    (dref,) = torch.autograd.grad(ref.sum(), xd)
+    # float32 results of ~1-2 ulp, like torch's own float32 kernels
+    assert_close_where(value.double(), ref.detach(), atol=2e-6, rtol=4e-7, what=f"{name} value")
+    assert_close_where(deriv.double(), dref, atol=2e-6, rtol=4e-7, what=f"{name} derivative")
+
+
+# ------------------------------------------------------------------------------ without the build
+
+def test_without_the_extension_jebm_kernels_warns_once_and_uses_the_reference():
+    code = textwrap.dedent("""
+        import sys, warnings
+        sys.modules["jebm_kernels._C"] = None   # as if the build had failed
+        warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:
+            import torch, jebm_kernels as jk
+            from torch import nn
+            net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+            assert "cpu" not in jk.available_backends() and "reference" in jk.available_backends()
+            _, info = jk.langevin(net, torch.randn(2, 3), n_steps=2, step_size=0.1, return_info=True)
+            assert info["backend"] == "reference"
+            jk.langevin(net, torch.randn(2, 3), n_steps=2, step_size=0.1)
+            try:
+                jk.langevin(net, torch.randn(2, 3), n_steps=1, step_size=0.1, backend="cpu")
+                raise SystemExit("backend='cpu' did not raise")
+            except RuntimeError as exc:
+                assert "not built" in str(exc), exc
+        ours = [w for w in caught if "jebm_kernels._C" in str(w.message)]
+        assert len(ours) == 1, [str(w.message) for w in caught]
+        print("OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
