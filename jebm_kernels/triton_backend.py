@@ -1,6 +1,8 @@
 """The ``triton`` backend: CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``, for tests).
 
-Any energy: autograd gives the gradient, and the multi-layer fused update (``triton_update.py``)
+A fusable prior (``problem.spec`` set, no posterior: a ``PriorEnergy`` or an ``nn.Sequential`` of
+the MLP family) runs as one launch of the whole chain (``triton_prior_chain.py``). Any other
+energy: autograd gives the gradient, and the multi-layer fused update (``triton_update.py``)
 draws the noise and moves every layer in one launch per step; MALA's accept/reject is the shared
 loop's (``reference.run_chain``), on the normals and uniforms the kernel drew. ``auto`` never
 picks this backend for CPU tensors: the interpreter is for checking, not for speed.
@@ -13,7 +15,7 @@ import torch
 
 from .problem import Problem
 from .reference import run_chain
-from . import triton_update
+from . import triton_prior_chain, triton_update
 
 __all__ = ["TritonBackend"]
 
@@ -47,6 +49,10 @@ class TritonBackend:
         return None
 
     def run(self, problem: Problem):
+        if problem.spec is not None and problem.posterior is None:
+            # a fusable prior (PriorEnergy, or an nn.Sequential of the MLP family): all K steps,
+            # energy, gradient, noise and update in one launch (triton_prior_chain.py)
+            return triton_prior_chain.run_problem(problem)
         sizes = [problem.batch * d for d in problem.dims]
 
         def propose(problem, x, g, k):
