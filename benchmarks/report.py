@@ -47,6 +47,7 @@ PROVIDER_STYLE = {
     "cpu": ("tab:red", "D"), "triton": ("tab:blue", "v"), "cuda": ("tab:green", "P"),
 }
 FUSED = "cpu"  # the fused kernel the CPU targets are about
+GPU_PROVIDERS = ("triton", "cuda")
 TARGET_CONFIGS = ("lebm", "cvpr")
 
 
@@ -61,7 +62,8 @@ def load(path) -> dict:
 
 
 def fma_peak(info: dict) -> float | None:
-    rates = [e["gflops"] for e in info.get("fma_peak", []) if e.get("gflops")]
+    """The run's FMA peak: its best measurement (full ones and the per-benchmark samples)."""
+    rates = [e["gflops"] for e in info.get("fma_peak", []) if e.get("gflops")] + list(info.get("fma_samples", []))
     return max(rates) if rates else None
 
 
@@ -76,7 +78,9 @@ def prior_rows(data: dict, stat: str) -> list[dict]:
         gflops = x["flops_per_call"] / t / 1e9
         rows.append(dict(config=x["config"], batch=int(x["batch"]), provider=x["provider"], n_steps=x["n_steps"],
                          seconds=t, ms=t * 1e3, steps_per_s=x["chain_steps_per_call"] / t, gflops=gflops,
-                         frac_peak=(gflops / peak) if peak else None, rounds=b["stats"].get("rounds"),
+                         # the FMA peak is the CPU's: no fraction for GPU providers
+                         frac_peak=(gflops / peak) if peak and x["provider"] not in GPU_PROVIDERS else None,
+                         rounds=b["stats"].get("rounds"),
                          diff=x.get("max_abs_diff_vs_reference"), rel_diff=x.get("rel_diff_vs_reference")))
     ref = {(r["config"], r["batch"]): r["seconds"] for r in rows if r["provider"] == "reference"}
     for r in rows:
@@ -202,16 +206,23 @@ def machine_lines(data: dict) -> list[str]:
     if entries:
         e0 = entries[0]
         each = ", ".join(f"{e['when']} {e['gflops']:.1f}" for e in entries)
+        samples = info.get("fma_samples", [])
+        if samples:
+            each += (f", {len(samples)} short samples before the benchmarks: median "
+                     f"{sorted(samples)[len(samples) // 2]:.1f}, best {max(samples):.1f}")
         one = max(e.get("gflops_one_thread") or 0 for e in entries)
         lines.append(f"- FMA peak (this run, `benchmarks/fma_peak.c`, {e0['isa']}, {e0['threads']} threads): "
-                     f"**{peak:.1f} GFLOP/s** (best of the measurements: {each}; one thread: {one:.1f})")
+                     f"**{peak:.1f} GFLOP/s**, the best of its measurements ({each}); one thread: {one:.1f}")
     else:
         reasons = "; ".join(e.get("reason", "") for e in info.get("fma_peak", [])) or "not measured"
         lines.append(f"- FMA peak: not measured ({reasons})")
     mm = info.get("matmul")
     if mm:
         frac = f", {mm['gflops'] / peak:.0%} of the FMA peak" if peak else ""
-        lines.append(f"- torch fp32 matmul {mm['n']}x{mm['n']}: {mm['gflops']:.1f} GFLOP/s{frac}")
+        lines.append(f"- torch fp32 matmul {mm['n']}x{mm['n']} ({mm.get('threads', '?')} threads): "
+                     f"{mm['gflops']:.1f} GFLOP/s{frac} (best of the start and end measurements)")
+    if info.get("suite_seconds"):
+        lines.append(f"- the suite ran for {info['suite_seconds'] / 60:.1f} minutes")
     la = m.get("load_average_at_start")
     le = info.get("load_average_at_end")
     if la is not None:
