@@ -39,6 +39,7 @@ def cpu_extension():
         "jebm_kernels._C",
         sources,
         include_dirs=["csrc"],
+        depends=sorted(glob.glob("csrc/*.h")),  # the kernels live in headers: rebuild when they change
         cxx_std=17,
         extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],
         extra_link_args=["-fopenmp"],

@@ -27,6 +27,8 @@ namespace jebm {
 namespace JEBM_NS {
 namespace {
 
+#define JEBM_INLINE inline __attribute__((always_inline))
+
 constexpr int V = JEBM_VW;
 constexpr int TC = JEBM_TILE_C;
 constexpr int NB = V * TC;
@@ -39,25 +41,36 @@ typedef uint64_t vu64 __attribute__((vector_size(V * 8)));
 typedef int64_t vi64 __attribute__((vector_size(V * 8)));
 typedef double vd __attribute__((vector_size(V * 8)));
 
-inline vf ld(const float* p) {
+JEBM_INLINE vf ld(const float* p) {
     vf v;
     __builtin_memcpy(&v, p, sizeof v);
     return v;
 }
-inline void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
-inline vf splat(float s) { return vf{} + s; }
-inline vf sel(vi m, vf a, vf b) { return m ? a : b; }
-inline vd seld(vi64 m, vd a, vd b) { return m ? a : b; }
+JEBM_INLINE void st(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+// A true broadcast (vbroadcastss, from memory where the operand is there). Not `vf{} + s`: without
+// fast-math the compiler must execute that addition (0 + -0 is +0), an extra op per broadcast.
+JEBM_INLINE vf splat(float s) {
+#if JEBM_FMA == 512
+    return (vf)_mm512_set1_ps(s);
+#elif JEBM_FMA == 256
+    return (vf)_mm256_set1_ps(s);
+#elif defined(__SSE2__) && JEBM_VW == 4
+    return (vf)_mm_set1_ps(s);
+#else
+    return s - vf{};  // x - 0 == x for every x, so this one folds to a broadcast
+#endif
+}
+JEBM_INLINE vf sel(vi m, vf a, vf b) { return m ? a : b; }
 
 #if JEBM_FMA == 512
-inline vf vfma(vf a, vf b, vf c) { return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
-inline vf vsqrt(vf a) { return (vf)_mm512_sqrt_ps((__m512)a); }
+JEBM_INLINE vf vfma(vf a, vf b, vf c) { return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+JEBM_INLINE vf vsqrt(vf a) { return (vf)_mm512_sqrt_ps((__m512)a); }
 #elif JEBM_FMA == 256
-inline vf vfma(vf a, vf b, vf c) { return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
-inline vf vsqrt(vf a) { return (vf)_mm256_sqrt_ps((__m256)a); }
+JEBM_INLINE vf vfma(vf a, vf b, vf c) { return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+JEBM_INLINE vf vsqrt(vf a) { return (vf)_mm256_sqrt_ps((__m256)a); }
 #else
-inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
-inline vf vsqrt(vf a) {
+JEBM_INLINE vf vfma(vf a, vf b, vf c) { return a * b + c; }
+JEBM_INLINE vf vsqrt(vf a) {
 #if defined(__SSE2__) && JEBM_VW == 4
     return (vf)_mm_sqrt_ps((__m128)a);
 #else
@@ -69,16 +82,41 @@ inline vf vsqrt(vf a) {
 #endif
 
 // Round to nearest (ties to even) for |x| < 2^22; exact under -ffp-contract=off.
-inline vf vround(vf x) { return (x + 12582912.0f) - 12582912.0f; }
-inline vd vroundd(vd x) { return (x + 6755399441055744.0) - 6755399441055744.0; }
-inline vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
-inline vf vmax(vf a, vf b) { return sel(a > b, a, b); }
+JEBM_INLINE vf vround(vf x) { return (x + 12582912.0f) - 12582912.0f; }
+JEBM_INLINE vd vroundd(vd x) { return (x + 6755399441055744.0) - 6755399441055744.0; }
+
+// a * b + c on double vectors (V doubles: two native registers), fused where the ISA has FMA.
+JEBM_INLINE vd vdfma(vd a, vd b, vd c) {
+#if JEBM_FMA == 512 || JEBM_FMA == 256
+#if JEBM_FMA == 512
+    typedef __m512d half;
+#define JEBM_FMAD _mm512_fmadd_pd
+#else
+    typedef __m256d half;
+#define JEBM_FMAD _mm256_fmadd_pd
+#endif
+    half x[2], y[2], z[2];
+    __builtin_memcpy(x, &a, sizeof a);
+    __builtin_memcpy(y, &b, sizeof b);
+    __builtin_memcpy(z, &c, sizeof c);
+    z[0] = JEBM_FMAD(x[0], y[0], z[0]);
+    z[1] = JEBM_FMAD(x[1], y[1], z[1]);
+#undef JEBM_FMAD
+    vd r;
+    __builtin_memcpy(&r, z, sizeof r);
+    return r;
+#else
+    return a * b + c;
+#endif
+}
+JEBM_INLINE vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
+JEBM_INLINE vf vmax(vf a, vf b) { return sel(a > b, a, b); }
 
 // ---------------------------------------------------------------- float vector math (~1-2 ulp)
 
 // exp: Cephes expf (range reduction by ln 2 in two parts, degree-6 polynomial); the 2^n scaling is
 // split in two so results down to the subnormal range round once; overflow gives inf, NaN stays.
-inline vf vexp(vf x) {
+JEBM_INLINE vf vexp(vf x) {
     const vf xc = sel(x > 88.7228317f, splat(88.7228317f), sel(x < -103.972084f, splat(-103.972084f), x));
     const vf n = vround(xc * 1.44269504088896341f);
     vf r = xc - n * 0.693359375f;
@@ -102,7 +140,7 @@ inline vf vexp(vf x) {
 
 // log: Cephes logf (mantissa in [sqrt(1/2), sqrt(2)), degree-8 polynomial); subnormals are
 // rescaled first; 0 -> -inf, negative -> NaN, inf -> inf.
-inline vf vlog(vf x) {
+JEBM_INLINE vf vlog(vf x) {
     const vi sub = x < 1.17549435e-38f;
     vf xs = sel(sub, x * 8388608.0f, x);
     vi bits = (vi)xs;
@@ -135,14 +173,14 @@ inline vf vlog(vf x) {
 }
 
 // log1p(y) for y >= 0 (softplus): Goldberg's log(1+y) * y / ((1+y) - 1).
-inline vf vlog1p(vf y) {
+JEBM_INLINE vf vlog1p(vf y) {
     const vf u = y + 1.0f;
     const vf d = u - 1.0f;
     return sel(d == 0.0f, y, vlog(u) * (y / sel(d == 0.0f, splat(1.0f), d)));
 }
 
 // tanh: Cephes tanhf: odd polynomial below 0.625, 1 - 2 / (exp(2|x|) + 1) above.
-inline vf vtanh(vf x) {
+JEBM_INLINE vf vtanh(vf x) {
     const vf z = vabs(x);
     const vf x2 = x * x;
     vf p = splat(-5.70498872745e-3f);
@@ -157,8 +195,9 @@ inline vf vtanh(vf x) {
 }
 
 // erf: x P(x^2) below 1; 1 - exp(-x^2) Q(1/x) / x up to 4 (least-squares fits, checked against
-// mpmath to 9e-8 relative in float); 1 beyond.
-inline vf verf(vf x) {
+// mpmath to 9e-8 relative in float); 1 beyond. `ex` must be exp(-x^2) (GELU shares it with its
+// density).
+JEBM_INLINE vf verf_ex(vf x, vf ex) {
     const vf a = vabs(x);
     const vf x2 = x * x;
     vf p = splat(7.933493808589787e-05f);
@@ -182,20 +221,23 @@ inline vf verf(vf x) {
     q = vfma(q, s, splat(-0.00129544891f));
     q = vfma(q, s, splat(-0.171585664f));
     q = vfma(q, s, splat(0.48952479f));
-    vf big = 1.0f - vexp(-(ac * ac)) * q * t;
+    vf big = 1.0f - ex * q * t;
     big = sel(a >= 4.0f, splat(1.0f), big);
     const vf bigs = (vf)((vi)big | ((vi)x & (int32_t)0x80000000));
     const vf r = sel(a < 1.0f, small, bigs);
     return sel(x != x, x, r);
 }
 
+JEBM_INLINE vf verf(vf x) { return verf_ex(x, vexp(-(x * x))); }
+
 // ------------------------------------------------------ double vector math for Box-Muller's log/cos
 // The normal is sqrtf(-2 logf(u1)) * cosf(2 pi u2) in float32 as torch/Triton compute it; log and
 // cos are evaluated here in double and rounded once, i.e. correctly rounded but for rare ties,
 // so the stream agrees with any faithful logf/cosf to the last bit almost always.
 
-// log(u) for u in [1e-7, 1) (positive normal floats).
-inline vf vlog_bm(vf u) {
+// log(u) for u in [1e-7, 1) (positive normal floats): 2 atanh(s) series, s^2 <= 0.0295, to
+// s^12/13: truncation < 1e-12 relative.
+JEBM_INLINE vf vlog_bm(vf u) {
     vi bits = (vi)u;
     vi e = ((bits >> 23) & 0xff) - 127;
     vf m = (vf)((bits & 0x7fffff) | 0x3f800000);  // [1, 2)
@@ -207,59 +249,83 @@ inline vf vlog_bm(vf u) {
     const vd f = md - 1.0;
     const vd s = f / (f + 2.0);
     const vd s2 = s * s;
-    vd p = vd{} + 1.0 / 19.0;
-    p = p * s2 + 1.0 / 17.0;
-    p = p * s2 + 1.0 / 15.0;
-    p = p * s2 + 1.0 / 13.0;
-    p = p * s2 + 1.0 / 11.0;
-    p = p * s2 + 1.0 / 9.0;
-    p = p * s2 + 1.0 / 7.0;
-    p = p * s2 + 1.0 / 5.0;
-    p = p * s2 + 1.0 / 3.0;
-    p = p * s2 + 1.0;
+    vd p = vd{} + 1.0 / 13.0;
+    p = vdfma(p, s2, vd{} + 1.0 / 11.0);
+    p = vdfma(p, s2, vd{} + 1.0 / 9.0);
+    p = vdfma(p, s2, vd{} + 1.0 / 7.0);
+    p = vdfma(p, s2, vd{} + 1.0 / 5.0);
+    p = vdfma(p, s2, vd{} + 1.0 / 3.0);
+    p = vdfma(p, s2, vd{} + 1.0);
     const vd r = ed * 0.69314718055994530942 + 2.0 * s * p;
     return __builtin_convertvector(r, vf);
 }
 
-// cos(t) for t in [0, 2 pi].
-inline vf vcos_bm(vf t) {
+// cos(t) for t in [0, 2 pi]: q = round(t / (pi/2)) read from the low mantissa bits of
+// t * 2/pi + 1.5 * 2^52 (no double->int conversion, which AVX2 lacks), Cody-Waite reduction,
+// Taylor series to r^12 (cos) and r^13 (sin) on |r| <= pi/4: error < 5e-13, far below float's ulp.
+JEBM_INLINE vf vcos_bm(vf t) {
     const vd x = __builtin_convertvector(t, vd);
-    const vd q = vroundd(x * 0.63661977236758134308);
+    const vd big = x * 0.63661977236758134308 + 6755399441055744.0;
+    const vd q = big - 6755399441055744.0;
+    const vi64 qi = (vi64)big & 3;
     const vd r = (x - q * 1.5707963267948966) - q * 6.123233995736766e-17;
     const vd r2 = r * r;
-    vd c = vd{} + 1.0 / 20922789888000.0;        // 1/16!
-    c = c * r2 - 1.0 / 87178291200.0;              // 1/14!
-    c = c * r2 + 1.0 / 479001600.0;
-    c = c * r2 - 1.0 / 3628800.0;
-    c = c * r2 + 1.0 / 40320.0;
-    c = c * r2 - 1.0 / 720.0;
-    c = c * r2 + 1.0 / 24.0;
-    c = c * r2 - 0.5;
-    c = c * r2 + 1.0;
-    vd s = vd{} + 1.0 / 355687428096000.0;        // 1/17!
-    s = s * r2 - 1.0 / 1307674368000.0;
-    s = s * r2 + 1.0 / 6227020800.0;
-    s = s * r2 - 1.0 / 39916800.0;
-    s = s * r2 + 1.0 / 362880.0;
-    s = s * r2 - 1.0 / 5040.0;
-    s = s * r2 + 1.0 / 120.0;
-    s = s * r2 - 1.0 / 6.0;
+    vd c = vd{} + 1.0 / 479001600.0;               // 1/12!
+    c = vdfma(c, r2, vd{} - 1.0 / 3628800.0);
+    c = vdfma(c, r2, vd{} + 1.0 / 40320.0);
+    c = vdfma(c, r2, vd{} - 1.0 / 720.0);
+    c = vdfma(c, r2, vd{} + 1.0 / 24.0);
+    c = vdfma(c, r2, vd{} - 0.5);
+    c = vdfma(c, r2, vd{} + 1.0);
+    vd s = vd{} + 1.0 / 6227020800.0;              // 1/13!
+    s = vdfma(s, r2, vd{} - 1.0 / 39916800.0);
+    s = vdfma(s, r2, vd{} + 1.0 / 362880.0);
+    s = vdfma(s, r2, vd{} - 1.0 / 5040.0);
+    s = vdfma(s, r2, vd{} + 1.0 / 120.0);
+    s = vdfma(s, r2, vd{} - 1.0 / 6.0);
     s = (s * r2) * r + r;
-    const vi64 qi = __builtin_convertvector(q, vi64) & 3;
-    vd v = seld(qi == 0, c, seld(qi == 1, -s, seld(qi == 2, -c, s)));
+    // quadrant 0: c, 1: -s, 2: -c, 3: s; bit operations only (a select on 64-bit lanes is
+    // scalarised by GCC for AVX2)
+    const vi64 swap = -(qi & 1);
+    const vi64 sign = ((qi + 1) & 2) << 62;
+    const vd v = (vd)((((vi64)c & ~swap) | ((vi64)s & swap)) ^ sign);
     return __builtin_convertvector(v, vf);
 }
 
 // ------------------------------------------------------------------------------ Philox, vectorised
 
-inline void mulhilo(vu a, uint32_t m, vu& hi, vu& lo) {
+// hi, lo = the 64-bit products a[i] * m split in two words: two 32x32->64 multiplies (even and
+// odd lanes) and two blends; the generic fallback lets the compiler widen.
+JEBM_INLINE void mulhilo(vu a, uint32_t m, vu& hi, vu& lo) {
+#if JEBM_FMA == 512
+    const __m512i va = (__m512i)a, vm = _mm512_set1_epi32((int)m);
+    const __m512i pe = _mm512_mul_epu32(va, vm);
+    const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(va, 32), vm);
+    hi = (vu)_mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 32), po);
+    lo = (vu)_mm512_mask_blend_epi32((__mmask16)0xAAAA, pe, _mm512_slli_epi64(po, 32));
+#elif JEBM_FMA == 256
+    const __m256i va = (__m256i)a, vm = _mm256_set1_epi32((int)m);
+    const __m256i pe = _mm256_mul_epu32(va, vm);
+    const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(va, 32), vm);
+    hi = (vu)_mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+    lo = (vu)_mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+#elif defined(__SSE2__) && JEBM_VW == 4
+    const __m128i va = (__m128i)a, vm = _mm_set1_epi32((int)m);
+    const __m128i pe = _mm_mul_epu32(va, vm);                      // [lo0 hi0 lo2 hi2]
+    const __m128i po = _mm_mul_epu32(_mm_srli_epi64(va, 32), vm);  // [lo1 hi1 lo3 hi3]
+    const __m128 h = _mm_shuffle_ps((__m128)pe, (__m128)po, _MM_SHUFFLE(3, 1, 3, 1));  // hi0 hi2 hi1 hi3
+    const __m128 l = _mm_shuffle_ps((__m128)pe, (__m128)po, _MM_SHUFFLE(2, 0, 2, 0));
+    hi = (vu)_mm_shuffle_epi32((__m128i)h, _MM_SHUFFLE(3, 1, 2, 0));
+    lo = (vu)_mm_shuffle_epi32((__m128i)l, _MM_SHUFFLE(3, 1, 2, 0));
+#else
     const vu64 p = __builtin_convertvector(a, vu64) * (uint64_t)m;
     lo = __builtin_convertvector(p, vu);
     hi = __builtin_convertvector(p >> 32, vu);
+#endif
 }
 
 // Words 0 and 1 for the V counters (start + inc[i]) (64-bit start, 32-bit lane increments).
-inline void philox_vec(uint64_t seed, uint64_t start, vu inc, vu& w0, vu& w1) {
+JEBM_INLINE void philox_vec(uint64_t seed, uint64_t start, vu inc, vu& w0, vu& w1) {
     vu c0 = (vu{} + (uint32_t)start) + inc;
     vu c1 = (vu{} + (uint32_t)(start >> 32)) - (vu)(c0 < inc);  // carry
     vu c2 = vu{}, c3 = vu{};
@@ -281,7 +347,7 @@ inline void philox_vec(uint64_t seed, uint64_t start, vu inc, vu& w0, vu& w1) {
     w1 = c1;
 }
 
-inline vf uniform_of(vu w) {
+JEBM_INLINE vf uniform_of(vu w) {
     vi x = (vi)w;
     x = x < 0 ? ~x : x;
     return __builtin_convertvector(x, vf) * kUniformScale;
@@ -289,7 +355,7 @@ inline vf uniform_of(vu w) {
 
 
 // V normals at counters start + inc[i], exactly as philox_randn builds them.
-inline vf normal_vec(uint64_t seed, uint64_t start, vu inc) {
+JEBM_INLINE vf normal_vec(uint64_t seed, uint64_t start, vu inc) {
     vu w0, w1;
     philox_vec(seed, start, inc, w0, w1);
     vf u1 = uniform_of(w0);
@@ -299,7 +365,7 @@ inline vf normal_vec(uint64_t seed, uint64_t start, vu inc) {
     return r * vcos_bm(kTwoPi * u2);
 }
 
-inline vf uniform_vec(uint64_t seed, uint64_t start, vu inc) {
+JEBM_INLINE vf uniform_vec(uint64_t seed, uint64_t start, vu inc) {
     vu w0, w1;
     philox_vec(seed, start, inc, w0, w1);
     return uniform_of(w0);
@@ -314,7 +380,7 @@ inline vu lane_index() {
 // ---------------------------------------------------------------------------------- activations
 
 template <int ACT>
-inline vf act_v(float p, vf a, vf& d) {
+JEBM_INLINE vf act_v(float p, vf a, vf& d) {
     if constexpr (ACT == ACT_LEAKY_RELU) {
         const vi pos = a > 0.0f;
         d = sel(pos, splat(1.0f), splat(p));
@@ -324,10 +390,11 @@ inline vf act_v(float p, vf a, vf& d) {
         d = sel(pos, splat(1.0f), splat(0.0f));
         return sel(pos, a, sel(a != a, a, splat(0.0f)));
     } else if constexpr (ACT == ACT_GELU) {
-        const vf cdf = 0.5f * (1.0f + verf(a * kSqrt1_2));
-        const vf pdf = kInvSqrt2Pi * vexp(-0.5f * a * a);
-        d = cdf + a * pdf;
-        return (a * 0.5f) * (1.0f + verf(a * kSqrt1_2));
+        const vf x = a * kSqrt1_2;
+        const vf ex = vexp(-(x * x));  // exp(-a^2 / 2): erf's tail and the normal density
+        const vf e1 = 1.0f + verf_ex(x, ex);
+        d = 0.5f * e1 + a * (kInvSqrt2Pi * ex);
+        return (a * 0.5f) * e1;
     } else if constexpr (ACT == ACT_GELU_TANH) {
         const vf a2 = a * a;
         const vf inner = kSqrt2OverPi * (a + kGeluTanhC * a2 * a);
@@ -671,7 +738,7 @@ void z_of_eps(const Model& M, Work& W, const float* x) {
     }
 }
 
-inline vf sum_sq_rows(const float* p, int rows, int c) {
+JEBM_INLINE vf sum_sq_rows(const float* p, int rows, int c) {
     vf acc = vf{};
     for (int j = 0; j < rows; ++j) {
         const vf v = ld(p + (size_t)j * NB + c * V);

@@ -41,13 +41,13 @@ from small tables built once per call (``_Packed``):
 * all weights in one float32 buffer: each Linear's W^T ([in, out] row-major, for the forward
   GEMM x @ W^T) AND its W ([out, in], for the input-gradient GEMM dh @ W), so that both GEMMs read
   their weight tiles with unit stride along the tile's fast axis; then its bias;
-* ``lin`` int64 [n_linear, 8]: W^T offset, W offset, bias offset (-1: none), in, out,
+* ``lin`` int32 [n_linear, 8]: W^T offset, W offset, bias offset (-1: none), in, out,
   activation id, scratch column of the pre-activation, scratch column of the output;
   ``linp`` float32: the activation's parameter (LeakyReLU slope, Softplus beta);
-* ``mlp`` int64 [n_mlp, 2]: first Linear, number of Linears;
-* ``lay`` int64 [L, 4]: d_l, column of layer l in concat(z), its term MLP, its Gaussian MLP
+* ``mlp`` int32 [n_mlp, 2]: first Linear, number of Linears;
+* ``lay`` int32 [L, 4]: d_l, column of layer l in concat(z), its term MLP, its Gaussian MLP
   (-1: none); ``layf`` float32 [L, 8]: h_l, c_l, q_l, sigma floor, 2 (s_l tau)^2;
-* ``reg`` int64 [8]: the scratch columns of X, G, X', G', Z, GZ and the two backward ping-pong
+* ``reg`` int32 [8]: the scratch columns of X, G, X', G', Z, GZ and the two backward ping-pong
   buffers.
 Layers are runtime loops over these tables; widths are handled by runtime loops over column chunks
 of constexpr size with masks, so no dimension needs to be a power of two or a multiple of
@@ -472,7 +472,7 @@ if triton is not None:
             col = tl.load(lay_ptr + 4 * l + 1)
             h = tl.load(layf_ptr + 8 * l)
             c = tl.load(layf_ptr + 8 * l + 1)
-            layer_start = col * B  # int64: B * (d_1 + ... + d_{l-1})
+            layer_start = col.to(tl.int64) * B  # B * (d_1 + ... + d_{l-1}), in int64
             for j0 in range(0, d, EC):
                 cl = j0 + tl.arange(0, EC)
                 cm = (cl < d)[None, :]
@@ -506,12 +506,12 @@ if triton is not None:
         x_ptr,        # float32 [B*D]: start state, layer-major ([B, d_1] then [B, d_2] ...)
         out_ptr,      # float32 [B*D]: final state, same layout
         w_ptr,        # float32: packed W^T, W and bias of every Linear
-        lin_ptr,      # int64 [n_linear, 8]: wt_off, w_off, b_off, in, out, act, a_col, h_col
+        lin_ptr,      # int32 [n_linear, 8]: wt_off, w_off, b_off, in, out, act, a_col, h_col
         linp_ptr,     # float32 [n_linear]: activation parameter
-        mlp_ptr,      # int64 [n_mlp, 2]: first Linear, number of Linears
-        lay_ptr,      # int64 [L, 4]: d_l, column in concat(z), term MLP or -1, Gaussian MLP or -1
+        mlp_ptr,      # int32 [n_mlp, 2]: first Linear, number of Linears
+        lay_ptr,      # int32 [L, 4]: d_l, column in concat(z), term MLP or -1, Gaussian MLP or -1
         layf_ptr,     # float32 [L, 8]: h_l = s_l^2/2, c_l = s_l tau, q_l, sigma floor, 2 (s_l tau)^2
-        reg_ptr,      # int64 [8]: scratch columns of X, G, X', G', Z, GZ, ping, pong
+        reg_ptr,      # int32 [8]: scratch columns of X, G, X', G', Z, GZ, ping, pong
         scratch_ptr,  # float32 [programs, BB, TOT]: per-program scratch
         stats_ptr,    # float32 [n_steps, n_blocks, 4]: per block sum of U, |grad U|, accepts
         B,            # chains
@@ -555,7 +555,7 @@ if triton is not None:
                 for j0 in range(0, d, EC):
                     cl = j0 + tl.arange(0, EC)
                     cm = (cl < d)[None, :]
-                    v = tl.load(x_ptr + col * B + rows[:, None] * d + cl[None, :],
+                    v = tl.load(x_ptr + col.to(tl.int64) * B + rows[:, None] * d + cl[None, :],
                                 mask=rmask[:, None] & cm, other=0.0)
                     tl.store(s_ptr + rb + (xc + col + cl)[None, :], v, mask=cm)
             tl.debug_barrier()
@@ -646,7 +646,7 @@ if triton is not None:
                     cl = j0 + tl.arange(0, EC)
                     cm = (cl < d)[None, :]
                     v = tl.load(s_ptr + rb + (xc + col + cl)[None, :], mask=cm, other=0.0)
-                    tl.store(out_ptr + col * B + rows[:, None] * d + cl[None, :], v, mask=rmask[:, None] & cm)
+                    tl.store(out_ptr + col.to(tl.int64) * B + rows[:, None] * d + cl[None, :], v, mask=rmask[:, None] & cm)
             tl.debug_barrier()
 
 
@@ -704,13 +704,15 @@ class _Packed:
         self.maxw = maxw
         self.weights = (torch.cat(chunks).contiguous() if chunks
                         else torch.zeros(1, dtype=torch.float32, device=device))
-        t64 = lambda rows: torch.tensor(rows if rows else [[0]], dtype=torch.int64).reshape(-1).to(device)
-        self.lin = t64(lin)
+        # int32 tables: tile index arithmetic stays 32-bit (weights < 2^31 floats); the Philox
+        # counters and flat state indices are widened to int64 in the kernel
+        t32 = lambda rows: torch.tensor(rows if rows else [[0]], dtype=torch.int32).reshape(-1).to(device)
+        self.lin = t32(lin)
         self.linp = torch.tensor(linp if linp else [0.0], dtype=torch.float32).to(device)
-        self.mlp = t64(mlp_rows)
+        self.mlp = t32(mlp_rows)
         cols = [sum(spec.dims[:l]) for l in range(L)]
-        self.lay = t64([[spec.dims[l], cols[l], term_ids[l], gauss_ids[l]] for l in range(L)])
-        self.reg = t64([reg])
+        self.lay = t32([[spec.dims[l], cols[l], term_ids[l], gauss_ids[l]] for l in range(L)])
+        self.reg = t32([reg])
         self.cols = cols
 
     def _add(self, m: MLPSpec | None) -> int:
