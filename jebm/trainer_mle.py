@@ -92,6 +92,25 @@ class MLETrainer:
     def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
         """One iteration. Returns (metrics, name of the first non-finite metric or None); with a
         non-finite loss or energy no parameter is updated."""
+        values, total = self.loss(x, generator=generator, backend=backend)
+        bad = first_non_finite(values)
+        if bad is not None:
+            return values, bad
+        self.apply(total)
+        return values, None
+
+    def apply(self, total: torch.Tensor) -> None:
+        """The update from ``loss``'s scalar: one backward pass, then every optimiser steps.
+        (One backward pass is what DistributedDataParallel synchronises: jebm.distributed.)"""
+        for opt in self.optimizers().values():
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in self.optimizers().values():
+            opt.step()
+
+    def loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
+        """Sample the chains and compute the iteration's losses: (metric values as floats, one
+        scalar whose gradient is each parameter group's update)."""
         model, sx2 = self.model, 2 * self.model.sigma_x ** 2
         z_pos = model.sample_posterior(x, generator=generator, backend=backend)
         z_neg = self.prior_chains.sample(model, x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
@@ -112,13 +131,4 @@ class MLETrainer:
             loss_beta = -logp_pos
             metrics.update(loss_beta=loss_beta)
             total = loss_recon + loss_beta
-        values = {k: float(v.detach()) for k, v in metrics.items()}
-        bad = first_non_finite(values)
-        if bad is not None:
-            return values, bad
-        for opt in self.optimizers().values():
-            opt.zero_grad(set_to_none=True)
-        total.backward()
-        for opt in self.optimizers().values():
-            opt.step()
-        return values, None
+        return {k: float(v.detach()) for k, v in metrics.items()}, total

@@ -8,8 +8,8 @@ iteration on a batch x:
   prior: loss_gen = -ELBO + mean log p_beta(z-), z- from prior Langevin (detached).
 - alpha minimises mean F(z-) - mean F(z_q detached).
 Only the prior chain remains in the loop. The F(z) term of the ELBO gives phi (through the
-reparameterised z_q) a gradient, but not alpha: alpha's gradient from loss_gen is discarded
-before its own loss is back-propagated.
+reparameterised z_q) a gradient, but alpha learns from its own loss only: one backward pass of
+loss_gen + mean F(z-) gives exactly that (``VariationalTrainer.loss`` says why).
 
 Noise for q's reparameterisation comes from the trainer's Philox stream, like every chain, so
 the run is reproducible from its seed and resumable bit for bit.
@@ -69,6 +69,32 @@ class VariationalTrainer:
         return [t.detach() for t in z]
 
     def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
+        """One iteration. Returns (metrics, name of the first non-finite metric or None); with a
+        non-finite loss or energy no parameter is updated."""
+        values, total = self.loss(x, generator=generator, backend=backend)
+        bad = first_non_finite(values)
+        if bad is not None:
+            return values, bad
+        self.apply(total)
+        return values, None
+
+    def apply(self, total: torch.Tensor) -> None:
+        """The update from ``loss``'s scalar: one backward pass, then every optimiser steps.
+        (One backward pass is what DistributedDataParallel synchronises: jebm.distributed.)"""
+        for opt in self.optimizers().values():
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in self.optimizers().values():
+            opt.step()
+
+    def loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
+        """Sample q and the prior chains and compute the losses: (metric values as floats, one
+        scalar whose gradient is each parameter group's update).
+
+        alpha must learn from loss_ebm = F(z-) - F(z_q detached) only, but loss_gen's F(z_q) term
+        reaches alpha too (with gradient -dF(z_q)). One scalar gives both exactly:
+        total = loss_gen + mean F(z-): alpha gets -dF(z_q) + dF(z-) = d loss_ebm, and phi, g, beta
+        get loss_gen's gradient alone (F(z-) is a function of alpha only, z- being detached)."""
         model, B = self.model, x.shape[0]
         sx = model.sigma_x
         noise = randn_layers(B, model.dims, generator, device=x.device, dtype=x.dtype)
@@ -92,18 +118,5 @@ class VariationalTrainer:
             F_neg = model.F(z_neg).mean()
             loss_ebm = F_neg - F_pos
             metrics.update(loss_ebm=loss_ebm, logp_neg=logp_neg, F_pos=F_pos, F_neg=F_neg)
-        values = {k: float(v.detach()) for k, v in metrics.items()}
-        bad = first_non_finite(values)
-        if bad is not None:
-            return values, bad
-        for opt in self.optimizers().values():
-            opt.zero_grad(set_to_none=True)
-        loss_gen.backward()
-        if loss_ebm is not None:
-            # loss_gen's F(z_q) term reached alpha too; alpha learns only from its own loss.
-            for p in model.ebm_parameters():
-                p.grad = None
-            loss_ebm.backward()
-        for opt in self.optimizers().values():
-            opt.step()
-        return values, None
+        total = loss_gen if loss_ebm is None else loss_gen + F_neg
+        return {k: float(v.detach()) for k, v in metrics.items()}, total
