@@ -92,12 +92,18 @@ These figures are design arguments: no GPU was available where this was written.
   so >= 2x (3-6x) holds on either precision.
 * Seed and offset are ``do_not_specialize`` 64-bit arguments (as the integer sizes and counts);
   every counter is computed in int64, so offsets past 2^32 and chains of any length are exact.
+  Graph-safe variant (``philox=``, ``PHILOX_FROM_PTR``): seed and offset are loaded from a device
+  int64 tensor [seed, offset] at the start of the kernel, so a captured CUDA graph draws new noise
+  on each replay once that tensor is advanced on the device. The structure tables and ``layf``
+  are cached per (contents, device) (``_device_table``), so a call with a structure seen before
+  makes no host-to-device copy, which CUDA graph capture forbids.
 * The scratch is [programs, 16, TOT] float32 (TOT ~ 5,600 columns for CVPR: 360 KB per program);
   the grid is capped at 8 programs per SM and programs loop over chain blocks, so memory is
   bounded for any batch.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 import math
 import os
 
@@ -111,7 +117,7 @@ try:
 except ImportError:  # triton is optional: the backend reports itself unavailable
     triton = None
 
-__all__ = ["prior_chain", "run_problem", "ACT_IDS"]
+__all__ = ["prior_chain", "launch", "run_problem", "ACT_IDS"]
 
 ACT_IDS = {name: i for i, name in enumerate(ACTIVATIONS)}
 assert ACTIVATIONS == ("leaky_relu", "gelu", "gelu_tanh", "silu", "softplus", "tanh", "relu", "identity")
@@ -524,7 +530,8 @@ if triton is not None:
         n_blocks,     # ceil(B / BB)
         sign,         # energy_sign
         seed,         # Philox key (64-bit, not specialised)
-        offset,       # first counter of step 0 (64-bit, not specialised)
+        offset,       # first counter of step 0 (64-bit, not specialised; added to philox_ptr[1])
+        philox_ptr,   # int64 [2]: seed (bit pattern) and base offset, read when PHILOX_FROM_PTR
         SPACE_EPS: tl.constexpr,  # sample eps (else z)
         GAUSS: tl.constexpr,      # inter-layer Gaussians (else base_sigma / none)
         MALA: tl.constexpr,       # Metropolis-adjusted
@@ -534,7 +541,11 @@ if triton is not None:
         NC: tl.constexpr,         # GEMM output chunk
         EC: tl.constexpr,         # element-wise column chunk
         PREC: tl.constexpr,       # tl.dot input_precision
+        PHILOX_FROM_PTR: tl.constexpr,  # seed and offset from philox_ptr (graph-safe)
     ):
+        if PHILOX_FROM_PTR:
+            seed = tl.load(philox_ptr)
+            offset = tl.load(philox_ptr + 1) + offset
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         s_ptr = scratch_ptr + pid.to(tl.int64) * BB * TOT
@@ -652,6 +663,27 @@ if triton is not None:
 
 # ---------------------------------------------------------------------- host side
 
+_TABLES: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_MAX_TABLES = 1024  # a few KB each; learned step sizes make a new layf per training step
+
+
+def _device_table(values: list, dtype: torch.dtype, device) -> torch.Tensor:
+    """A small read-only table on ``device``, built once per (contents, device): repeated calls
+    with one structure make no host-to-device copy (a blocking copy is not allowed while a CUDA
+    graph is being captured). Least recently used tables are dropped past ``_MAX_TABLES``; a
+    captured graph must hold references to the tables it reads (``GraphSafeChain`` does)."""
+    key = (tuple(float(v) if dtype.is_floating_point else int(v) for v in values), dtype, str(device))
+    t = _TABLES.get(key)
+    if t is None:
+        t = torch.tensor(list(key[0]), dtype=dtype).to(device)
+        _TABLES[key] = t
+        while len(_TABLES) > _MAX_TABLES:
+            _TABLES.popitem(last=False)
+    else:
+        _TABLES.move_to_end(key)
+    return t
+
+
 class _Packed:
     """The structure tables and weight buffer of one PriorSpec (see the module docstring)."""
 
@@ -706,9 +738,9 @@ class _Packed:
                         else torch.zeros(1, dtype=torch.float32, device=device))
         # int32 tables: tile index arithmetic stays 32-bit (weights < 2^31 floats); the Philox
         # counters and flat state indices are widened to int64 in the kernel
-        t32 = lambda rows: torch.tensor(rows if rows else [[0]], dtype=torch.int32).reshape(-1).to(device)
+        t32 = lambda rows: _device_table([v for r in rows for v in r] if rows else [0], torch.int32, device)
         self.lin = t32(lin)
-        self.linp = torch.tensor(linp if linp else [0.0], dtype=torch.float32).to(device)
+        self.linp = _device_table(linp if linp else [0.0], torch.float32, device)
         self.mlp = t32(mlp_rows)
         cols = [sum(spec.dims[:l]) for l in range(L)]
         self.lay = t32([[spec.dims[l], cols[l], term_ids[l], gauss_ids[l]] for l in range(L)])
@@ -747,14 +779,37 @@ def _precision(device) -> str:
 def prior_chain(spec: PriorSpec, z: list[torch.Tensor], *, n_steps: int, step_sizes, noise_scale: float,
                 seed: int, offset: int, prior_sigma=None, mala: bool = False, want_stats: bool = False,
                 block_b: int = 16, block_k: int = 32, block_n: int = 64, block_e: int = 64,
-                num_warps: int = 4, max_programs: int | None = None):
+                num_warps: int = 4, max_programs: int | None = None, philox: torch.Tensor | None = None):
     """Run the whole prior chain of ``spec`` from ``z`` (list of [B, d_l] float32) in one launch.
 
     Returns (list of final [B, d_l], stats) with stats = {"energy", "grad_norm", "accept"}: lists
     of per-step 0-d tensors (chain means at the state each step starts from; accept rates with
     MALA), empty when ``want_stats`` is False. The noise is step k's ``problem.py`` layout at
     ``offset + k * stride``, stride = B * D (+ B with MALA).
+
+    ``philox``: an int64 tensor [seed (signed bit pattern), offset] on z's device; the kernel
+    reads both from it (the host ``seed`` is ignored, ``offset`` is added), which is what a
+    captured CUDA graph needs to draw new noise on each replay.
     """
+    final, per_step = launch(spec, z, n_steps=n_steps, step_sizes=step_sizes, noise_scale=noise_scale,
+                             seed=seed, offset=offset, prior_sigma=prior_sigma, mala=mala,
+                             want_stats=want_stats, block_b=block_b, block_k=block_k, block_n=block_n,
+                             block_e=block_e, num_warps=num_warps, max_programs=max_programs, philox=philox)
+    stats = {"energy": [], "grad_norm": [], "accept": []}
+    if per_step is not None:
+        stats["energy"] = list(per_step[:, 0].unbind(0))
+        stats["grad_norm"] = list(per_step[:, 1].unbind(0))
+        if mala:
+            stats["accept"] = list(per_step[:, 2].unbind(0))
+    return final, stats
+
+
+def launch(spec: PriorSpec, z: list[torch.Tensor], *, n_steps: int, step_sizes, noise_scale: float,
+           seed: int, offset: int, prior_sigma=None, mala: bool = False, want_stats: bool = False,
+           block_b: int = 16, block_k: int = 32, block_n: int = 64, block_e: int = 64,
+           num_warps: int = 4, max_programs: int | None = None, philox: torch.Tensor | None = None):
+    """``prior_chain``'s work: (final layers, per-step statistics [K, 3] or None): chain means of
+    the energy and of |grad U| at the state each step starts from, and the accept rate (MALA)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     for name, v in (("block_b", block_b), ("block_k", block_k), ("block_n", block_n), ("block_e", block_e)):
@@ -772,16 +827,18 @@ def prior_chain(spec: PriorSpec, z: list[torch.Tensor], *, n_steps: int, step_si
         raise ValueError(f"z has layer dims {dims}, the prior {tuple(spec.dims)}")
     D = sum(dims)
     stride = B * D + (B if mala else 0)
-    stats = {"energy": [], "grad_norm": [], "accept": []}
+    if philox is not None and (philox.dtype != torch.int64 or philox.numel() != 2 or philox.device != device):
+        raise ValueError(f"philox must be an int64 tensor [seed, offset] on {device}, got "
+                         f"{philox.dtype} {tuple(philox.shape)} on {philox.device}")
     if n_steps == 0:
-        return [t.clone() for t in z], stats
+        return [t.clone() for t in z], (torch.zeros(0, 3, device=device) if want_stats else None)
 
     packed = _Packed(spec, device, dtype)
     q = _quadratic(spec, prior_sigma)
     floors = [g.sigma_floor for g in spec.gaussians] + [0.0] * (L - len(spec.gaussians))
     layf = [[s * s / 2, s * noise_scale, ql, fl, 2 * (s * noise_scale) ** 2, 0.0, 0.0, 0.0]
             for s, ql, fl in zip(step_sizes, q, floors)]
-    layf = torch.tensor(layf, dtype=torch.float32).reshape(-1).to(device)
+    layf = _device_table([v for row in layf for v in row], torch.float32, device)
 
     x = torch.cat([t.reshape(-1) for t in z]).contiguous()
     out = torch.empty_like(x)
@@ -796,17 +853,14 @@ def prior_chain(spec: PriorSpec, z: list[torch.Tensor], *, n_steps: int, step_si
     _prior_chain_kernel[(n_prog,)](
         x, out, packed.weights, packed.lin, packed.linp, packed.mlp, packed.lay, layf, packed.reg,
         scratch, stat_buf, B, L, D, packed.tot, n_steps, stride, packed.joint, n_blocks,
-        float(spec.energy_sign), seed, offset,
+        float(spec.energy_sign), 0 if philox is not None else seed, offset,
+        philox if philox is not None else packed.reg,
         SPACE_EPS=spec.space == "eps", GAUSS=gauss, MALA=bool(mala), STATS=bool(want_stats),
-        BB=block_b, KC=block_k, NC=block_n, EC=block_e, PREC=_precision(device), num_warps=num_warps)
-    if want_stats:
-        per_step = stat_buf.view(n_steps, n_blocks, 4).sum(1) / B
-        stats["energy"] = list(per_step[:, 0].unbind(0))
-        stats["grad_norm"] = list(per_step[:, 1].unbind(0))
-        if mala:
-            stats["accept"] = list(per_step[:, 2].unbind(0))
+        BB=block_b, KC=block_k, NC=block_n, EC=block_e, PREC=_precision(device), num_warps=num_warps,
+        PHILOX_FROM_PTR=philox is not None)
+    per_step = stat_buf.view(n_steps, n_blocks, 4).sum(1)[:, :3] / B if want_stats else None
     final = [c.view(B, d) for c, d in zip(out.split([B * d for d in dims]), dims)]
-    return final, stats
+    return final, per_step
 
 
 def run_problem(problem):

@@ -10,7 +10,10 @@ exactly the noise layout, so a layer's noise counter is ``offset + start_l + i``
 for the proposal density) and the result clamped.
 
 Seed and offset are 64-bit kernel arguments that Triton must not specialise (a specialised
-value would recompile for every call); they are never read back on the host.
+value would recompile for every call); they are never read back on the host. Graph-safe variant
+(``philox=`` a device int64 tensor [seed, offset], ``PHILOX_FROM_PTR``): the kernel loads seed and
+offset from that tensor and adds ``offset`` (then a per-step constant) to it, so a CUDA graph that
+captured the launch draws fresh noise on every replay once the tensor is advanced on the device.
 """
 from __future__ import annotations
 
@@ -22,11 +25,11 @@ try:
 except ImportError:  # triton is optional: the backend reports itself unavailable
     triton = None
 
-__all__ = ["multi_layer_update"]
+__all__ = ["multi_layer_update", "layer_tables"]
 
 if triton is not None:
 
-    @triton.jit(do_not_specialize=["seed", "offset", "n_uniform"])
+    @triton.jit(do_not_specialize=["seed", "offset", "n_uniform", "uniform_base"])
     def _multi_layer_update_kernel(
         x_ptr,          # float32 [N]: current state, all layers, layer-major
         g_ptr,          # float32 [N]: dU/dx, same layout
@@ -41,10 +44,15 @@ if triton is not None:
         n_uniform,      # B with MALA, else 0
         uniform_base,   # B * D: where the uniforms' counters start
         seed,           # uint64 Philox key
-        offset,         # int64 first counter of this step
+        offset,         # int64 first counter of this step (added to philox_ptr[1] with PHILOX_FROM_PTR)
+        philox_ptr,     # int64 [2]: seed (bit pattern) and base offset, read when PHILOX_FROM_PTR
         clamp_lo, clamp_hi,
         WRITE_NOISE: tl.constexpr, CLAMP: tl.constexpr, BLOCK: tl.constexpr,
+        PHILOX_FROM_PTR: tl.constexpr,
     ):
+        if PHILOX_FROM_PTR:
+            seed = tl.load(philox_ptr)
+            offset = tl.load(philox_ptr + 1) + offset
         layer = tl.program_id(1)
         i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         if layer < n_layers:
@@ -71,11 +79,20 @@ if triton is not None:
 def multi_layer_update(x: torch.Tensor, g: torch.Tensor, sizes: list[int], step_sizes: list[float],
                        noise_scale: float, seed: int, offset: int, *, n_uniform: int = 0,
                        write_noise: bool = False, clamp: tuple[float, float] | None = None,
-                       out: torch.Tensor | None = None, block: int = 1024):
+                       out: torch.Tensor | None = None, block: int = 1024,
+                       philox: torch.Tensor | None = None, h: torch.Tensor | None = None,
+                       c: torch.Tensor | None = None, starts: torch.Tensor | None = None,
+                       size_t: torch.Tensor | None = None):
     """Move every layer of the flat state ``x`` [N] one Langevin step in one launch.
 
     Returns (moved state, normals or None, uniforms or None). ``sizes`` are the per-layer element
     counts (B * d_l), in order; ``x`` and ``g`` are contiguous float32 on one device.
+
+    With ``philox`` (int64 [2] on x's device: seed as a signed bit pattern, base offset) the
+    kernel reads seed and offset from it and uses counters ``philox[1] + offset`` onwards; the
+    host ``seed`` is then ignored. Give the per-layer tables ``h``, ``c`` (float32 [L]) and
+    ``starts``, ``size_t`` (int64 [L]) already on the device to launch without any host-to-device
+    copy (what CUDA graph capture needs); otherwise they are built here.
     """
     if triton is None:
         raise RuntimeError("triton is not installed")
@@ -89,14 +106,25 @@ def multi_layer_update(x: torch.Tensor, g: torch.Tensor, sizes: list[int], step_
     out = torch.empty_like(x) if out is None else out
     noise = torch.empty_like(x) if write_noise else out
     uniform = torch.empty(max(n_uniform, 1), dtype=torch.float32, device=device)
-    starts = torch.tensor([sum(sizes[:l]) for l in range(len(sizes))], dtype=torch.int64, device=device)
-    size_t = torch.tensor(sizes, dtype=torch.int64, device=device)
-    # h and c rounded to float32 once, as the reference's float32 ops round the Python scalars.
-    h = torch.tensor([s * s / 2 for s in step_sizes], dtype=torch.float32, device=device)
-    c = torch.tensor([s * noise_scale for s in step_sizes], dtype=torch.float32, device=device)
+    if starts is None or size_t is None or h is None or c is None:
+        starts, size_t, h, c = layer_tables(sizes, step_sizes, noise_scale, device)
+    if philox is not None and (philox.dtype != torch.int64 or philox.numel() != 2 or philox.device != device):
+        raise ValueError(f"philox must be an int64 tensor [seed, offset] on {device}, got "
+                         f"{philox.dtype} {tuple(philox.shape)} on {philox.device}")
     lo, hi = clamp if clamp is not None else (0.0, 0.0)
     grid = (triton.cdiv(max(max(sizes), n_uniform), block), len(sizes) + 1)
     _multi_layer_update_kernel[grid](
         x, g, out, noise, uniform, starts, size_t, h, c, len(sizes), n_uniform, x.numel(),
-        seed, offset, lo, hi, WRITE_NOISE=write_noise, CLAMP=clamp is not None, BLOCK=block)
+        0 if philox is not None else seed, offset, philox if philox is not None else starts, lo, hi,
+        WRITE_NOISE=write_noise, CLAMP=clamp is not None, BLOCK=block, PHILOX_FROM_PTR=philox is not None)
     return out, (noise if write_noise else None), (uniform[:n_uniform] if n_uniform else None)
+
+
+def layer_tables(sizes: list[int], step_sizes: list[float], noise_scale: float, device):
+    """The kernel's per-layer tables: first flat index and size (int64), h = s^2/2 and c = s tau
+    (float32, rounded once from double, as the reference's float32 ops round the Python scalars)."""
+    starts = torch.tensor([sum(sizes[:l]) for l in range(len(sizes))], dtype=torch.int64, device=device)
+    size_t = torch.tensor(sizes, dtype=torch.int64, device=device)
+    h = torch.tensor([s * s / 2 for s in step_sizes], dtype=torch.float32, device=device)
+    c = torch.tensor([s * noise_scale for s in step_sizes], dtype=torch.float32, device=device)
+    return starts, size_t, h, c
