@@ -81,3 +81,4 @@ from .triton_backend import TritonBackend  # noqa: E402  (registers after the re
 
 register_backend(TritonBackend())
 from . import cpu as _cpu  # noqa: E402,F401  (registers the cpu backend)
+from . import cuda as _cuda_backend  # noqa: E402,F401  (registers the cuda backend)

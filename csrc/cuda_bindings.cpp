@@ -1,0 +1,440 @@
+// jebm_kernels._cuda: pybind11 bindings for the CUDA kernels (cuda_update.cu, cuda_prior_chain.cu).
+//
+// As jebm_kernels._C does: every binding takes raw device addresses (Python ints from
+// tensor.data_ptr()), sizes and the stream (torch.cuda.current_stream().cuda_stream) and never a
+// torch tensor, so this module needs neither torch's C++ ABI nor torch's CUDA headers; it links
+// the CUDA runtime statically. This file is compiled by the host C++ compiler and includes no CUDA
+// header: every runtime call goes through cuda_kernels.h.
+//
+// Validation happens before any address is handed to a kernel: sizes (non-negative, within
+// limits, consistent), list lengths, null and misaligned addresses, finite scalars, 64-bit counter
+// overflow, weight-buffer offsets against the buffer's length, and for every address
+// cudaPointerGetAttributes: it must be device (or managed) memory of the current device, so a CPU
+// tensor's address is refused instead of faulting. A bad argument raises ValueError (from
+// std::invalid_argument), a wrongly typed one TypeError (pybind11's conversion), a CUDA runtime
+// error RuntimeError with the runtime's message. jebm_kernels/cuda.py checks dtype, device, shape
+// and contiguity of every tensor first.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda_kernels.h"
+
+namespace py = pybind11;
+
+namespace jebm {
+namespace cuda {
+namespace {
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
+
+void check_cuda(const char* err, const std::string& what) {
+    if (err) throw std::runtime_error("jebm_kernels._cuda: " + what + ": CUDA error: " + err);
+}
+
+int current(int* sm_count = nullptr) {
+    int dev = 0, sms = 0;
+    check_cuda(current_device(&dev, &sms), "querying the current device");
+    if (sm_count) *sm_count = sms;
+    return dev;
+}
+
+// A device address of the current device (or managed memory), aligned for T.
+template <class T>
+T* dev_addr(uint64_t p, const std::string& what, int device) {
+    if (p == 0) bad(what + " is a null address");
+    if (p % alignof(T) != 0) bad(what + " is not aligned for its element type");
+    const void* ptr = reinterpret_cast<const void*>(static_cast<uintptr_t>(p));
+    int kind = 0, dev = -1;
+    check_cuda(pointer_info(ptr, &kind, &dev), "inspecting " + what);
+    if (kind == 0) bad(what + " is not CUDA device memory (a CPU tensor's address?)");
+    if (kind == 1 && dev != device)
+        bad(what + " lives on cuda:" + std::to_string(dev) + " but the current device is cuda:" + std::to_string(device));
+    return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
+}
+
+template <class T>
+T* dev_addr_or_null(uint64_t p, const std::string& what, int device) {
+    return p == 0 ? nullptr : dev_addr<T>(p, what, device);
+}
+
+int64_t check_count(int64_t v, int64_t lo, int64_t hi, const std::string& what) {
+    if (v < lo || v > hi)
+        bad(what + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + std::to_string(v));
+    return v;
+}
+
+float finite_float(double v, const std::string& what) {
+    if (!std::isfinite(v) || std::fabs(v) > 3.0e38) bad(what + " must be a finite float32 value, got " + std::to_string(v));
+    return static_cast<float>(v);
+}
+
+void check_counters(uint64_t offset, unsigned __int128 n, const std::string& what) {
+    const unsigned __int128 end = (unsigned __int128)offset + n;
+    if (end > ((unsigned __int128)1 << 64)) bad(what + ": offset + counters used run past the 64-bit Philox counter");
+}
+
+constexpr int64_t kMaxBatch = int64_t(1) << 31;
+constexpr int64_t kMaxElems = int64_t(1) << 40;
+constexpr int64_t kMaxMatrix = int64_t(1) << 28;
+constexpr int64_t kMaxWeights = int64_t(1) << 34;
+constexpr size_t kAlign = 256;
+
+size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// sizes, W^T offsets, W offsets, bias offsets (-1: none), activation, its parameter, output activation
+using MLPArg = std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
+                          int64_t, double, int64_t>;
+
+class Model {
+public:
+    Model(const std::vector<int64_t>& dims, const std::vector<MLPArg>& mlps, const std::vector<int64_t>& terms,
+          int64_t joint, const std::vector<int64_t>& gauss, const std::vector<double>& floors, int64_t space,
+          double energy_sign, const std::vector<double>& base_sigma, const std::vector<double>& prior_sigma,
+          uint64_t weights, int64_t weights_numel)
+        : m_(new ModelDev()) {
+        ModelDev& m = *m_;
+        std::memset(&m, 0, sizeof(ModelDev));
+        m.L = (int)check_count((int64_t)dims.size(), 1, kMaxLatent, "number of latent layers");
+        int64_t D = 0;
+        int max_d = 1;
+        for (int l = 0; l < m.L; ++l) {
+            m.dims[l] = (int)check_count(dims[l], 1, kMaxWidth, "latent dim " + std::to_string(l + 1));
+            m.off[l] = (int)D;
+            D += m.dims[l];
+            if (m.dims[l] > max_d) max_d = m.dims[l];
+        }
+        if (D > kMaxWidth) bad("the latent dims add up to more than " + std::to_string(kMaxWidth));
+        m.D = (int)D;
+        m.off[m.L] = m.D;
+        numel_ = check_count(weights_numel, 1, kMaxWeights, "weights_numel");
+        m.n_mlps = (int)check_count((int64_t)mlps.size(), 0, kMaxMLPs, "number of MLPs");
+        int n_linear = 0;
+        int maxw = 1;
+        std::vector<int> mlp_in(m.n_mlps), mlp_out(m.n_mlps);
+        for (int i = 0; i < m.n_mlps; ++i) {
+            const auto& [sizes, wt, w, b, act, param, out_act] = mlps[i];
+            const std::string nm = "MLP " + std::to_string(i);
+            const int nl = (int)check_count((int64_t)sizes.size() - 1, 1, kMaxLinear, nm + ": number of Linear layers");
+            if ((int)wt.size() != nl || (int)w.size() != nl || (int)b.size() != nl)
+                bad(nm + ": needs one W^T, one W and one bias offset (-1 = no bias) per layer: " + std::to_string(nl) +
+                    " layers");
+            if (n_linear + nl > kMaxLinearTotal)
+                bad("more than " + std::to_string(kMaxLinearTotal) + " Linear layers in one model");
+            const int a = (int)check_count(act, 0, ACT_COUNT - 1, nm + ": activation code");
+            const int oa = (int)check_count(out_act, 0, ACT_COUNT - 1, nm + ": output activation code");
+            const float p = finite_float(param, nm + ": activation parameter");
+            if ((a == ACT_SOFTPLUS || oa == ACT_SOFTPLUS) && p == 0.0f) bad(nm + ": softplus needs beta != 0");
+            m.mlp[i].first = n_linear;
+            m.mlp[i].count = nl;
+            for (int l = 0; l <= nl; ++l) check_count(sizes[l], 1, kMaxWidth, nm + ": width " + std::to_string(l));
+            for (int l = 0; l < nl; ++l) {
+                LinearDev& ln = m.lin[n_linear + l];
+                ln.n_in = (int)sizes[l];
+                ln.n_out = (int)sizes[l + 1];
+                const int64_t nk = (int64_t)ln.n_in * ln.n_out;
+                if (nk > kMaxMatrix) bad(nm + ": weight matrix too large");
+                const std::string li = nm + " layer " + std::to_string(l);
+                ln.wt_off = in_buffer(wt[l], nk, li + ": W^T offset");
+                ln.w_off = in_buffer(w[l], nk, li + ": W offset");
+                ln.b_off = b[l] == -1 ? -1 : in_buffer(b[l], ln.n_out, li + ": bias offset");
+                ln.act = l + 1 < nl ? a : oa;
+                ln.param = p;
+                if (ln.n_in > maxw) maxw = ln.n_in;
+                if (ln.n_out > maxw) maxw = ln.n_out;
+            }
+            mlp_in[i] = (int)sizes[0];
+            mlp_out[i] = (int)sizes[nl];
+            n_linear += nl;
+        }
+        m.n_linear = n_linear;
+        auto mlp_index = [&](int64_t i, int in, int out, const std::string& what) -> int {
+            if (i < 0 || i >= m.n_mlps) bad(what + ": MLP index " + std::to_string(i) + " out of range");
+            if (mlp_in[i] != in || mlp_out[i] != out)
+                bad(what + " must map " + std::to_string(in) + " -> " + std::to_string(out) + ", got " +
+                    std::to_string(mlp_in[i]) + " -> " + std::to_string(mlp_out[i]));
+            return (int)i;
+        };
+        if ((int64_t)terms.size() != m.L) bad("need one layer term index (-1 = none) per latent layer");
+        for (int l = 0; l < m.L; ++l)
+            m.term[l] = terms[l] == -1 ? -1 : mlp_index(terms[l], m.dims[l], 1, "layer term " + std::to_string(l + 1));
+        m.joint = joint == -1 ? -1 : mlp_index(joint, m.D, 1, "the joint term");
+        if (!gauss.empty() && (int64_t)gauss.size() != m.L - 1)
+            bad("need L - 1 = " + std::to_string(m.L - 1) + " inter-layer Gaussians, got " + std::to_string(gauss.size()));
+        if (floors.size() != gauss.size()) bad("need one sigma floor per Gaussian");
+        for (int l = 0; l < m.L; ++l) m.gauss[l] = -1;
+        for (size_t l = 0; l < gauss.size(); ++l) {
+            m.gauss[l] = mlp_index(gauss[l], m.dims[l + 1], 2 * m.dims[l], "Gaussian " + std::to_string(l + 1));
+            m.floor[l] = finite_float(floors[l], "sigma floor");
+        }
+        m.has_gauss = gauss.empty() ? 0 : 1;
+        m.space_eps = (int)check_count(space, 0, 1, "space (0 = z, 1 = eps)");
+        m.sign = finite_float(energy_sign, "energy_sign");
+        // the pure quadratic terms, folded: U += q_l |x_l|^2 / 2
+        double q[kMaxLatent] = {0};
+        if (!base_sigma.empty()) {
+            if ((int64_t)base_sigma.size() != m.L) bad("base_sigma needs one value per layer");
+            if (m.has_gauss) bad("give either inter-layer Gaussians or base_sigma, not both");
+            if (m.space_eps) bad("base_sigma priors are sampled in z-space");
+            for (int l = 0; l < m.L; ++l) {
+                const double s = base_sigma[l];
+                if (!(s > 0)) bad("base_sigma must be > 0 (inf: no base term)");
+                if (!std::isinf(s)) q[l] = 1.0 / (s * s);
+            }
+        } else if (m.L > 1 && !m.has_gauss) {
+            bad("need L - 1 inter-layer Gaussians (or base_sigma)");
+        } else if (m.space_eps) {
+            for (int l = 0; l < m.L; ++l) q[l] = 1.0;  // |eps|^2 / 2
+        } else {
+            q[m.L - 1] = 1.0;  // the top N(0, I)
+        }
+        if (m.space_eps && m.has_gauss != (m.L > 1 ? 1 : 0)) bad("eps-space needs the inter-layer Gaussians");
+        if (!prior_sigma.empty()) {
+            if ((int64_t)prior_sigma.size() != m.L) bad("prior_sigma needs one value per layer");
+            for (int l = 0; l < m.L; ++l) {
+                const double s = prior_sigma[l];
+                if (!(std::isfinite(s) && s > 0)) bad("prior_sigma must be finite and > 0");
+                q[l] += 1.0 / (s * s);
+            }
+        }
+        for (int l = 0; l < m.L; ++l) m.q[l] = finite_float(q[l], "a quadratic coefficient (1 / sigma^2)");
+        // scratch rows of one chain
+        int64_t r = 0;
+        auto take = [&](int64_t n) {
+            const int64_t at = r;
+            r += n;
+            return at;
+        };
+        m.rX = take(D);
+        m.rG = take(D);
+        m.rXP = take(D);
+        m.rGP = take(D);
+        m.rZ = take(D);
+        m.rGZ = take(D);
+        m.rGO = take(2 * (int64_t)max_d);
+        m.rT0 = take(maxw);
+        m.rT1 = take(maxw);
+        for (int i = 0; i < n_linear; ++i) {
+            LinearDev& ln = m.lin[i];
+            ln.out_row = take(ln.n_out);
+            ln.der_row = ln.act == ACT_IDENTITY ? -1 : take(ln.n_out);
+        }
+        m.rows = r;
+        weights_ = dev_addr<const float>(weights, "weights", current());
+    }
+
+    // (chains per block, grid, chain blocks, workspace bytes) for B chains on the current device.
+    std::tuple<int, int64_t, int64_t, int64_t> plan(int64_t B) const {
+        check_count(B, 1, kMaxBatch, "batch B");
+        int sms = 0;
+        current(&sms);
+        if (sms < 1) sms = 1;
+        const int chains = B > (int64_t)kChainsSmall * sms ? kChainsLarge : kChainsSmall;
+        const int64_t n_blocks = (B + chains - 1) / chains;
+        const int64_t grid = n_blocks < 2 * (int64_t)sms ? n_blocks : 2 * (int64_t)sms;
+        const int64_t bytes = (int64_t)round_up(sizeof(ModelDev)) + grid * m_->rows * chains * (int64_t)sizeof(float);
+        return {chains, grid, n_blocks, bytes};
+    }
+
+    void chain(int64_t B, const std::vector<uint64_t>& x, const std::vector<uint64_t>& out, int64_t K,
+               const std::vector<double>& h, const std::vector<double>& c, const std::vector<double>& mala_den,
+               bool mala, uint64_t seed, uint64_t offset, uint64_t workspace, int64_t workspace_bytes,
+               uint64_t stats, int64_t stats_numel, uint64_t accept_record, uint64_t stream) {
+        const ModelDev& m = *m_;
+        const int dev = current();
+        ChainArgsDev a;
+        std::memset(&a, 0, sizeof a);
+        a.B = check_count(B, 1, kMaxBatch, "batch B");
+        if (B * (int64_t)m.D > kMaxElems) bad("B * D too large");
+        layers(x, a.x, "x", dev);
+        layers(out, a.out, "out", dev);
+        a.K = check_count(K, 0, kMaxBatch, "n_steps K");
+        scalars(h, a.h, "h (s^2 / 2)");
+        scalars(c, a.c, "c (s tau)");
+        a.mala = mala ? 1 : 0;
+        if (mala) {
+            scalars(mala_den, a.mala_den, "mala_den (2 (s tau)^2)");
+            for (int l = 0; l < m.L; ++l)
+                if (!(a.mala_den[l] > 0)) bad("mala_den must be > 0");
+        }
+        a.seed = seed;
+        a.offset = offset;
+        a.stride = (uint64_t)B * (uint64_t)m.D + (mala ? (uint64_t)B : 0);
+        check_counters(offset, (unsigned __int128)a.stride * (uint64_t)K, "chain");
+        const auto [chains, grid, n_blocks, bytes] = plan(B);
+        a.n_blocks = n_blocks;
+        if (workspace_bytes < bytes)
+            bad("workspace has " + std::to_string(workspace_bytes) + " bytes, the plan needs " + std::to_string(bytes) +
+                " (Model.plan(B))");
+        char* ws = dev_addr<char>(workspace, "workspace", dev);
+        if (workspace % kAlign != 0) bad("workspace must be 256-byte aligned");
+        a.scratch = reinterpret_cast<float*>(ws + round_up(sizeof(ModelDev)));
+        a.stats = dev_addr_or_null<float>(stats, "stats", dev);
+        if (a.stats && stats_numel < (K > 0 ? K : 1) * n_blocks * 3)
+            bad("stats needs K * n_blocks * 3 = " + std::to_string(K * n_blocks * 3) + " floats, got " +
+                std::to_string(stats_numel));
+        a.accept = dev_addr_or_null<uint8_t>(accept_record, "accept_record", dev);
+        if (a.accept && !mala) bad("accept_record needs mala=True");
+        a.weights = weights_;
+        const char* err;
+        {
+            py::gil_scoped_release nogil;
+            err = launch_prior_chain(m_.get(), reinterpret_cast<ModelDev*>(ws), a, chains, grid,
+                                     reinterpret_cast<void*>(static_cast<uintptr_t>(stream)));
+        }
+        check_cuda(err, "launching the prior chain");
+    }
+
+    std::vector<int64_t> dims() const { return std::vector<int64_t>(m_->dims, m_->dims + m_->L); }
+    int64_t rows() const { return m_->rows; }
+
+private:
+    int64_t in_buffer(int64_t off, int64_t n, const std::string& what) const {
+        if (off < 0 || off > numel_ - n)
+            bad(what + " " + std::to_string(off) + " with " + std::to_string(n) + " floats runs outside the weight buffer of " +
+                std::to_string(numel_) + " floats");
+        return off;
+    }
+    void layers(const std::vector<uint64_t>& p, const float** dst, const std::string& what, int dev) const {
+        if ((int64_t)p.size() != m_->L)
+            bad(what + ": need one address per latent layer (" + std::to_string(m_->L) + "), got " + std::to_string(p.size()));
+        for (int l = 0; l < m_->L; ++l) dst[l] = dev_addr<const float>(p[l], what + "[" + std::to_string(l) + "]", dev);
+    }
+    void layers(const std::vector<uint64_t>& p, float** dst, const std::string& what, int dev) const {
+        if ((int64_t)p.size() != m_->L)
+            bad(what + ": need one address per latent layer (" + std::to_string(m_->L) + "), got " + std::to_string(p.size()));
+        for (int l = 0; l < m_->L; ++l) dst[l] = dev_addr<float>(p[l], what + "[" + std::to_string(l) + "]", dev);
+    }
+    void scalars(const std::vector<double>& v, float* dst, const std::string& what) const {
+        if ((int64_t)v.size() != m_->L)
+            bad(what + ": need one value per latent layer (" + std::to_string(m_->L) + "), got " + std::to_string(v.size()));
+        for (int l = 0; l < m_->L; ++l) dst[l] = finite_float(v[l], what);
+    }
+
+    std::unique_ptr<ModelDev> m_;
+    int64_t numel_ = 0;
+    const float* weights_ = nullptr;
+};
+
+void multi_layer_update(int64_t B, const std::vector<int64_t>& dims, const std::vector<uint64_t>& x,
+                        const std::vector<uint64_t>& g, const std::vector<uint64_t>& out,
+                        const std::vector<uint64_t>& noise, uint64_t uniform, const std::vector<double>& h,
+                        const std::vector<double>& c, uint64_t seed, uint64_t offset, uint64_t philox,
+                        uint64_t stream) {
+    UpdateArgsDev a;
+    std::memset(&a, 0, sizeof a);
+    a.L = (int)check_count((int64_t)dims.size(), 1, kMaxLatent, "number of layers");
+    a.B = check_count(B, 1, kMaxBatch, "batch B");
+    int64_t D = 0;
+    for (int l = 0; l < a.L; ++l) {
+        a.dims[l] = check_count(dims[l], 1, kMaxWidth, "dim " + std::to_string(l));
+        a.start[l] = B * D;
+        D += a.dims[l];
+    }
+    if (B * D > kMaxElems) bad("B * D too large");
+    a.total = B * D;
+    auto count = [&](size_t n, const std::string& what) {
+        if ((int64_t)n != a.L) bad(what + ": need one per layer (" + std::to_string(a.L) + "), got " + std::to_string(n));
+    };
+    count(x.size(), "x");
+    count(g.size(), "g");
+    count(out.size(), "out");
+    count(h.size(), "h");
+    count(c.size(), "c");
+    if (!noise.empty()) count(noise.size(), "noise");
+    for (int l = 0; l < a.L; ++l) {
+        a.h[l] = finite_float(h[l], "h");
+        a.c[l] = finite_float(c[l], "c");
+    }
+    a.seed = seed;
+    a.offset = offset;
+    check_counters(offset, (unsigned __int128)(B * D + (uniform ? B : 0)), "update");
+    const int dev = current();
+    for (int l = 0; l < a.L; ++l) {
+        const std::string i = "[" + std::to_string(l) + "]";
+        a.x[l] = dev_addr<const float>(x[l], "x" + i, dev);
+        a.g[l] = dev_addr<const float>(g[l], "g" + i, dev);
+        a.out[l] = dev_addr<float>(out[l], "out" + i, dev);
+        a.noise[l] = noise.empty() ? nullptr : dev_addr<float>(noise[l], "noise" + i, dev);
+    }
+    a.uniform = dev_addr_or_null<float>(uniform, "uniform", dev);
+    a.philox = dev_addr_or_null<const int64_t>(philox, "philox", dev);
+    const char* err;
+    {
+        py::gil_scoped_release nogil;
+        err = launch_update(a, reinterpret_cast<void*>(static_cast<uintptr_t>(stream)));
+    }
+    check_cuda(err, "launching the multi-layer update");
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace jebm
+
+PYBIND11_MODULE(_cuda, m) {
+    using namespace jebm;
+    using namespace jebm::cuda;
+    m.doc() = "jebm CUDA kernels: raw-address bindings, see csrc/cuda_bindings.cpp";
+    m.def("limits", []() {
+        py::dict d;
+        d["max_latent"] = (int)kMaxLatent;
+        d["max_linear_per_mlp"] = (int)kMaxLinear;
+        d["max_mlps"] = (int)kMaxMLPs;
+        d["max_linear_total"] = (int)kMaxLinearTotal;
+        d["max_width"] = (long long)kMaxWidth;
+        d["chains_per_block"] = py::make_tuple(kChainsSmall, kChainsLarge);
+        d["threads"] = kThreads;
+        return d;
+    }, "The sizes the kernels accept.");
+    m.def("act_codes", []() {
+        py::dict d;
+        d["identity"] = (int)ACT_IDENTITY;
+        d["leaky_relu"] = (int)ACT_LEAKY_RELU;
+        d["gelu"] = (int)ACT_GELU;
+        d["gelu_tanh"] = (int)ACT_GELU_TANH;
+        d["silu"] = (int)ACT_SILU;
+        d["softplus"] = (int)ACT_SOFTPLUS;
+        d["tanh"] = (int)ACT_TANH;
+        d["relu"] = (int)ACT_RELU;
+        return d;
+    }, "Activation name -> code (jebm_common.h).");
+    m.def("device", []() {
+        int sms = 0;
+        const int dev = current(&sms);
+        return py::make_tuple(dev, sms);
+    }, "(current device, its SM count); RuntimeError without a usable GPU.");
+    m.def("multi_layer_update", &multi_layer_update, py::arg("B"), py::arg("dims"), py::arg("x"), py::arg("g"),
+          py::arg("out"), py::arg("noise"), py::arg("uniform"), py::arg("h"), py::arg("c"), py::arg("seed"),
+          py::arg("offset"), py::arg("philox"), py::arg("stream"),
+          "out_l = (x_l - h_l g_l) + c_l xi_l for every layer in one launch on `stream`, xi at the problem.py "
+          "noise layout; optionally writes the normals and the B MALA uniforms (counters offset + B*D + b). "
+          "philox: 0, or the address of a device int64 [seed, base offset] read by the kernel (CUDA graphs); "
+          "the counters then start at base + offset and `seed` is ignored.");
+    py::class_<Model>(m, "Model",
+                      "A prior energy (PriorSpec + prior_sigma) over a packed device weight buffer: per Linear, "
+                      "W^T [in, out], W [out, in] and the bias at the given float offsets.")
+        .def(py::init<const std::vector<int64_t>&, const std::vector<MLPArg>&, const std::vector<int64_t>&, int64_t,
+                      const std::vector<int64_t>&, const std::vector<double>&, int64_t, double,
+                      const std::vector<double>&, const std::vector<double>&, uint64_t, int64_t>(),
+             py::arg("dims"), py::arg("mlps"), py::arg("terms"), py::arg("joint"), py::arg("gaussians"),
+             py::arg("sigma_floors"), py::arg("space"), py::arg("energy_sign"), py::arg("base_sigma"),
+             py::arg("prior_sigma"), py::arg("weights"), py::arg("weights_numel"))
+        .def("plan", &Model::plan, py::arg("B"),
+             "(chains per block, grid, chain blocks, workspace bytes) for B chains on the current device.")
+        .def("chain", &Model::chain, py::arg("B"), py::arg("x"), py::arg("out"), py::arg("K"), py::arg("h"),
+             py::arg("c"), py::arg("mala_den"), py::arg("mala"), py::arg("seed"), py::arg("offset"),
+             py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stats"), py::arg("stats_numel"),
+             py::arg("accept_record"), py::arg("stream"),
+             "All K steps of every chain in one launch on `stream`; stats (K x blocks x 3 floats: sums of U, "
+             "|grad U|, accepts per block) and accept_record (uint8 [K, B]) are optional (0).")
+        .def_property_readonly("dims", &Model::dims)
+        .def_property_readonly("rows", &Model::rows, "Scratch floats per chain.");
+}
