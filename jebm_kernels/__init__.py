@@ -2,7 +2,9 @@
 
 Public API: ``langevin`` (the sampler), ``LangevinSampler`` (torchebm-style class),
 ``philox_randn`` / ``philox_rand`` / ``PhiloxGenerator`` (the shared noise stream), the energy
-descriptions in ``spec`` and ``PriorEnergy`` / ``PosteriorEnergy``, ``available_backends``.
+descriptions in ``spec`` and ``PriorEnergy`` / ``PosteriorEnergy``, ``available_backends``;
+``GraphSafeChain`` (a chain CUDA graphs can capture and replay with fresh noise) and ``ops``
+(the fused kernels as ``torch.ops.jebm.*`` custom ops, ``FusedPriorChain`` for torch.compile).
 """
 from .backends import available_backends
 from .energies import PosteriorEnergy, PriorEnergy
@@ -10,10 +12,14 @@ from .philox import PhiloxGenerator, philox_rand, philox_randn
 from .sampler import langevin
 from .spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential
 from .torchebm_compat import LangevinSampler
+from . import ops  # registers torch.ops.jebm.prior_chain / multi_layer_update
+from .graph_chain import GraphSafeChain
+from .ops import FusedPriorChain
 
 __all__ = [
     "langevin", "LangevinSampler", "available_backends",
     "philox_randn", "philox_rand", "PhiloxGenerator",
     "MLPSpec", "GaussianSpec", "PriorSpec", "mlp_spec_from_sequential", "PriorEnergy", "PosteriorEnergy",
+    "GraphSafeChain", "FusedPriorChain", "ops",
 ]
 __version__ = "0.1.0"

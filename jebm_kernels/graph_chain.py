@@ -1,0 +1,142 @@
+"""``GraphSafeChain``: a K-step Langevin chain that a CUDA graph can capture and replay with fresh
+noise each time; the posterior through a conv decoder is the case it exists for.
+
+A captured graph replays its kernels with the arguments they had at capture, so a Philox offset
+passed as a host int would be baked in and every replay would draw the same noise. Here seed and
+offset live in a device int64 tensor ``philox``: every kernel reads it on the device, and the last
+captured operation adds ``n_steps * stride`` to the offset, on the device. Replay k (counting
+from 0 after ``capture``) therefore draws the noise of steps k*K .. (k+1)*K - 1 of the stream:
+exactly what ``langevin(energy, z, n_steps=K, generator=(seed, offset0 + k * K * stride))`` draws.
+
+One step, with nothing read back on the host inside the loop:
+- a fusable prior (``PriorEnergy``, an ``nn.Sequential`` of the MLP family): the K steps are one
+  ``jebm::prior_chain`` op;
+- any other energy (a ``PosteriorEnergy`` with a conv decoder, any torch callable): autograd
+  gives dU/dz (torch ops: capturable), ``jebm::multi_layer_update`` draws the noise and moves every
+  layer in one launch, and MALA's accept/reject is ``reference.run_chain``'s, on the device.
+
+On CPU tensors the same object runs eagerly (the ops' CPU kernels, or with ``kernel="triton"``
+the Triton kernels under ``TRITON_INTERPRET=1``): that is how it is tested without a GPU.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import ops, triton_prior_chain
+from .problem import make_problem
+from .reference import run_chain
+
+__all__ = ["GraphSafeChain"]
+
+_MASK64 = (1 << 64) - 1
+
+
+class GraphSafeChain:
+    """K steps of ``langevin`` on fixed input buffers, with the noise position on the device.
+
+    Args are ``langevin``'s (``energy``, ``z`` gives the shapes and the first start, ``n_steps``,
+    ``step_size``, ``noise_scale``, ``prior_sigma``, ``generator``, ``mala``); float32 only.
+    ``kernel``: "auto" (the custom ops: C++ on CPU, Triton or csrc's CUDA kernel on a GPU) or
+    "triton" (the Triton kernels directly; CPU tensors need ``TRITON_INTERPRET=1``).
+
+    ``chain(z)`` copies ``z`` into the input buffers, runs (or replays, after ``capture()``) the K
+    steps and returns the final state in ``z``'s structure. After capture the returned tensors
+    are the graph's static outputs: the next replay overwrites them (clone to keep). The observed
+    images of a ``PosteriorEnergy`` are read from its ``x_obs`` at replay time: ``x_obs.copy_()``
+    new images into it between replays.
+    """
+
+    def __init__(self, energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, prior_sigma=None,
+                 generator=None, mala: bool = False, kernel: str = "auto"):
+        if kernel not in ("auto", "triton"):
+            raise ValueError(f"kernel must be 'auto' or 'triton', got {kernel!r}")
+        problem, _ = make_problem(energy, z, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
+                                  prior_sigma=prior_sigma, generator=generator, mala=mala, return_info=False)
+        if problem.dtype != torch.float32:
+            raise TypeError(f"GraphSafeChain runs float32 chains (the fused kernels' type), got {problem.dtype}")
+        self.problem = problem
+        self.kernel = kernel
+        self._inputs = [t.clone() for t in problem.z]  # the static input buffers
+        problem.z = self._inputs
+        self.seed, self.start_offset = problem.seed, problem.offset
+        self.philox = ops.philox_tensor(problem.seed, problem.offset, device=problem.device)
+        self.chunk = problem.n_steps * problem.stride  # counters one chain uses
+        self._fused = problem.spec is not None and problem.posterior is None
+        self._encoded = ops.encode_prior(problem.spec) if self._fused else None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static_out: list[torch.Tensor] | None = None
+        self._pinned: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------------------ the chain
+
+    def step(self) -> list[torch.Tensor]:
+        """K steps from the input buffers, then ``philox``'s offset += K * stride; device work only,
+        so it can be captured. Returns the final layers [B, d_l]."""
+        p = self.problem
+        if self._fused:
+            structure, settings, params = self._encoded
+            args = (p.z, params, structure, settings, self.philox, list(p.step_sizes), p.noise_scale,
+                    list(p.prior_sigma or ()), p.n_steps, p.mala, False)
+            out, _ = (ops.prior_chain_triton(*args) if self.kernel == "triton"
+                      else torch.ops.jebm.prior_chain(*args))
+        else:
+            out, _ = run_chain(p, self._propose)
+        self.philox[1:].add_(self.chunk)
+        return out
+
+    def _propose(self, problem, x, g, k):
+        args = (x, g, self.philox, k * problem.stride, list(problem.step_sizes), problem.noise_scale, problem.mala)
+        moved, noise, uniform = (ops.multi_layer_update_triton(*args) if self.kernel == "triton"
+                                 else torch.ops.jebm.multi_layer_update(*args))
+        return moved, (noise if problem.mala else None), (uniform if problem.mala else None)
+
+    def set_input(self, z) -> None:
+        """Copy new starting points (``z``'s structure and shapes, as at construction) into the buffers."""
+        layers = list(z) if isinstance(z, (list, tuple)) else [z]
+        if len(layers) != len(self._inputs):
+            raise ValueError(f"z has {len(layers)} layers; this chain was built for {len(self._inputs)}")
+        for i, (t, buf, shape) in enumerate(zip(layers, self._inputs, self.problem.shapes)):
+            if not torch.is_tensor(t) or t.shape != shape:
+                got = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+                raise ValueError(f"z[{i}] must have shape {tuple(shape)} (as at construction), got {got}")
+            buf.copy_(t.reshape(buf.shape))
+
+    def __call__(self, z=None):
+        """Run (or replay) one chain of K steps from ``z`` (or from the buffers as they are)."""
+        if z is not None:
+            self.set_input(z)
+        if self._graph is not None:
+            self._graph.replay()
+            out = self._static_out
+        else:
+            out = self.step()
+        return self.problem.restructure(out)
+
+    # ------------------------------------------------------------------------------- graphs
+
+    def capture(self, warmup: int = 2) -> "GraphSafeChain":
+        """Capture one chain into a ``torch.cuda.CUDAGraph``; later calls replay it. The warm-up
+        runs (which compile the Triton kernels) leave the noise position where it was."""
+        if self.problem.device.type != "cuda":
+            raise RuntimeError(f"CUDA graphs need CUDA tensors; this chain is on {self.problem.device} "
+                               "(call it eagerly there)")
+        saved = self.philox.clone()
+        side = torch.cuda.Stream(device=self.problem.device)
+        side.wait_stream(torch.cuda.current_stream(self.problem.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self.step()
+        torch.cuda.current_stream(self.problem.device).wait_stream(side)
+        self.philox.copy_(saved)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._static_out = self.step()
+        self._graph = graph
+        # the cached device tables the captured kernels read must outlive the graph
+        self._pinned = list(triton_prior_chain._TABLES.values())
+        return self
+
+    def state(self) -> tuple[int, int]:
+        """(seed, offset) where the next chain starts (reads the device tensor: a host sync)."""
+        seed, offset = self.philox.tolist()
+        return seed & _MASK64, offset
