@@ -1,7 +1,9 @@
 """The ``jebm`` command (also ``python -m jebm``): argument parsing only; the work is in
 ``jebm.training`` and ``jebm.eval``.
 
-    jebm train --dataset digits --scheme mle --iters 400 --out runs/default [--resume] [--set KEY=VALUE ...]
+    jebm train --dataset digits --scheme mle --iters 400 --out runs/default [--resume] [--checkpoint-every N]
+               [--rollback RETRIES] [--set KEY=VALUE ...]
+    torchrun --nproc_per_node 2 -m jebm train ...      (data-parallel: jebm.distributed)
     jebm sample RUN_DIR_OR_CHECKPOINT --n 64 --out samples.png
     jebm eval RUN_DIR [--out DIR] [--n-test N]
     jebm eval --outlier --classes 1 4 5 7 9 --seeds 0 1 2 --iters 150 --out runs/outlier
@@ -58,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_train(t)
     t.add_argument("--out", default=None, help="run folder (default runs/<preset>-<dataset>-<scheme>)")
     t.add_argument("--seed", type=int, default=None, help="seed of initialisation, noise and data order (default 0)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest good checkpoint (checkpoint.pt, else checkpoint.prev.pt)")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="write a checkpoint every N iterations (default: the preset's ckpt_every)")
+    t.add_argument("--rollback", type=int, default=None, metavar="RETRIES",
+                   help="on NaN/inf, reload the last good checkpoint and retry with smaller learning rates and step "
+                        "sizes (rollback_lr_factor, rollback_step_factor), at most RETRIES times (default 0: stop)")
     t.add_argument("--exclude-class", type=int, default=None, help="train without this class (outlier protocol)")
 
     s = sub.add_parser("sample", help="write a PNG grid of samples from a trained run")
@@ -89,8 +97,13 @@ def _cmd_train(a) -> int:
     kwargs = parse_set(a.overrides)
     if a.exclude_class is not None:
         kwargs["exclude_class"] = a.exclude_class
+    if a.rollback is not None:
+        kwargs["rollback_retries"] = a.rollback
     res = train(dataset=a.dataset, scheme=a.scheme, iters=a.iters, out_dir=a.out, backend=a.backend, seed=a.seed,
-                resume=a.resume, preset=a.preset, data_root=a.data_root, progress=not a.no_progress, **kwargs)
+                resume=a.resume, preset=a.preset, data_root=a.data_root, progress=not a.no_progress,
+                checkpoint_every=a.checkpoint_every, **kwargs)
+    if res.rank != 0:
+        return 0  # rank 0 reports for the data-parallel run
     per_iter = res.metrics.get("sec_per_iter")
     print(f"run folder:  {res.run_dir}")
     print(f"checkpoint:  {res.checkpoint}")

@@ -81,7 +81,10 @@ _BASE = dict(
     device="cpu",            # where the model, data and chains live ("cuda", "cuda:1", ...)
     preset="default",
     log_every=1,
-    ckpt_every=100,
+    ckpt_every=100,          # checkpoint every N iterations (train(checkpoint_every=N), --checkpoint-every N)
+    rollback_retries=0,      # on NaN/inf: reload the last good checkpoint and retry, at most N times (0: stop)
+    rollback_lr_factor=0.5,  # each rollback multiplies the learning rates by this
+    rollback_step_factor=0.5,  # ... and the Langevin step sizes by this
     sample_every=200,        # write samples_<iter>.png / reconstructions_<iter>.png; 0: only at the end
     n_samples=64,
 )
@@ -241,6 +244,15 @@ def validate_config(cfg: dict) -> dict:
         _int(cfg, key, 1)
     _per_layer(cfg, "prior_step_size", L)
     _per_layer(cfg, "post_step_size", L)
+    _int(cfg, "rollback_retries", 0)
+    for key in ("rollback_lr_factor", "rollback_step_factor"):
+        v = cfg[key]
+        if not _is_real(v) or not 0 < v <= 1:
+            raise ValueError(f"{key} must be a number in (0, 1], got {v!r}")
+        cfg[key] = float(v)
+    if cfg["rollback_retries"] and cfg["rollback_lr_factor"] == cfg["rollback_step_factor"] == 1:
+        raise ValueError("rollback_retries > 0 with rollback_lr_factor = rollback_step_factor = 1 would retry the "
+                         "same diverging iterations: make one factor < 1")
     betas = cfg["adam_betas"]
     if (not isinstance(betas, (list, tuple)) or len(betas) != 2
             or not all(_is_real(b) and 0 <= b < 1 for b in betas)):

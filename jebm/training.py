@@ -3,19 +3,34 @@
 What a run writes into its folder (``out_dir``):
 - ``config.json``: the resolved run config;
 - ``metrics.jsonl``: one JSON object per logged iteration (losses, energies, seconds per iteration);
-- ``checkpoint.pt``: written atomically every ``ckpt_every`` iterations, at the start and at the end;
+  event lines carry ``diverged`` or ``rollback``;
+- ``checkpoint.pt``: written atomically every ``ckpt_every`` iterations (``checkpoint_every``,
+  ``--checkpoint-every``), at the start and at the end; the checkpoint it replaces is kept as
+  ``checkpoint.prev.pt`` and both carry a digest checked on load (``jebm.checkpoint``);
 - ``samples.png`` / ``reconstructions.png`` (and ``*_<iter>.png`` every ``sample_every``
   iterations), ``loss_curves.png``.
 
-Determinism: the model is initialised from ``seed`` (without touching the caller's global RNG);
-all sampling noise (chain starts, Langevin steps, q's reparameterisation) comes from one
-``jebm_kernels.PhiloxGenerator`` whose (seed, offset) is checkpointed; the data order of epoch e
-is a permutation drawn from a generator seeded by (seed, e), so it needs no state. Resuming from a
-checkpoint therefore continues exactly as the uninterrupted run would have, on the same backend.
+Determinism and resume: the model is initialised from ``seed`` (without touching the caller's
+global RNG); all sampling noise (chain starts, Langevin steps, q's reparameterisation) comes from
+one ``jebm_kernels.PhiloxGenerator`` per rank; the data order of epoch e is a permutation drawn
+from a generator seeded by (seed, e). A checkpoint holds the model, every trainer module and
+optimiser, the persistent chains, every rank's Philox (seed, offset) and global RNG states
+(``jebm.rng_state``), the data order (seed and next iteration) and the rollback state.
+``resume=True`` continues from the newest checkpoint that verifies, so a run killed at any moment,
+mid-write included, and resumed ends with the same parameters as an uninterrupted run: bit for bit
+on the CPU (the reference and cpu backends are deterministic; tests/test_crash_resume.py), on
+CUDA as far as the kernels used are deterministic.
 
-Divergence: when a loss or energy is NaN or inf no update is applied, the run stops and raises
+Distributed: under ``torchrun`` the run is data-parallel (``jebm.distributed``); ``batch_size``
+is the global batch, rank 0 writes every file.
+
+Divergence: when a loss or energy is NaN or inf no update is applied and the run raises
 ``TrainingDiverged`` naming the iteration; checkpoints are only ever written from finite
-parameters, so the one on disk is the last good state.
+parameters, so the one on disk is the last good state. With ``rollback_retries=N`` (off: 0) the
+run instead reloads that state, multiplies the learning rates by ``rollback_lr_factor`` and the
+Langevin step sizes by ``rollback_step_factor`` and retries, up to N times; each rollback is a
+``metrics.jsonl`` line ``{"iter": <reloaded iteration>, "rollback": k, "diverged_at": ...,
+"lr_scale": ..., "step_scale": ...}`` and later lines carry the scales.
 """
 from __future__ import annotations
 
@@ -30,17 +45,22 @@ import torch
 
 import jebm_kernels as jk
 
-from .checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from . import distributed as dp
+from . import rng_state
+from .checkpoint import (CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint, newest_good_checkpoint,
+                         remove_stale_temporaries, save_checkpoint)
 from .model import JEBM
 from .presets import resolve_config, upgrade_config
+from .run_state import RunState
 from .trainer_mle import MLETrainer
 from .trainer_variational import VariationalTrainer, build_inference_model
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "load_run", "Run", "make_trainer", "batch_indices"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "load_run", "Run", "make_trainer", "build_model",
+           "batch_indices"]
 
 # Keys that may differ between a run and its resumption (they do not change the math).
 _RESUMABLE_CHANGES = ("iters", "backend", "device", "log_every", "ckpt_every", "sample_every", "data_root",
-                      "n_samples")
+                      "n_samples", "rollback_retries", "rollback_lr_factor", "rollback_step_factor")
 # An offset into the Philox key space for the fixed stream that draws the PNG snapshots, so they
 # never consume (and so never perturb) the training stream.
 _SNAPSHOT_SEED_XOR = 0x5EED_0F_5A4D_1E5
@@ -69,6 +89,9 @@ class TrainResult:
     samples_png: Path | None
     reconstructions_png: Path | None
     config: dict = field(repr=False, default_factory=dict)
+    rollbacks: int = 0              # divergences rolled back (rollback_retries)
+    world_size: int = 1             # processes that trained it (torchrun)
+    rank: int = 0                   # this process's rank (only rank 0 wrote the files)
 
 
 @dataclass
@@ -108,8 +131,12 @@ def _json_default(o):
 
 
 def load_run(path, *, map_location="cpu") -> Run:
-    """Load a run folder or checkpoint file into a model (eval mode) plus its inference model."""
-    ckpt = load_checkpoint(path, map_location=map_location)
+    """Load a run folder (its newest good checkpoint) or checkpoint file into a model (eval mode)
+    plus its inference model."""
+    if Path(path).is_dir():
+        ckpt, ckpt_file, _ = newest_good_checkpoint(path, map_location=map_location)
+    else:
+        ckpt, ckpt_file = load_checkpoint(path, map_location=map_location), Path(path)
     cfg = upgrade_config(ckpt["config"])
     model = JEBM.from_config(cfg, tuple(ckpt["image_shape"]))
     model.load_state_dict(ckpt["model"])
@@ -117,8 +144,7 @@ def load_run(path, *, map_location="cpu") -> Run:
     if "infer" in ckpt.get("modules", {}):
         infer = build_inference_model(cfg, model.image_shape)
         infer.load_state_dict(ckpt["modules"]["infer"])
-    from .checkpoint import find_checkpoint
-    return Run(model.eval(), cfg, int(ckpt["iteration"]), find_checkpoint(path), infer)
+    return Run(model.eval(), cfg, int(ckpt["iteration"]), ckpt_file, infer)
 
 
 def _load_data(cfg):
@@ -126,9 +152,20 @@ def _load_data(cfg):
     return load_dataset(cfg["dataset"], cfg["data_root"], split="train", exclude_class=cfg["exclude_class"])
 
 
+def build_model(cfg: dict, image_shape, device) -> tuple[JEBM, object]:
+    """A fresh run's model and trainer, initialised from ``cfg["seed"]`` without disturbing the
+    caller's global torch RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"])
+        model = JEBM.from_config(cfg, image_shape).to(device)
+        trainer = make_trainer(model, cfg)
+    return model, trainer
+
+
 def train(dataset: str | None = None, scheme: str | None = None, iters: int | None = None, out_dir=None,
           backend: str | None = None, seed: int | None = None, resume: bool = False, preset: str | None = None,
-          *, data_root=None, progress: bool = True, **overrides) -> TrainResult:
+          *, data_root=None, progress: bool = True, checkpoint_every: int | None = None,
+          **overrides) -> TrainResult:
     """Train a JEBM; returns a ``TrainResult`` naming the run folder, checkpoint and final metrics.
 
     Args:
@@ -140,20 +177,31 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
         out_dir: the run folder (default ``runs/<preset>-<dataset>-<scheme>``).
         backend: the ``jebm_kernels.langevin`` backend, "auto" by default.
         seed: seeds the model's initialisation, the Philox noise stream and the data order (default 0).
-        resume: continue the run in ``out_dir`` from its checkpoint. Arguments left as None are
-            taken from the checkpoint; ones given must match it (except iters, backend, logging).
+        resume: continue the run in ``out_dir`` from its newest good checkpoint. Arguments left as
+            None are taken from the checkpoint; ones given must match it (except iters, backend,
+            logging, checkpointing and rollback settings).
         preset: "default", "cvpr-cifar10" or "iccv-svhn" (``jebm.presets.PRESETS``).
         data_root: path for the data sets that read one.
         progress: show a tqdm progress bar with live losses.
-        **overrides: any run-config key (``jebm.presets.RUN_KEYS``), e.g. ``dims=[32, 16]``.
+        checkpoint_every: write a checkpoint every N iterations (the config key ``ckpt_every``).
+        **overrides: any run-config key (``jebm.presets.RUN_KEYS``), e.g. ``dims=[32, 16]``,
+            ``rollback_retries=3``.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the run is data-parallel: see ``jebm.distributed``.
 
     Raises:
-        TrainingDiverged: a loss or energy became NaN/inf (the last good checkpoint is kept).
+        TrainingDiverged: a loss or energy became NaN/inf (the last good checkpoint is kept) and no
+            rollback was left.
         ValueError / TypeError: bad arguments, or ``out_dir`` already holds a run and resume=False.
     """
     start_wall = time.perf_counter()
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be True or False, got {resume!r}")
+    if checkpoint_every is not None:
+        if overrides.get("ckpt_every", checkpoint_every) != checkpoint_every:
+            raise ValueError(f"checkpoint_every={checkpoint_every!r} and ckpt_every={overrides['ckpt_every']!r} "
+                             "name the same setting: give one")
+        overrides["ckpt_every"] = checkpoint_every
     given = {k: v for k, v in dict(dataset=dataset, scheme=scheme, iters=iters, backend=backend, seed=seed,
                                    data_root=None if data_root is None else str(data_root)).items()
              if v is not None}
@@ -162,13 +210,12 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
     if out_dir is None:
         out_dir = Path("runs") / f"{preset_name}-{given.get('dataset', 'digits')}-{given.get('scheme', 'mle')}"
     run_dir = Path(out_dir)
-    ckpt_path = run_dir / CHECKPOINT_NAME
 
-    ckpt = None
+    ckpt, ckpt_file = None, None
     if resume:
-        if not ckpt_path.is_file():
-            raise ValueError(f"resume=True but {ckpt_path} does not exist: nothing to resume")
-        ckpt = load_checkpoint(ckpt_path)
+        if not any((run_dir / n).is_file() for n in (CHECKPOINT_NAME, PREVIOUS_NAME)):
+            raise ValueError(f"resume=True but {run_dir / CHECKPOINT_NAME} does not exist: nothing to resume")
+        ckpt, ckpt_file, _ = newest_good_checkpoint(run_dir)
         cfg = upgrade_config(ckpt["config"])
         if preset is not None and preset != cfg["preset"]:
             raise ValueError(f"resume: the run in {run_dir} used preset {cfg['preset']!r}, not {preset!r}")
@@ -179,117 +226,156 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
                              f"differ from the run in {run_dir}; only {', '.join(_RESUMABLE_CHANGES)} may change")
         cfg = probe
     else:
-        if ckpt_path.exists():
+        if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / PREVIOUS_NAME).exists():
             raise ValueError(f"{run_dir} already holds a run ({CHECKPOINT_NAME}); pass resume=True (--resume) "
                              "to continue it, or choose another out_dir (--out)")
         cfg = resolve_config(preset_name, **given)
 
+    ctx, device = dp.setup(cfg["device"])
+    try:
+        return _run(cfg, run_dir, ckpt, ckpt_file, ctx, device, progress, start_wall)
+    finally:
+        dp.teardown(ctx)
+
+
+class _MetricsLog:
+    """metrics.jsonl, written by rank 0 only; ``truncate`` drops lines past an iteration."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled, self.file = path, enabled, None
+
+    def truncate(self, done: int) -> None:
+        if self.enabled:
+            self.close()
+            _truncate_metrics(self.path, done)
+            self.file = open(self.path, "a")
+
+    def write(self, line: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(_jsonable(line)) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _run(cfg, run_dir: Path, ckpt, ckpt_file, ctx: dp.DistContext, device, progress: bool, start_wall) -> TrainResult:
+    ckpt_path = run_dir / CHECKPOINT_NAME
     data = _load_data(cfg)
-    device = torch.device(cfg["device"])
     images = data.images.to(device)
-    if ckpt is not None and tuple(ckpt["image_shape"]) != tuple(data.shape):
-        raise ValueError(f"resume: the run was trained on images of shape {tuple(ckpt['image_shape'])}, "
-                         f"the data set now gives {tuple(data.shape)}")
-    # Initialise from the seed without disturbing the caller's global torch RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg["seed"])
-        model = JEBM.from_config(cfg, data.shape).to(device)
-        trainer = make_trainer(model, cfg)
-    gen = jk.PhiloxGenerator(cfg["seed"])
+    model, trainer = build_model(cfg, data.shape, device)
+    state = RunState(cfg, model, trainer, ctx, device, data.shape, images.shape[0])
+    sampler = dp.DistributedBatchSampler(images.shape[0], cfg["batch_size"], cfg["seed"], rank=ctx.rank,
+                                         world_size=ctx.world_size)
     done = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        for name, mod in trainer.modules().items():
-            mod.load_state_dict(ckpt["modules"][name])
-        for name, opt in trainer.optimizers().items():
-            opt.load_state_dict(ckpt["optimizers"][name])
-        for name, buf in trainer.buffers().items():
-            buf.load_state_dict({k: (v if not isinstance(v, list) else [t.to(device) for t in v])
-                                 for k, v in ckpt.get("buffers", {}).get(name, {}).items()})
-        gen = jk.PhiloxGenerator(*ckpt["philox"])
-        done = int(ckpt["iteration"])
+        state.check_compatible(ckpt, run_dir)
+        done = state.restore(ckpt)
     model.train()
+    step = dp.make_step(trainer, ctx, device)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, done)
+    dp.barrier(ctx)  # every rank has read the run folder before rank 0 writes to it
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+        if ckpt_file is not None and ckpt_file.name == PREVIOUS_NAME and ckpt_path.exists():
+            # checkpoint.pt is damaged: set it aside, or the next write would rotate it over the good one
+            os.replace(ckpt_path, ckpt_path.with_name(CHECKPOINT_NAME + ".damaged"))
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    log = _MetricsLog(run_dir / "metrics.jsonl", ctx.is_main)
+    log.truncate(done)
 
     last_good = {"iteration": done, "path": ckpt_path if ckpt is not None else None}
+    track_scales = cfg["rollback_retries"] > 0
 
-    def checkpoint(iteration: int) -> None:
-        mods = [model, *trainer.modules().values()]
-        if not _params_finite(mods):
-            return  # never overwrite the last good checkpoint with non-finite parameters
-        save_checkpoint({
-            "format_version": FORMAT_VERSION,
-            "config": cfg,
-            "iteration": iteration,
-            "image_shape": list(data.shape),
-            "model": model.state_dict(),
-            "modules": {k: m.state_dict() for k, m in trainer.modules().items()},
-            "optimizers": {k: o.state_dict() for k, o in trainer.optimizers().items()},
-            "buffers": {k: b.state_dict() for k, b in trainer.buffers().items()},
-            "philox": [gen.seed, gen.offset],
-            "torch_version": str(torch.__version__),
-        }, ckpt_path)
+    def checkpoint(iteration: int) -> bool:
+        """Write the checkpoint of ``iteration`` (rank 0; collective); False (nothing written)
+        when the parameters are not finite: the last good checkpoint is never overwritten."""
+        if not _params_finite(state.modules()):  # the same on every rank: the replicas agree
+            return False
+        dp.check_replicas_agree(state.modules(), ctx)
+        obj = state.to_checkpoint(iteration)
+        if obj is not None:
+            save_checkpoint(obj, ckpt_path)
+        dp.barrier(ctx)  # the file is complete before any rank may reload it (rollback)
         last_good.update(iteration=iteration, path=ckpt_path)
+        return True
 
-    if ckpt is None:
-        checkpoint(0)  # a good checkpoint exists from the start, whatever happens next
+    def diverged(it: int, metric: str, message: str) -> int:
+        """Raise TrainingDiverged, or roll back to the last good checkpoint and return its iteration."""
+        if state.rollback["count"] >= cfg["rollback_retries"]:
+            raise TrainingDiverged(message, it, last_good["path"], metric)
+        good, _, _ = newest_good_checkpoint(run_dir)
+        back_to = state.restore(good, keep_rollback=True)
+        rng_state.restore(state.rng)
+        state.scale_down(cfg["rollback_lr_factor"], cfg["rollback_step_factor"])
+        log.truncate(back_to)
+        log.write({"iter": back_to, "rollback": state.rollback["count"], "diverged_at": it, "diverged": metric,
+                   "lr_scale": state.rollback["lr_scale"], "step_scale": state.rollback["step_scale"]})
+        history[:] = [h for h in history if h["iter"] <= back_to]
+        bar.reset(total=total)
+        bar.update(back_to)
+        return back_to
 
     total = cfg["iters"]
     fixed_x = images[: min(16, images.shape[0])]
     snap_seed = cfg["seed"] ^ _SNAPSHOT_SEED_XOR
-    pngs = {"samples": None, "reconstructions": None}
     history: list[dict] = []
-    bar = _progress(total, done, progress)
-    with open(metrics_path, "a") as mfile:
-        t_last_log = time.perf_counter()
-        it_last_log = done
-        it = done
-        try:
+    bar = _progress(total, done, progress and ctx.is_main)
+    it = done
+    try:
+        with rng_state.isolated_global_rng(state.rng, dp.rank_seed(cfg["seed"], ctx.rank)):
+            if ckpt is None:
+                checkpoint(0)  # a good checkpoint exists from the start, whatever happens next
+            t_last_log, it_last_log = time.perf_counter(), it
             while it < total:
-                idx = batch_indices(images.shape[0], cfg["batch_size"], cfg["seed"], it)
-                x = images[idx]
-                values, bad = trainer.step(x, generator=gen, backend=cfg["backend"])
+                x = images[sampler.batch(it)]
+                values, bad = step(x, generator=state.gen, backend=cfg["backend"])
                 it += 1
                 if bad is not None:
-                    mfile.write(json.dumps({"iter": it, "diverged": bad, **_jsonable(values)}) + "\n")
-                    mfile.flush()
-                    path = last_good["path"]
-                    raise TrainingDiverged(
+                    log.write({"iter": it, "diverged": bad, **values})
+                    it = diverged(it, bad, (
                         f"training diverged at iteration {it}: {bad} = {values[bad]} "
                         f"(losses {', '.join(f'{k}={v:.4g}' for k, v in values.items())}); no update was applied; "
-                        f"the last good checkpoint (iteration {last_good['iteration']}) is kept at {path}. "
-                        "Try smaller Langevin step sizes or learning rates.", it, path, bad)
+                        f"the last good checkpoint (iteration {last_good['iteration']}) is kept at {last_good['path']}. "
+                        "Try smaller Langevin step sizes or learning rates, or rollback_retries=N."))
+                    t_last_log, it_last_log = time.perf_counter(), it
+                    continue
                 if it % cfg["log_every"] == 0 or it == total:
                     now = time.perf_counter()
                     line = {"iter": it, **values, "sec_per_iter": (now - t_last_log) / (it - it_last_log),
-                            "philox_offset": gen.offset}
+                            "philox_offset": state.gen.offset}
+                    if track_scales:
+                        line.update(lr_scale=state.rollback["lr_scale"], step_scale=state.rollback["step_scale"])
                     t_last_log, it_last_log = now, it
-                    mfile.write(json.dumps(_jsonable(line)) + "\n")
-                    mfile.flush()
+                    log.write(line)
                     history.append(line)
                     bar.set_postfix({k: f"{values[k]:.3g}" for k in _bar_keys(values)}, refresh=False)
                 bar.update(1)
                 if it % cfg["ckpt_every"] == 0 or it == total:
-                    checkpoint(it)
-                    if last_good["iteration"] != it:
-                        raise TrainingDiverged(
+                    if not checkpoint(it):
+                        it = diverged(it, "parameters", (
                             f"training diverged at iteration {it}: parameters became NaN or inf; the last good "
-                            f"checkpoint (iteration {last_good['iteration']}) is kept at {last_good['path']}",
-                            it, last_good["path"], "parameters")
-                if cfg["sample_every"] and it % cfg["sample_every"] == 0 and it != total:
+                            f"checkpoint (iteration {last_good['iteration']}) is kept at {last_good['path']}"))
+                        t_last_log, it_last_log = time.perf_counter(), it
+                        continue
+                if ctx.is_main and cfg["sample_every"] and it % cfg["sample_every"] == 0 and it != total:
                     _snapshot(model, trainer, fixed_x, cfg, run_dir, f"_{it:06d}", snap_seed)
-        finally:
-            bar.close()
-    if done < total or not (run_dir / "samples.png").exists():
-        pngs = _snapshot(model, trainer, fixed_x, cfg, run_dir, "", snap_seed)
-    else:
-        pngs = {"samples": run_dir / "samples.png", "reconstructions": run_dir / "reconstructions.png"}
-    all_lines = _read_metrics(metrics_path)
-    _plot_curves(all_lines, run_dir / "loss_curves.png")
+    finally:
+        bar.close()
+        log.close()
+
+    pngs = {"samples": None, "reconstructions": None}
+    if ctx.is_main:
+        if done < total or not (run_dir / "samples.png").exists():
+            pngs = _snapshot(model, trainer, fixed_x, cfg, run_dir, "", snap_seed)
+        else:
+            pngs = {"samples": run_dir / "samples.png", "reconstructions": run_dir / "reconstructions.png"}
+        _plot_curves(_read_metrics(run_dir / "metrics.jsonl"), run_dir / "loss_curves.png")
+    dp.barrier(ctx)
+    all_lines = [l for l in _read_metrics(run_dir / "metrics.jsonl") if "sec_per_iter" in l]
     last = all_lines[-1] if all_lines else {}
     tail = all_lines[-10:]
     recent = {k: sum(l[k] for l in tail) / len(tail) for k in last
@@ -297,8 +383,9 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
     model.eval()
     return TrainResult(run_dir=run_dir, checkpoint=ckpt_path, iterations=it,
                        metrics=last, recent=recent, wall_time_s=time.perf_counter() - start_wall,
-                       metrics_path=metrics_path, samples_png=pngs["samples"],
-                       reconstructions_png=pngs["reconstructions"], config=cfg)
+                       metrics_path=run_dir / "metrics.jsonl", samples_png=pngs["samples"],
+                       reconstructions_png=pngs["reconstructions"], config=cfg,
+                       rollbacks=state.rollback["count"], world_size=ctx.world_size, rank=ctx.rank)
 
 
 def _bar_keys(values: dict) -> list[str]:
