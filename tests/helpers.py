@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from jebm_kernels.reference import energy_and_grad, reference_proposal
 from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec
@@ -95,3 +96,13 @@ def check_info(info, ref_info, mala=False):
     for e, r in zip(info["grad_norm"], ref_info["grad_norm"]):
         assert e == pytest.approx(r, rel=1e-4, abs=1e-3)
     assert (len(info["accept"]) > 0) == mala
+
+
+class TinyConvDecoder(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc = nn.Linear(d, 8 * 2 * 2)
+        self.up = nn.ConvTranspose2d(8, 1, 4, stride=2, padding=1)
+
+    def forward(self, z):
+        return torch.tanh(self.up(torch.relu(self.fc(z)).reshape(-1, 8, 2, 2)))

@@ -32,7 +32,8 @@ from jebm_kernels.problem import make_problem
 from jebm_kernels.spec import ACTIVATIONS, GaussianSpec, MLPSpec, PriorSpec
 
 import helpers
-from helpers import assert_close_where, check_info, make_mlp, make_prior, reference_mala_trace, start
+from helpers import (TinyConvDecoder, assert_close_where, check_info, make_mlp, make_prior, reference_mala_trace,
+                     start)
 
 pytestmark = pytest.mark.skipif(jcpu.extension_error() is not None,
                                 reason=f"the C++ extension is not built: {jcpu.extension_error()}")
@@ -145,16 +146,6 @@ def test_posterior_mlp_decoder(space):
     ref, ref_info, out, info = run_both(energy, start(7, spec.dims), n_steps=40, step_size=0.1)
     check_close(out, ref, f"posterior, MLP decoder, {space}")
     check_info(info, ref_info)
-
-
-class TinyConvDecoder(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.fc = nn.Linear(d, 8 * 2 * 2)
-        self.up = nn.ConvTranspose2d(8, 1, 4, stride=2, padding=1)
-
-    def forward(self, z):
-        return torch.tanh(self.up(torch.relu(self.fc(z)).reshape(-1, 8, 2, 2)))
 
 
 @pytest.mark.parametrize("space,mala", [("z", False), ("eps", False), ("eps", True)])
