@@ -54,6 +54,10 @@ class TritonBackend:
             # energy, gradient, noise and update in one launch (triton_prior_chain.py)
             return triton_prior_chain.run_problem(problem)
         sizes = [problem.batch * d for d in problem.dims]
+        # the per-layer tables once per chain, not once per step: building them is a blocking
+        # host-to-device copy on a GPU, i.e. a host sync inside the loop
+        starts, size_t, h, c = triton_update.layer_tables(sizes, list(problem.step_sizes), problem.noise_scale,
+                                                          problem.device)
 
         def propose(problem, x, g, k):
             flat_x = torch.cat([t.reshape(-1) for t in x])
@@ -61,7 +65,7 @@ class TritonBackend:
             moved, noise, uniform = triton_update.multi_layer_update(
                 flat_x, flat_g, sizes, list(problem.step_sizes), problem.noise_scale, problem.seed,
                 problem.offset + k * problem.stride, n_uniform=problem.batch if problem.mala else 0,
-                write_noise=problem.mala)
+                write_noise=problem.mala, starts=starts, size_t=size_t, h=h, c=c)
             split = lambda t: [c.view(problem.batch, d) for c, d in zip(t.split(sizes), problem.dims)]
             return split(moved), (split(noise) if noise is not None else None), uniform
 
