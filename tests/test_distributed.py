@@ -48,7 +48,7 @@ def free_port() -> int:
 
 
 def torchrun_train(out: Path, scheme: str) -> subprocess.CompletedProcess:
-    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v!r}")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "jebm", "train", "--out", str(out), "--iters", str(ITERS), "--scheme", scheme,
