@@ -32,6 +32,9 @@ namespace jebm {
 namespace {
 
 const IsaOps* g_isa = nullptr;
+// True while g_isa is the best instruction set this CPU has (not forced to another by JEBM_ISA or
+// set_isa): then small batches may run on the narrow kernels (see Model::pick).
+bool g_auto = true;
 
 bool cpu_has(const std::string& name) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -39,7 +42,7 @@ bool cpu_has(const std::string& name) {
     if (name == "avx512")
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-    if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (name == "avx2" || name == "avx2-narrow") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
     return name == "generic";
 }
@@ -47,22 +50,24 @@ bool cpu_has(const std::string& name) {
 const IsaOps* isa_by_name(const std::string& name) {
     if (name == "avx512") return isa_avx512();
     if (name == "avx2") return isa_avx2();
+    if (name == "avx2-narrow") return isa_avx2_narrow();
     if (name == "generic") return isa_generic();
     return nullptr;
 }
 
 std::vector<std::string> usable_isas() {
     std::vector<std::string> out;
-    for (const char* n : {"avx512", "avx2", "generic"})
+    for (const char* n : {"avx512", "avx2", "avx2-narrow", "generic"})
         if (isa_by_name(n) && cpu_has(n)) out.push_back(n);
     return out;
 }
 
 void set_isa(const std::string& name) {
     const IsaOps* ops = isa_by_name(name);
-    if (!ops) throw std::invalid_argument("unknown or not compiled instruction set '" + name + "'; choose avx512, avx2 or generic");
+    if (!ops) throw std::invalid_argument("unknown or not compiled instruction set '" + name + "'; choose avx512, avx2, avx2-narrow or generic");
     if (!cpu_has(name)) throw std::invalid_argument("this CPU cannot run the '" + name + "' kernels");
     g_isa = ops;
+    g_auto = name == usable_isas().front();
 }
 
 void init_isa() {
@@ -219,10 +224,12 @@ public:
         }
         model_ = ops_->pack(desc_.get());
         if (!model_) throw std::bad_alloc();
+        if (g_auto && (ops_ == isa_avx512() || ops_ == isa_avx2()) && cpu_has("avx2")) small_ = isa_avx2_narrow();
     }
 
     ~Model() {
         if (model_) ops_->release(model_);
+        if (small_model_) small_->release(small_model_);
     }
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
@@ -271,10 +278,12 @@ public:
             sa.assign((size_t)(K * B), 0);
             a.st_accept = sa.data();
         }
+        const IsaOps* ops = pick(a.B, a.nthreads);
+        void* packed = ops == ops_ ? model_ : small_model_;
         int rc;
         {
             py::gil_scoped_release nogil;
-            rc = ops_->chain(model_, &a);
+            rc = ops->chain(packed, &a);
         }
         if (rc) throw std::bad_alloc();
         for (int64_t k = 0; k < K; ++k) {
@@ -341,6 +350,31 @@ public:
     std::string isa() const { return ops_->name; }
 
 private:
+    // Chains one thread computes (padding lanes included) when B chains in blocks of nb are shared
+    // by nt threads.
+    static int64_t lanes_per_thread(int64_t B, int nb, int nt) {
+        const int64_t blocks = (B + nb - 1) / nb;
+        return (blocks + nt - 1) / nt * nb;
+    }
+
+    // The wide kernels, or the narrow ones when a small batch would leave threads idle or lanes
+    // empty: narrow is chosen when its lanes per thread, weighted by how much narrower its vectors
+    // are (the worst case, a CPU whose FMA throughput scales with width), are no more than the
+    // wide kernels'. Batch 8 on 2 threads: avx2 runs one 16-chain block (half empty) on one
+    // thread, narrow two 4-chain blocks, one per thread (CVPR prior, K = 60: 39.6 -> see
+    // BENCHMARKS.md). The results are bitwise the same either way. Packs the narrow model once.
+    const IsaOps* pick(int64_t B, int nt) {
+        if (!small_) return ops_;
+        const int64_t wide = lanes_per_thread(B, ops_->block_chains, nt);
+        const int64_t narrow = lanes_per_thread(B, small_->block_chains, nt) * (ops_->vector_width / small_->vector_width);
+        if (narrow > wide) return ops_;
+        if (!small_model_) {
+            small_model_ = small_->pack(desc_.get());
+            if (!small_model_) throw std::bad_alloc();
+        }
+        return small_;
+    }
+
     void set_layers(const std::vector<uint64_t>& p, const float** dst, const std::string& what) const {
         if ((int64_t)p.size() != desc_->L)
             bad(what + ": need one address per latent layer (" + std::to_string(desc_->L) + "), got " + std::to_string(p.size()));
@@ -360,6 +394,8 @@ private:
     const IsaOps* ops_;
     std::unique_ptr<ModelDesc> desc_;
     void* model_ = nullptr;
+    const IsaOps* small_ = nullptr;   // narrow kernels for small batches, or nullptr
+    void* small_model_ = nullptr;
     int D_ = 0;
 };
 
@@ -445,7 +481,8 @@ PYBIND11_MODULE(_C, m) {
 
     m.def("isa", []() { return std::string(g_isa->name); }, "The instruction set the kernels run with.");
     m.def("available_isas", &usable_isas, "Instruction sets this CPU can run, best first.");
-    m.def("set_isa", &set_isa, py::arg("name"), "Run later calls with 'avx512', 'avx2' or 'generic' kernels.");
+    m.def("set_isa", &set_isa, py::arg("name"), "Run later calls with 'avx512', 'avx2', 'avx2-narrow' or 'generic' kernels only (the best one "
+          "again re-enables the narrow kernels for small batches).");
     m.def("block_chains", []() { return g_isa->block_chains; }, "Chains per block in the fused kernels.");
     m.def("vector_width", []() { return g_isa->vector_width; });
     m.def("act_codes", []() {

@@ -20,7 +20,8 @@
 // forward (W) and for the input-gradient (W^T) GEMMs. Each thread owns whole blocks and runs all K
 // steps of them: chains are independent, so the chain loop has no barrier at all.
 //
-// Expected macros: JEBM_NS (namespace), JEBM_VW (floats per vector), JEBM_FMA (512, 256 or 0),
+// Expected macros: JEBM_NS (namespace), JEBM_VW (floats per vector), JEBM_FMA (512, 256, 128 or 0:
+// the FMA instructions' width in bits; 128 = AVX2's FMA on 4-float vectors),
 // JEBM_TILE_R, JEBM_TILE_C.
 
 namespace jebm {
@@ -68,6 +69,9 @@ JEBM_INLINE vf vsqrt(vf a) { return (vf)_mm512_sqrt_ps((__m512)a); }
 #elif JEBM_FMA == 256
 JEBM_INLINE vf vfma(vf a, vf b, vf c) { return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 JEBM_INLINE vf vsqrt(vf a) { return (vf)_mm256_sqrt_ps((__m256)a); }
+#elif JEBM_FMA == 128
+JEBM_INLINE vf vfma(vf a, vf b, vf c) { return (vf)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c); }
+JEBM_INLINE vf vsqrt(vf a) { return (vf)_mm_sqrt_ps((__m128)a); }
 #else
 JEBM_INLINE vf vfma(vf a, vf b, vf c) { return a * b + c; }
 JEBM_INLINE vf vsqrt(vf a) {
@@ -87,7 +91,9 @@ JEBM_INLINE vd vroundd(vd x) { return (x + 6755399441055744.0) - 675539944105574
 
 // a * b + c on double vectors (V doubles: two native registers), fused where the ISA has FMA.
 JEBM_INLINE vd vdfma(vd a, vd b, vd c) {
-#if JEBM_FMA == 512 || JEBM_FMA == 256
+#if JEBM_FMA == 128  // 4 doubles: one ymm register
+    return (vd)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#elif JEBM_FMA == 512 || JEBM_FMA == 256
 #if JEBM_FMA == 512
     typedef __m512d half;
 #define JEBM_FMAD _mm512_fmadd_pd

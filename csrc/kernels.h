@@ -110,5 +110,6 @@ struct IsaOps {
 const IsaOps* isa_generic();
 const IsaOps* isa_avx2();     // nullptr where not compiled (non-x86)
 const IsaOps* isa_avx512();   // nullptr where not compiled (non-x86)
+const IsaOps* isa_avx2_narrow();  // 4-float AVX2 kernels for small batches; nullptr where not compiled
 
 }  // namespace jebm
