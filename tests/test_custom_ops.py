@@ -125,14 +125,23 @@ def test_compiled_module_equals_eager_and_the_reference():
     model = ChainThenDecode(spec, n_steps=8)
     z0 = start(7, spec.dims)
     philox = ops.philox_tensor(SEED, OFFSET)
+    graphs = []
+
+    def inductor_counting_graphs(gm, example_inputs):
+        from torch._inductor.compile_fx import compile_fx
+        graphs.append(gm)
+        return compile_fx(gm, example_inputs)
+
     with torch.no_grad():
         eager_z, eager_y = model(z0, philox)
-        compiled = torch.compile(model, fullgraph=True)
+        compiled = torch.compile(model, fullgraph=True, backend=inductor_counting_graphs)
         comp_z, comp_y = compiled(z0, philox)
         # a new noise position is a new tensor value, not a new graph: no recompilation
         philox2 = ops.philox_tensor(SEED, OFFSET + 8 * 7 * 20)
         comp_z2, _ = compiled(z0, philox2)
         eager_z2, _ = model(z0, philox2)
+    assert len(graphs) == 1
+    assert any("jebm.prior_chain" in str(n.target) for n in graphs[0].graph.nodes)
     for a, b in zip(comp_z + [comp_y] + comp_z2, eager_z + [eager_y] + eager_z2):
         assert torch.equal(a, b), "compiled and eager differ"
     ref, _ = reference(jk.PriorEnergy(spec), [t * 0.7 for t in z0], n_steps=8, step_size=[0.3, 0.2],
