@@ -275,7 +275,7 @@ public:
             bad("workspace has " + std::to_string(workspace_bytes) + " bytes, the plan needs " + std::to_string(bytes) +
                 " (Model.plan(B))");
         char* ws = dev_addr<char>(workspace, "workspace", dev);
-        if (workspace % kAlign != 0) bad("workspace must be 256-byte aligned");
+        if (workspace % 16 != 0) bad("workspace must be 16-byte aligned");
         a.scratch = reinterpret_cast<float*>(ws + round_up(sizeof(ModelDev)));
         a.stats = dev_addr_or_null<float>(stats, "stats", dev);
         if (a.stats && stats_numel < (K > 0 ? K : 1) * n_blocks * 3)

@@ -104,6 +104,12 @@ struct UpdateArgsDev {
                                     // offset come from there (base + offset), for CUDA graphs
 };
 
+// Kernel launches go through this macro so that tests/cuda_emulation can run the same kernel
+// source on the host (each block's threads as fibers, __syncthreads as a barrier).
+#ifndef JEBM_LAUNCH
+#define JEBM_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
 // cuda_device.cu
 const char* current_device(int* device, int* sm_count);
 // kind: 0 not CUDA memory (host, unregistered), 1 device memory, 2 managed; *device its device.

@@ -473,9 +473,9 @@ const char* launch_prior_chain(const ModelDev* host_model, ModelDev* dev_model, 
     ChainArgsDev args = a;
     args.model = dev_model;
     if (chains == kChainsLarge) {
-        prior_chain_kernel<kChainsLarge><<<(unsigned)grid, NT, 0, st>>>(args);
+        JEBM_LAUNCH(prior_chain_kernel<kChainsLarge>, (unsigned)grid, NT, st, args);
     } else {
-        prior_chain_kernel<kChainsSmall><<<(unsigned)grid, NT, 0, st>>>(args);
+        JEBM_LAUNCH(prior_chain_kernel<kChainsSmall>, (unsigned)grid, NT, st, args);
     }
     e = cudaGetLastError();
     return e == cudaSuccess ? nullptr : cudaGetErrorString(e);

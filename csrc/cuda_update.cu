@@ -61,7 +61,7 @@ const char* launch_update(const UpdateArgsDev& a, void* stream) {
     int64_t blocks = (most + kThreads - 1) / kThreads;
     if (blocks > 65535) blocks = 65535;
     const dim3 grid((unsigned)blocks, (unsigned)(a.L + 1));
-    update_kernel<<<grid, kThreads, 0, (cudaStream_t)stream>>>(a);
+    JEBM_LAUNCH(update_kernel, grid, kThreads, (cudaStream_t)stream, a);
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }

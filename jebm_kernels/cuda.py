@@ -34,12 +34,11 @@ __all__ = ["CudaBackend", "extension_error", "run_fused", "run_hybrid"]
 try:
     from . import _cuda
     _LIMITS = _cuda.limits()
-    _ACT_CODES = _cuda.act_codes()
     _IMPORT_ERROR: Exception | None = None
 except (ImportError, AttributeError) as exc:  # no nvcc at install time, JEBM_CUDA=0, a stale build
     _cuda = None
     _IMPORT_ERROR = exc
-    _LIMITS, _ACT_CODES = {}, {}
+    _LIMITS = {}
 _MAX_BATCH = 1 << 31
 
 
@@ -49,7 +48,8 @@ def extension_error() -> str | None:
 
 
 def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+    # 0 (the legacy default stream) only for host tensors, which only the host emulation runs
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
 def _step_constants(problem: Problem):
@@ -138,7 +138,8 @@ class _Packed:
     reads W^T for the forward and W for the input gradient, both coalesced), and the argument
     tuples of ``_cuda.Model``."""
 
-    def __init__(self, spec: PriorSpec, device):
+    def __init__(self, spec: PriorSpec, device, act_codes: dict):
+        self.act_codes = act_codes
         self.chunks: list[torch.Tensor] = []
         self.size = 0
         self.mlps: list[tuple] = []
@@ -163,22 +164,24 @@ class _Packed:
             wt_offs.append(self._put(w.detach().t()))
             w_offs.append(self._put(w))
             b_offs.append(-1 if b is None else self._put(b))
-        self.mlps.append((sizes, wt_offs, w_offs, b_offs, _ACT_CODES[m.activation], float(m.act_param),
-                          _ACT_CODES[m.out_activation]))
+        self.mlps.append((sizes, wt_offs, w_offs, b_offs, self.act_codes[m.activation], float(m.act_param),
+                          self.act_codes[m.out_activation]))
         return len(self.mlps) - 1
 
 
-def run_fused(problem: Problem, accept_record: torch.Tensor | None = None):
+def run_fused(problem: Problem, accept_record: torch.Tensor | None = None, *, ext=None):
     """Every step of every chain of a fusable prior in one launch.
 
     ``accept_record`` (uint8 [K, B] on the device, MALA only) receives each chain's decisions.
+    ``ext`` replaces the extension module (tests pass a host-emulated build, tests/cuda_emulation).
     """
+    ext = _cuda if ext is None else ext
     spec, device = problem.spec, problem.device
     B, K = problem.batch, problem.n_steps
-    packed = _Packed(spec, device)
+    packed = _Packed(spec, device, ext.act_codes())
     base = [float(s) for s in spec.base_sigma] if spec.base_sigma is not None else []
     ps = [float(s) for s in problem.prior_sigma] if problem.prior_sigma is not None else []
-    model = _cuda.Model(list(spec.dims), packed.mlps, packed.terms, packed.joint, packed.gauss,
+    model = ext.Model(list(spec.dims), packed.mlps, packed.terms, packed.joint, packed.gauss,
                         [float(g.sigma_floor) for g in spec.gaussians], 1 if spec.space == "eps" else 0,
                         float(spec.energy_sign), base, ps, packed.weights.data_ptr(), packed.weights.numel())
     _, _, n_blocks, nbytes = model.plan(B)
@@ -209,8 +212,10 @@ def run_fused(problem: Problem, accept_record: torch.Tensor | None = None):
 
 # ------------------------------------------------------------------- autograd + the fused update
 
-def run_hybrid(problem: Problem):
-    """Any energy: autograd for the gradient, one cuda_update.cu launch per step for the move."""
+def run_hybrid(problem: Problem, *, ext=None):
+    """Any energy: autograd for the gradient, one cuda_update.cu launch per step for the move
+    (``ext`` as in ``run_fused``)."""
+    ext = _cuda if ext is None else ext
     B, dims, device = problem.batch, list(problem.dims), problem.device
     h, c, _ = _step_constants(problem)
 
@@ -220,7 +225,7 @@ def run_hybrid(problem: Problem):
         moved = [torch.empty_like(t) for t in x]
         noise = [torch.empty_like(t) for t in x] if problem.mala else []
         uniform = torch.empty(B, dtype=torch.float32, device=device) if problem.mala else None
-        _cuda.multi_layer_update(B, dims, [t.data_ptr() for t in x], [t.data_ptr() for t in g],
+        ext.multi_layer_update(B, dims, [t.data_ptr() for t in x], [t.data_ptr() for t in g],
                                  [t.data_ptr() for t in moved], [t.data_ptr() for t in noise],
                                  uniform.data_ptr() if uniform is not None else 0, h, c, problem.seed,
                                  problem.offset + k * problem.stride, 0, _stream(device))
