@@ -235,14 +235,21 @@ def machine_lines(data: dict) -> list[str]:
     return lines
 
 
+# A sampler executes the forward and the input gradient (one matmul per Linear each): 2x the
+# forward's FLOPs, where flops_per_chain_step() counts 3x (training's forward + full backward).
+EXECUTED = 2.0 / 3.0
+
+
 def prior_table(rows: list[dict], stat: str) -> list[str]:
     head = (f"| config | batch | provider | ms / chain ({stat}) | chain-steps/s | GFLOP/s | % of FMA peak "
-            "| speed-up vs reference | max abs diff vs reference |")
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+            "| % of peak, executed FLOPs | speed-up vs reference | max abs diff vs reference |")
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['batch']} | {r['provider']} | {_ms(r['ms'])} | {r['steps_per_s']:,.0f} "
-            f"| {r['gflops']:.2f} | {_f(r['frac_peak'], '.1%')} | {_f(r['speedup'], '.2f')}x "
+            f"| {r['gflops']:.2f} | {_f(r['frac_peak'], '.1%')} "
+            f"| {_f(r['frac_peak'] * EXECUTED if r['frac_peak'] is not None else None, '.1%')} "
+            f"| {_f(r['speedup'], '.2f')}x "
             f"| {_f(r['diff'], '.1e')} |".replace("| -x |", "| - |"))
     return lines
 
@@ -293,7 +300,9 @@ def build_markdown(data: dict, source: str, stat: str, plot_rel: str | None, pro
     out += ["", "### Command", "", "```bash", COMMAND, "```", ""]
     out += ["### Prior chain", "",
             "Time of one whole K-step chain for the whole batch; chain-steps/s = B x K / time; GFLOP/s = "
-            "`PriorSpec.flops_per_chain_step()` x B x K / time; % of FMA peak against this run's peak above; "
+            "`PriorSpec.flops_per_chain_step()` x B x K / time (3 x the forward FLOPs, the count the targets use); "
+            "% of FMA peak against this run's peak above; % of peak, executed FLOPs: the same for the FLOPs a "
+            "sampler executes (forward + input gradient = 2 x the forward), so it cannot exceed 100%; "
             "max abs diff: largest element-wise difference of the final state from the reference's, for the "
             "providers that draw the same Philox noise.", ""]
     out += prior_table(prows, stat) if prows else ["(no prior-chain measurements in this run)"]
