@@ -221,3 +221,33 @@ def test_triton_implementations_equal_the_reference():
     cpu = torch.ops.jebm.multi_layer_update(x, g, philox, 77, [0.3, 0.2], 0.9, True)
     for a, b in zip(tri[0] + tri[1] + [tri[2]], cpu[0] + cpu[1] + [cpu[2]]):
         helpers.assert_close_where(a, b, atol=2e-6, rtol=1e-6, what="Triton vs C++ update")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the ops' CUDA implementations need a GPU")
+@pytest.mark.parametrize("philox_device", ["cuda", "cpu"])
+def test_opcheck_on_cuda(philox_device):
+    """The CUDA kernels behind the ops: schema and fake checks, and parity with the reference, with
+    (seed, offset) read on the device (graph-safe) or on the host."""
+    spec = make_prior((3, 17), hidden=(9,), space="eps", joint=True, seed=11)
+    mv = lambda m: None if m is None else jk.MLPSpec(tuple(w.cuda() for w in m.weights),
+                                                     tuple(None if b is None else b.cuda() for b in m.biases),
+                                                     m.activation, m.act_param, m.out_activation)
+    spec = jk.PriorSpec(spec.dims, tuple(mv(t) for t in spec.layer_terms), mv(spec.joint_term),
+                        tuple(jk.GaussianSpec(mv(g.mlp), g.sigma_floor) for g in spec.gaussians), spec.space,
+                        spec.energy_sign)
+    z = [t.cuda() for t in start(7, spec.dims)]
+    for mala in (True, False):  # (parity without MALA: a decision may flip at the threshold)
+        args = list(op_args(spec, z, n_steps=6, step_sizes=[0.3, 0.2], mala=mala))
+        args[4] = args[4].to(philox_device)
+        torch.library.opcheck(torch.ops.jebm.prior_chain.default, tuple(args))
+    out, _ = torch.ops.jebm.prior_chain(*args)
+    ref, _ = reference(jk.PriorEnergy(spec), z, n_steps=6, step_size=[0.3, 0.2])
+    helpers.check_close(out, ref, "prior_chain op on CUDA", atol=ATOL, rtol=RTOL, who="op")
+    x, g = z, [t.flip(0) for t in z]
+    upd = (x, g, args[4], 55, [0.3, 0.2], 0.9, True)
+    torch.library.opcheck(torch.ops.jebm.multi_layer_update.default, upd)
+    moved, noise, uniform = torch.ops.jebm.multi_layer_update(*upd)
+    cpu_moved, cpu_noise, cpu_uniform = torch.ops.jebm.multi_layer_update(
+        [t.cpu() for t in x], [t.cpu() for t in g], args[4].cpu(), 55, [0.3, 0.2], 0.9, True)
+    for a, b in zip(moved + noise + [uniform], cpu_moved + cpu_noise + [cpu_uniform]):
+        helpers.assert_close_where(a.cpu(), b, atol=2e-6, rtol=1e-6, what="CUDA vs C++ update op")
