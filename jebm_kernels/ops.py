@@ -26,8 +26,8 @@ call (``cpu.run_fused``, ``triton_prior_chain.launch``, ``cuda.run_fused``), and
 alone costs 0.1-0.25 ms per call (measured on the 2-core dev machine, 1 thread, LEBM 100-200-200-1
 prior: op 1.20 ms against 0.95 ms for the same implementation called directly, B = 1, K = 1;
 ~55 us for a trivial custom op with list arguments on an idle machine): 10-20% of a one-step CPU
-chain, 1-2% at B = 8, K = 60. The ops are the entry points for torch.compile and CUDA graphs,
-where the dispatcher runs once per trace, not per call.
+chain, 1-2% at B = 8, K = 60. The ops are the entry points for torch.compile and CUDA graphs
+(a captured graph pays the host-side cost once, at capture).
 """
 from __future__ import annotations
 
