@@ -60,6 +60,11 @@ def _read_philox(philox: torch.Tensor) -> tuple[int, int]:
     return seed & _MASK64, offset
 
 
+def _check_layers(z) -> None:
+    if not isinstance(z, (list, tuple)) or not z or not all(torch.is_tensor(t) for t in z):
+        raise ValueError("z must be a non-empty list of [B, d_l] tensors, one per latent layer")
+
+
 def _check_philox(philox, device) -> None:
     if not torch.is_tensor(philox) or philox.dtype != torch.int64 or tuple(philox.shape) != (2,):
         raise ValueError("philox must be an int64 tensor of shape (2,): [seed, offset] (see philox_tensor)")
@@ -169,8 +174,10 @@ def _problem(spec, z, philox, step_sizes, noise_scale, prior_sigma, n_steps, mal
         raise ValueError(f"noise_scale must be finite and >= 0 (> 0 with MALA), got {noise_scale}")
     if n_steps < 0:
         raise ValueError(f"n_steps must be >= 0, got {n_steps}")
-    if not z or any(t.dim() != 2 or t.shape[0] != z[0].shape[0] for t in z):
+    if any(t.dim() != 2 or t.shape[0] != z[0].shape[0] for t in z):
         raise ValueError("z must be one [B, d_l] tensor per layer, all with batch B")
+    if tuple(t.shape[1] for t in z) != tuple(spec.dims):
+        raise ValueError(f"z has layer dims {tuple(t.shape[1] for t in z)} but the prior has {tuple(spec.dims)}")
     seed, offset = (0, 0) if philox.device.type != "cpu" else _read_philox(philox)
     return Problem(energy=None, z=[t.contiguous() for t in z], shapes=[t.shape for t in z], is_list=True,
                    n_steps=int(n_steps), step_sizes=tuple(float(s) for s in step_sizes),
@@ -192,8 +199,9 @@ def _prior_chain_op(z: list[torch.Tensor], params: list[torch.Tensor], structure
                     prior_sigma: list[float], n_steps: int, mala: bool,
                     with_stats: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
     from . import cpu
+    _check_layers(z)
     spec = decode_prior(structure, settings, params)
-    _check_philox(philox, z[0].device if z else None)
+    _check_philox(philox, z[0].device)
     problem = _problem(spec, z, philox, step_sizes, noise_scale, prior_sigma, n_steps, mala, with_stats)
     if cpu.extension_error() is not None:
         raise RuntimeError(f"jebm::prior_chain on CPU needs the C++ extension: {cpu.extension_error()}")
@@ -210,6 +218,7 @@ def prior_chain_triton(z, params, structure, settings, philox, step_sizes, noise
     ``TRITON_INTERPRET=1``, which is how it is tested without a GPU). A ``philox`` on the state's
     device is read by the kernel; a CPU one on the host."""
     from . import triton_prior_chain
+    _check_layers(z)
     spec = decode_prior(structure, settings, params)
     _check_philox(philox, z[0].device)
     problem = _problem(spec, z, philox, step_sizes, noise_scale, prior_sigma, n_steps, mala, with_stats)
@@ -257,7 +266,8 @@ def _cuda_backend():
 # ------------------------------------------------------------------------- the multi-layer update
 
 def _check_update(x, g, step_sizes):
-    if not x or len(x) != len(g) or len(step_sizes) != len(x):
+    _check_layers(x)
+    if len(x) != len(g) or len(step_sizes) != len(x):
         raise ValueError(f"need one x, one gradient and one step size per layer: {len(x)} x, {len(g)} g, "
                          f"{len(step_sizes)} step sizes")
     B = x[0].shape[0]

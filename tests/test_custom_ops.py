@@ -181,6 +181,10 @@ def test_ops_refuse_bad_arguments_clearly():
     truncated[2] = args[2][:-3]
     with pytest.raises(ValueError, match="run out|left over|shape"):
         torch.ops.jebm.prior_chain(*truncated)
+    wrong_dims = list(args)
+    wrong_dims[0] = [torch.randn(4, 5)]
+    with pytest.raises(ValueError, match=r"z has layer dims \(5,\) but the prior has \(3,\)"):
+        torch.ops.jebm.prior_chain(*wrong_dims)
     steps = list(args)
     steps[5] = [0.3, 0.3]
     with pytest.raises(ValueError, match="one value per layer"):
