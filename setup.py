@@ -32,10 +32,21 @@ class OptionalBuildExt(build_ext):
                 raise
             self._warn(exc)
 
+    def build_extensions(self):
+        # nvcc runs in the background while the host compiler builds the CPU extension (which
+        # compiles its files one after another): on 2 cores that hides most of the CUDA build
+        for ext in self.extensions:
+            if getattr(ext, "cuda_sources", None):
+                try:
+                    ext.nvcc_jobs = self._start_nvcc(ext)
+                except Exception as exc:  # reported when the extension is built
+                    ext.nvcc_error = exc
+        super().build_extensions()
+
     def build_extension(self, ext):
         try:
             if getattr(ext, "cuda_sources", None):
-                self._compile_cuda(ext)
+                self._finish_nvcc(ext)
             super().build_extension(ext)
             self._built = getattr(self, "_built", set()) | {ext.name}
         except Exception as exc:
@@ -57,29 +68,36 @@ class OptionalBuildExt(build_ext):
                 else "jebm_kernels will use the reference backend")
         sys.stderr.write(f"\nWARNING: could not build {name} ({exc}); {what}.\n\n")
 
-    def _compile_cuda(self, ext):
-        """nvcc -c every .cu file (all at once, in parallel), then hand the objects to the linker.
-        Objects newer than their source and every header are reused (editable re-installs)."""
+    def _start_nvcc(self, ext):
+        """nvcc -c every .cu file, all at once; objects newer than their source and every header
+        are reused (editable re-installs)."""
         tmp = os.path.abspath(os.path.join(self.build_temp, "cuda"))
         os.makedirs(tmp, exist_ok=True)
         newest_header = max((os.path.getmtime(h) for h in glob.glob("csrc/*.h")), default=0)
-        jobs, objects = [], []
+        jobs = []
         for src in ext.cuda_sources:
             obj = os.path.join(tmp, os.path.basename(src)[:-3] + ".o")
-            objects.append(obj)
-            if os.path.exists(obj) and os.path.getmtime(obj) > max(os.path.getmtime(src), newest_header):
-                continue
-            cmd = nvcc_command(ext.nvcc, src, obj)
-            print(" ".join(cmd))
-            jobs.append((src, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+            proc = None
+            if not (os.path.exists(obj) and os.path.getmtime(obj) > max(os.path.getmtime(src), newest_header)):
+                cmd = nvcc_command(ext.nvcc, src, obj)
+                print(" ".join(cmd))
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            jobs.append((src, obj, proc))
+        return jobs
+
+    def _finish_nvcc(self, ext):
+        """Waits for the nvcc jobs and hands their objects to the linker."""
+        if getattr(ext, "nvcc_error", None) is not None:
+            raise ext.nvcc_error
         failed = []
-        for src, proc in jobs:
-            out, _ = proc.communicate()
-            if proc.returncode:
-                failed.append(f"{src}:\n{out}")
+        for src, obj, proc in ext.nvcc_jobs:
+            if proc is not None:
+                out, _ = proc.communicate()
+                if proc.returncode:
+                    failed.append(f"{src}:\n{out}")
         if failed:
             raise RuntimeError("nvcc failed:\n" + "\n".join(failed))
-        ext.extra_objects = list(ext.extra_objects or []) + objects
+        ext.extra_objects = list(ext.extra_objects or []) + [obj for _, obj, _ in ext.nvcc_jobs]
 
 
 def cpu_extension():
