@@ -7,6 +7,8 @@
     jebm sample RUN_DIR_OR_CHECKPOINT --n 64 --out samples.png
     jebm eval RUN_DIR [--out DIR] [--n-test N]
     jebm eval --outlier --classes 1 4 5 7 9 --seeds 0 1 2 --iters 150 --out runs/outlier
+    jebm eval RUN_DIR --classifier-fd [--fid-weights pt_inception-2015-12-05-6726825d.pth] [--fd-n 10000]
+    jebm report RUN_DIR [--outlier runs/outlier/outlier.json] [--benchmarks .benchmarks/latest.json]
 """
 from __future__ import annotations
 
@@ -88,7 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--outlier", action="store_true", help="run the held-out-class outlier protocol")
     e.add_argument("--classes", type=int, nargs="+", default=None, help="held-out classes (default 1 4 5 7 9)")
     e.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2)")
+    e.add_argument("--fid-weights", default=None, metavar="PATH",
+                   help="Inception-v3 weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth for FIDs "
+                        "comparable with the papers'); adds FID to eval.json; nothing is downloaded")
+    e.add_argument("--classifier-fd", action="store_true",
+                   help="add the Frechet distance in the features of a small classifier trained on the run's data "
+                        "(trained on first use, saved as RUN_DIR/classifier.pt)")
+    e.add_argument("--fd-n", type=int, default=None,
+                   help="generated samples for FID / classifier FD (default 10000; the papers use 50000)")
+    e.add_argument("--fd-n-train", type=int, default=None,
+                   help="training images for the reference statistics (default: the whole training split)")
+    e.add_argument("--fid-cache", default=None, metavar="DIR",
+                   help="where FID training-set statistics are cached (default $JEBM_CACHE_DIR/fid, else "
+                        "~/.cache/jebm/fid)")
+    e.add_argument("--classifier-steps", type=int, default=None,
+                   help="training steps of the classifier when it is trained (default 1500)")
     _add_common_train(e, for_eval=True)
+
+    r = sub.add_parser("report", help="write RUN_DIR/report.html: curves, grids, outlier table, step sizes, "
+                                      "benchmarks; one self-contained page")
+    r.add_argument("run", help="run folder")
+    r.add_argument("--out", default=None, help="HTML path (default RUN_DIR/report.html)")
+    r.add_argument("--outlier", default=None, metavar="PATH",
+                   help="outlier.json of `jebm eval --outlier` (default: RUN_DIR/outlier.json, then "
+                        "RUN_DIR/../outlier/outlier.json)")
+    r.add_argument("--benchmarks", default=None, metavar="PATH",
+                   help="pytest-benchmark JSON of benchmarks/ (default: the newest .benchmarks/*.json in the "
+                        "current folder)")
     return parser
 
 
@@ -159,12 +187,29 @@ def _cmd_eval(a) -> int:
     if a.run is None:
         raise ValueError("jebm eval needs a run folder or checkpoint (or --outlier for the outlier protocol)")
     res = ev.evaluate_run(a.run, a.out, n_test=a.n_test, seed=a.seed, backend=a.backend or "auto", n_hier=a.n_hier,
-                          data_root=a.data_root, method=a.posterior)
+                          data_root=a.data_root, method=a.posterior, fid_weights=a.fid_weights,
+                          classifier_fd=a.classifier_fd, fd_n=a.fd_n, fd_n_train=a.fd_n_train, fid_cache=a.fid_cache,
+                          classifier_steps=a.classifier_steps)
     print(json.dumps({k: res[k] for k in ("iteration", "n_test", "posterior", "reconstruction")
                       if k in res}, indent=2))
+    if "fid" in res:
+        f = res["fid"]
+        print(f"FID ({f['inception']}, {f['n_samples']} samples vs {f['n_train']} training images): {f['fid']:.3f}")
+    if "classifier_fd" in res:
+        f = res["classifier_fd"]
+        acc = f["classifier"].get("test_accuracy")
+        print(f"classifier Frechet distance ({f['n_samples']} samples vs {f['n_train']} training images; classifier "
+              f"test accuracy {acc if acc is None else round(acc, 4)}): {f['fd']:.4f}")
     if "outlier" in res:
         print(f"outlier AUPRC (held-out class {res['outlier']['held_out_class']}): {res['outlier']['auprc']:.3f}")
     print(f"written: {res['hierarchical_png']}, eval.json beside it")
+    return 0
+
+
+def _cmd_report(a) -> int:
+    from .report import write_report
+    path = write_report(a.run, a.out, outlier=a.outlier, benchmarks=a.benchmarks)
+    print(path)
     return 0
 
 
@@ -173,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval}[a.command](a)
+        return {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval,
+                "report": _cmd_report}[a.command](a)
     except TrainingDiverged as exc:
         print(f"jebm {a.command}: {exc}", file=sys.stderr)
         return 1

@@ -159,11 +159,15 @@ def _write_json(obj, path: Path) -> Path:
 
 
 def evaluate_run(run, out_dir=None, *, n_test: int | None = None, seed: int = 0, backend: str = "auto",
-                 n_hier: int = 10, n_samples: int = 64, data_root=None, method: str = "auto") -> dict:
+                 n_hier: int = 10, n_samples: int = 64, data_root=None, method: str = "auto", fid_weights=None,
+                 classifier_fd: bool = False, fd_n: int | None = None, fd_n_train: int | None = None,
+                 fid_cache=None, classifier_steps: int | None = None) -> dict:
     """Evaluate a trained run on its data set's test split; writes into ``out_dir`` (default: the
     run folder) ``eval.json``, ``hierarchical.png``, ``eval_samples.png`` and
     ``eval_reconstructions.png``. A run trained without one class (``exclude_class``) also gets
-    that class's outlier AUPRC. Returns the JSON's content."""
+    that class's outlier AUPRC. ``fid_weights`` (an Inception-v3 weights file) adds FID,
+    ``classifier_fd`` the Frechet distance in a small classifier's features, each from ``fd_n``
+    samples against the training set (``jebm.fid``). Returns the JSON's content."""
     from .data import load_dataset
     from .images import save_grid, save_rows
     r = _as_run(run)
@@ -202,6 +206,11 @@ def evaluate_run(run, out_dir=None, *, n_test: int | None = None, seed: int = 0,
         positive = labels == c
         result["outlier"] = {"held_out_class": c, "auprc": auprc(scores, positive),
                              "positive_fraction": float(positive.double().mean())}
+    if fid_weights is not None or classifier_fd:
+        from .fid import DEFAULT_N, image_quality
+        result.update(image_quality(r, fid_weights=fid_weights, classifier=classifier_fd,
+                                    n=fd_n if fd_n is not None else DEFAULT_N, n_train=fd_n_train, cache_dir=fid_cache,
+                                    classifier_steps=classifier_steps, seed=seed, backend=backend, data_root=root))
     result["seconds"] = time.perf_counter() - t0
     _write_json(result, out_dir / "eval.json")
     return result
