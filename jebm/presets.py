@@ -64,6 +64,12 @@ _BASE = dict(
     post_step_size=0.1,
     noise_scale=1.0,
     persistent_prior=False,  # True: the negative-phase prior chains continue across iterations
+    # learned short-run posterior step sizes (jebm.short_run; Nijkamp et al., ECCV 2020)
+    learn_step_size=False,   # True: one posterior step size per layer, learned (post_step_size is the start)
+    lr_step_size=0.02,       # Adam learning rate of the log step sizes
+    entropy_estimator="series", # log|det Jacobian| per step: "series" (Hutchinson) or "exact" (Hessian, small D)
+    entropy_terms=2,         # series: terms of log det(I - A) = -sum tr(A^n)/n
+    entropy_probes=1,        # series: Hutchinson probes per chain and step
     # optimisation
     scheme="mle",            # "mle" or "variational"
     iters=400,
@@ -223,7 +229,7 @@ def validate_config(cfg: dict) -> dict:
         cfg["gauss_hidden"] = []
     if cfg["joint_hidden"] is not None:
         cfg["joint_hidden"] = _widths(cfg["joint_hidden"], "joint_hidden")
-    for key in ("ebm", "persistent_prior"):
+    for key in ("ebm", "persistent_prior", "learn_step_size"):
         if not isinstance(cfg[key], bool):
             raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
     if cfg["decoder"] not in ("mlp", "conv"):
@@ -233,7 +239,7 @@ def validate_config(cfg: dict) -> dict:
     cfg["infer_head_hidden"] = _widths(cfg["infer_head_hidden"], "infer_head_hidden")
     for key in ("ngf", "nif"):
         _int(cfg, key, 1)
-    for key in ("sigma_x", "sigma_floor", "lr_ebm", "lr_gen", "lr_infer"):
+    for key in ("sigma_x", "sigma_floor", "lr_ebm", "lr_gen", "lr_infer", "lr_step_size"):
         _pos_float(cfg, key)
     _pos_float(cfg, "noise_scale", allow_zero=True)
     if cfg["space"] not in ("z", "eps"):
@@ -253,6 +259,13 @@ def validate_config(cfg: dict) -> dict:
     if cfg["rollback_retries"] and cfg["rollback_lr_factor"] == cfg["rollback_step_factor"] == 1:
         raise ValueError("rollback_retries > 0 with rollback_lr_factor = rollback_step_factor = 1 would retry the "
                          "same diverging iterations: make one factor < 1")
+    if cfg["entropy_estimator"] not in ("exact", "series"):
+        raise ValueError(f"entropy_estimator must be 'exact' or 'series', got {cfg['entropy_estimator']!r}")
+    for key in ("entropy_terms", "entropy_probes"):
+        _int(cfg, key, 1)
+    if cfg["learn_step_size"] and cfg["post_steps"] < 1:
+        raise ValueError("learn_step_size=True needs post_steps >= 1: the step sizes are learned through the "
+                         "posterior chain (post_steps=0 has no chain)")
     betas = cfg["adam_betas"]
     if (not isinstance(betas, (list, tuple)) or len(betas) != 2
             or not all(_is_real(b) and 0 <= b < 1 for b in betas)):

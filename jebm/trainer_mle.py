@@ -12,12 +12,18 @@ their sum gives each parameter group exactly its own gradient.
 The Gaussian-prior baseline (no EBM) has p(z) = p_beta(z) exactly normalised: the negative phase
 E_{p_beta}[grad log p_beta] is zero in expectation, so it is left out and no prior chain is run;
 beta then minimises -mean log p_beta(z+) (alternating back-propagation, Han et al. 2017).
+
+With ``learn_step_size=True`` z+ comes from ``jebm.short_run.LearnedPosterior`` instead: the same
+chain from noise (same Philox draws), with one learned step size per layer, run differentiably on
+the reference math; its step sizes take a gradient step on the KL bound every iteration, and their
+values are logged as ``step_size_post_l1``, ``step_size_post_l2``, ...
 """
 from __future__ import annotations
 
 import torch
 
 from .model import JEBM
+from .short_run import LearnedPosterior
 
 __all__ = ["MLETrainer", "PriorChains", "first_non_finite"]
 
@@ -70,10 +76,11 @@ class MLETrainer:
         self.opt_ebm = (torch.optim.Adam(model.ebm_parameters(), lr=cfg["lr_ebm"], betas=betas)
                         if model.has_ebm else None)
         self.prior_chains = PriorChains(cfg["persistent_prior"])
+        self.short_run = LearnedPosterior(model, cfg) if cfg["learn_step_size"] else None
 
     def modules(self) -> dict:
-        """Modules besides the model that a checkpoint must hold (none for MLE)."""
-        return {}
+        """Modules besides the model that a checkpoint must hold (the learned step sizes, if any)."""
+        return {"step_sizes": self.short_run.steps} if self.short_run is not None else {}
 
     def buffers(self) -> dict:
         """Non-module state a checkpoint must hold (the persistent chains)."""
@@ -83,10 +90,14 @@ class MLETrainer:
         opts = {"gen": self.opt_gen}
         if self.opt_ebm is not None:
             opts["ebm"] = self.opt_ebm
+        if self.short_run is not None:
+            opts["step_size"] = self.short_run.opt
         return opts
 
     def posterior(self, x, *, generator, backend):
-        """z-space posterior samples for x (posterior Langevin from noise)."""
+        """z-space posterior samples for x (posterior Langevin from noise, learned step sizes if any)."""
+        if self.short_run is not None:
+            return self.short_run.posterior(x, generator=generator, backend=backend)
         return self.model.sample_posterior(x, generator=generator, backend=backend)
 
     def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
@@ -112,7 +123,11 @@ class MLETrainer:
         """Sample the chains and compute the iteration's losses: (metric values as floats, one
         scalar whose gradient is each parameter group's update)."""
         model, sx2 = self.model, 2 * self.model.sigma_x ** 2
-        z_pos = model.sample_posterior(x, generator=generator, backend=backend)
+        post_metrics = {}
+        if self.short_run is not None:
+            z_pos, post_metrics = self.short_run.sample(x, generator=generator)
+        else:
+            z_pos = model.sample_posterior(x, generator=generator, backend=backend)
         z_neg = self.prior_chains.sample(model, x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
 
         recon = model.decode(z_pos[0])
@@ -131,4 +146,7 @@ class MLETrainer:
             loss_beta = -logp_pos
             metrics.update(loss_beta=loss_beta)
             total = loss_recon + loss_beta
+        metrics.update(post_metrics)
+        if self.short_run is not None:
+            total = total + self.short_run.surrogate()  # the step sizes' gradient, through the same backward
         return {k: float(v.detach()) for k, v in metrics.items()}, total

@@ -11,6 +11,14 @@ Only the prior chain remains in the loop. The F(z) term of the ELBO gives phi (t
 reparameterised z_q) a gradient, but alpha learns from its own loss only: one backward pass of
 loss_gen + mean F(z-) gives exactly that (``VariationalTrainer.loss`` says why).
 
+With ``learn_step_size=True`` q's sample is refined by ``post_steps`` posterior Langevin steps with
+learned per-layer step sizes (``jebm.short_run.LearnedPosterior``), started from q's detached
+sample (not from noise: q is already close, so K can be short). The refined z+ replaces z_q in
+alpha's positive phase (where the posterior's quality matters: alpha's gradient is
+E_{p(z|x)}[dF] - E_{p(z)}[dF]) and in ``posterior()``; phi, g and beta keep the ELBO of q. The step
+sizes minimise the same KL bound as in the MLE scheme (q's entropy at the start does not depend on
+them) and are logged as ``step_size_post_l1``, ...
+
 Noise for q's reparameterisation comes from the trainer's Philox stream, like every chain, so
 the run is reproducible from its seed and resumable bit for bit.
 """
@@ -21,6 +29,7 @@ import math
 import torch
 
 from .model import JEBM, InferenceModel, randn_layers
+from .short_run import LearnedPosterior
 from .trainer_mle import PriorChains, first_non_finite
 
 __all__ = ["VariationalTrainer", "build_inference_model"]
@@ -48,9 +57,13 @@ class VariationalTrainer:
         self.opt_ebm = (torch.optim.Adam(model.ebm_parameters(), lr=cfg["lr_ebm"], betas=betas)
                         if model.has_ebm else None)
         self.prior_chains = PriorChains(cfg["persistent_prior"])
+        self.short_run = LearnedPosterior(model, cfg) if cfg["learn_step_size"] else None
 
     def modules(self) -> dict:
-        return {"infer": self.infer}
+        mods = {"infer": self.infer}
+        if self.short_run is not None:
+            mods["step_sizes"] = self.short_run.steps
+        return mods
 
     def buffers(self) -> dict:
         return {"prior_chains": self.prior_chains}
@@ -59,14 +72,19 @@ class VariationalTrainer:
         opts = {"gen": self.opt_gen}
         if self.opt_ebm is not None:
             opts["ebm"] = self.opt_ebm
+        if self.short_run is not None:
+            opts["step_size"] = self.short_run.opt
         return opts
 
     def posterior(self, x, *, generator, backend):
-        """z-space samples from q(z | x)."""
+        """z-space samples from q(z | x), refined by the learned short-run chain when there is one."""
         noise = randn_layers(x.shape[0], self.model.dims, generator, device=x.device, dtype=x.dtype)
         with torch.no_grad():
             z, _ = self.infer(x, noise)
-        return [t.detach() for t in z]
+        z = [t.detach() for t in z]
+        if self.short_run is not None:
+            return self.short_run.posterior(x, generator=generator, backend=backend, start=z)
+        return z
 
     def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
         """One iteration. Returns (metrics, name of the first non-finite metric or None); with a
@@ -94,7 +112,10 @@ class VariationalTrainer:
         alpha must learn from loss_ebm = F(z-) - F(z_q detached) only, but loss_gen's F(z_q) term
         reaches alpha too (with gradient -dF(z_q)). One scalar gives both exactly:
         total = loss_gen + mean F(z-): alpha gets -dF(z_q) + dF(z-) = d loss_ebm, and phi, g, beta
-        get loss_gen's gradient alone (F(z-) is a function of alpha only, z- being detached)."""
+        get loss_gen's gradient alone (F(z-) is a function of alpha only, z- being detached).
+        With the learned refinement z+ replaces z_q detached in loss_ebm, and the scalar gains
+        mean F(z_q detached) - mean F(z+): alpha's -dF(z_q) from loss_gen is cancelled and replaced
+        by -dF(z+); phi sees neither term (both are detached from it)."""
         model, B = self.model, x.shape[0]
         sx = model.sigma_x
         noise = randn_layers(B, model.dims, generator, device=x.device, dtype=x.dtype)
@@ -110,13 +131,21 @@ class VariationalTrainer:
         metrics = {"neg_elbo": -elbo.mean(), "loss_recon": (sq / (2 * sx * sx)).mean(), "mse": sq.mean() / n_pix,
                    "kl": (log_q - logp_q - F_q).mean(), "logp_pos": logp_q.mean()}
         loss_ebm = None
+        z_pos = [t.detach() for t in z_q]
+        if self.short_run is not None:
+            z_pos, post_metrics = self.short_run.sample(x, generator=generator, start=z_pos)
+            metrics.update(post_metrics)
         if model.has_ebm:
             z_neg = self.prior_chains.sample(model, B, generator=generator, backend=backend)
             logp_neg = model.log_p_beta(z_neg).mean()
             loss_gen = loss_gen + logp_neg
-            F_pos = model.F([t.detach() for t in z_q]).mean()
+            F_pos = model.F(z_pos).mean()
             F_neg = model.F(z_neg).mean()
             loss_ebm = F_neg - F_pos
             metrics.update(loss_ebm=loss_ebm, logp_neg=logp_neg, F_pos=F_pos, F_neg=F_neg)
         total = loss_gen if loss_ebm is None else loss_gen + F_neg
+        if self.short_run is not None:
+            if loss_ebm is not None:
+                total = total + model.F([t.detach() for t in z_q]).mean() - F_pos
+            total = total + self.short_run.surrogate()  # the step sizes' gradient, through the same backward
         return {k: float(v.detach()) for k, v in metrics.items()}, total

@@ -1,0 +1,355 @@
+"""Short-run posterior inference with learned step sizes (Nijkamp et al., ECCV 2020).
+
+The chain. Posterior Langevin in the model's sampling space v (z or eps, DESIGN.md) from a start v_0,
+one step size s_l = exp(log_s_l) per latent layer (positive by construction), h_l = s_l^2 / 2:
+    v_{k+1} = v_k - h * grad U(v_k | x) + s * tau * xi_k,      k = 0 .. K-1.
+xi_k are the Philox normals of the shared stream, laid out exactly as the reference backend lays
+them out (``jebm_kernels.reference.step_noise`` on the same ``Problem``): given the same generator
+state and step sizes, ``short_run_chain`` reproduces ``jk.langevin(..., backend="reference")`` to
+rounding, and a run stays reproducible from its (seed, offset).
+
+The objective. q_s(v | x) is the law of v_K. With log p(v | x) = -U(v | x) - log Z(x),
+    KL(q_s || p(. | x)) = E_q[U(v_K | x)] - H(q_s) + log Z(x),
+and log Z(x) does not depend on s. KL is invariant under the bijection eps <-> z, so working in
+the sampling space is exact. The step sizes follow the gradient of a Monte Carlo estimate,
+differentiated through the chain (reparameterised noise: v_K is a smooth function of s given
+(v_0, xi)); full autograd, so the Hessian's own dependence on v_k (third derivatives of U) is kept.
+
+The entropy term (our estimator). Given the noise xi = (xi_0 .. xi_{K-1}), the K-step map
+T_xi: v_0 -> v_K is deterministic with Jacobian prod_k (I - diag(h) H(v_k)), H the Hessian of
+U(. | x). Conditioning never raises entropy, so by the change of variables
+    H(q_s) >= H(v_K | xi) = H(v_0) + E sum_k log|det(I - diag(h) H(v_k))|,
+and we minimise, per chain,
+    J(s) = U(v_K | x) - sum_k log|det(I - diag(h) H(v_k))|            (``ShortRunResult.objective``),
+since E J(s) - H(v_0) + log Z(x) >= KL(q_s || p(. | x)) with H(v_0) free of s (N(0, I) for the
+MLE scheme's start from noise; q_phi's detached sample for the variational refinement). Bias: the gap is the mutual
+information I(v_K; xi), the entropy the injected noise adds beyond what the map carries over from
+v_0; the bound credits none of it, so its minimiser may prefer slightly smaller steps than the true
+KL's. The change of variables needs T_xi invertible, which holds while every step keeps
+h_l lambda < 1 along the curvature lambda it sees (each step is then a diffeomorphism); past that the
+log-det still measures the local change of volume but the identity is no longer exact. What it
+buys: it is the Jacobian quantity the paper works with and needs no density of v_K.
+
+log|det| per step, two estimators (config ``entropy_estimator``):
+- ``"exact"``: the D x D Hessian of every chain (D = sum d_l) from D Hessian-vector products done
+  as ONE vectorised backward (``is_grads_batched``), then ``slogdet`` of I - diag(h) H. No
+  truncation, no probe noise, valid for any step size (an overshooting step, |1 - h lambda| > 1,
+  rightly counts as expanding). Cost per step: D HVPs' worth of batched work plus O(B D^3); the
+  backward through the chain keeps D x B activations per step. The right choice for small latent
+  spaces (the default preset: D = 24).
+- ``"series"``: log det(I - A) = -sum_{n>=1} tr(A^n) / n with A = diag(h) H, truncated after
+  ``entropy_terms`` terms, each trace by Hutchinson with ``entropy_probes`` Rademacher probes drawn
+  from the same Philox stream. Cost per step: terms x probes HVPs, independent of D (the papers'
+  presets: D = 228 and 124). Unbiased in the probes for the truncated sum; the truncation leaves
+  -sum_{n>N} tr(A^n)/n, about rho^(N+1)/(N+1) per eigenvalue rho of A, and the series is wrong
+  once some |rho| >= 1, i.e. once a step overshoots a curvature direction. Use it with moderate
+  step sizes.
+
+Fused backends: the backward through the chain needs autograd, which the cpu / triton / cuda
+kernels do not provide, so in this mode the posterior chain runs here, in torch (the reference
+math); ``warn_fused_fallback`` says so once per process. Sampling with already learned step sizes
+needs no backward and uses any backend (``LearnedPosterior.values`` into ``model.sample_posterior``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import warnings
+
+import torch
+from torch import nn
+
+import jebm_kernels as jk
+from jebm_kernels.philox import philox_rand
+from jebm_kernels.problem import make_problem
+from jebm_kernels.reference import step_noise
+
+from .model import JEBM, randn_layers
+
+__all__ = ["ESTIMATORS", "StepSizes", "ShortRunResult", "short_run_chain", "log_abs_det_step",
+           "LearnedPosterior", "warn_fused_fallback", "step_size_metrics", "posterior_objective",
+           "learned_step_sizes", "compare_step_sizes"]
+
+ESTIMATORS = ("exact", "series")
+
+
+def step_size_metrics(values) -> dict:
+    """The metrics keys the report reads: ``step_size_post_l1``, ``step_size_post_l2``, ..."""
+    return {f"step_size_post_l{l + 1}": float(v) for l, v in enumerate(values)}
+
+
+class StepSizes(nn.Module):
+    """One positive posterior step size per latent layer, s_l = exp(log_step[l])."""
+
+    def __init__(self, init, n_layers: int):
+        super().__init__()
+        vals = list(init) if isinstance(init, (list, tuple)) else [init] * n_layers
+        if len(vals) != n_layers:
+            raise ValueError(f"step sizes: {n_layers} latent layers need {n_layers} values, got {len(vals)}")
+        t = torch.tensor([float(v) for v in vals], dtype=torch.float32)
+        if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
+            raise ValueError(f"step sizes must be finite and > 0, got {vals}")
+        self.log_step = nn.Parameter(torch.log(t))
+
+    def forward(self) -> torch.Tensor:
+        return self.log_step.exp()
+
+    def values(self) -> list[float]:
+        return [float(v) for v in self.log_step.detach().exp().tolist()]
+
+
+@dataclass
+class ShortRunResult:
+    state: list[torch.Tensor]  # v_K per layer in the sampling space (in s's graph when differentiable)
+    energy: torch.Tensor       # U(v_K | x), [B]
+    logdet: torch.Tensor       # sum_k log|det(I - diag(h) H(v_k))| (estimate), [B]
+    seed: int                  # the Philox stream of the chain: replay with generator=(seed, offset)
+    offset: int
+
+    @property
+    def objective(self) -> torch.Tensor:
+        """J = U(v_K | x) - sum_k log|det|, [B]: KL(q_s || p) up to terms free of s (see module doc)."""
+        return self.energy - self.logdet
+
+
+def log_abs_det_step(grad: list[torch.Tensor], v: list[torch.Tensor], h: torch.Tensor, *, estimator: str = "exact",
+                     probes: torch.Tensor | None = None, n_terms: int = 2, keep_graph: bool = True) -> torch.Tensor:
+    """log|det(I - diag(h) H)| per chain, [B], H the Hessian of the energy whose gradient ``grad``
+    (per layer, computed with ``create_graph=True``) was taken at ``v``; ``h`` [D] per coordinate.
+
+    ``probes`` [P, B, D] (Rademacher) for ``estimator="series"``. ``keep_graph`` keeps the result
+    differentiable (with respect to h and to whatever v depends on)."""
+    g = torch.cat(list(grad), dim=-1)
+    B, D = g.shape
+    if estimator == "exact":
+        eye = torch.eye(D, dtype=g.dtype, device=g.device)
+        rows = torch.autograd.grad(g, v, grad_outputs=eye.unsqueeze(1).expand(D, B, D).contiguous(),
+                                   is_grads_batched=True, create_graph=keep_graph, retain_graph=True)
+        H = torch.cat(rows, dim=-1).transpose(0, 1)        # [B, i, j] = d g_i / d v_j
+        return torch.linalg.slogdet(eye - h[:, None] * H).logabsdet
+    if estimator == "series":
+        if probes is None or probes.dim() != 3 or tuple(probes.shape[1:]) != (B, D):
+            raise ValueError(f"the series estimator needs probes of shape [P, {B}, {D}]")
+        total = torch.zeros(B, dtype=g.dtype, device=g.device)
+        # One probe at a time with plain Hessian-vector products: the vectorised backward
+        # (is_grads_batched) has no batching rule for leaky_relu_backward and loops anyway.
+        for r in probes.unbind(0):
+            w = r
+            for n in range(1, n_terms + 1):
+                hv = torch.autograd.grad(g, v, grad_outputs=w, create_graph=keep_graph, retain_graph=True)
+                w = h * torch.cat(hv, dim=-1)                            # A w, A = diag(h) H (H symmetric)
+                total = total - (r * w).sum(-1) / (n * probes.shape[0])  # -tr(A^n)/n by Hutchinson
+        return total
+    raise ValueError(f"entropy estimator must be one of {ESTIMATORS}, got {estimator!r}")
+
+
+def short_run_chain(energy, start: list[torch.Tensor], step_sizes: torch.Tensor, *, n_steps: int,
+                    noise_scale: float = 1.0, generator=None, estimator: str = "exact", n_terms: int = 2,
+                    n_probes: int = 1, differentiable: bool = True) -> ShortRunResult:
+    """K steps of Langevin on ``energy`` (list of [B, d_l] -> [B]) from ``start``, with per-layer
+    ``step_sizes`` (a tensor [L], differentiable), and the log-det-Jacobian entropy estimate.
+
+    Noise: the shared Philox stream, drawn from ``generator`` exactly as ``jk.langevin`` draws it
+    (then, for the series estimator, the probes). ``differentiable=False`` detaches each step (the
+    evaluation of a fixed step size: no graph is kept across steps)."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"entropy estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    for name, val, lo in (("n_terms", n_terms, 1), ("n_probes", n_probes, 1)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
+    if not torch.is_tensor(step_sizes) or step_sizes.dim() != 1 or step_sizes.shape[0] != len(start):
+        raise ValueError(f"step_sizes must be a tensor with one value per layer ({len(start)}), got "
+                         f"{tuple(step_sizes.shape) if torch.is_tensor(step_sizes) else type(step_sizes).__name__}")
+    problem, stream = make_problem(energy, list(start), n_steps=n_steps, step_size=step_sizes.detach().tolist(),
+                                   noise_scale=noise_scale, prior_sigma=None, generator=generator, mala=False,
+                                   return_info=False)
+    B, dims, dtype, device = problem.batch, problem.dims, problem.dtype, problem.device
+    if any(t.dim() != 2 for t in start):
+        raise ValueError("short_run_chain takes latents as a list of [B, d_l] tensors")
+    D = sum(dims)
+    probe_base = stream.take(n_steps * n_probes * B * D) if estimator == "series" else 0
+    s = step_sizes.to(dtype=dtype, device=device)
+    s_cols = torch.cat([s[l].expand(d) for l, d in enumerate(dims)])
+    h_cols = s_cols * s_cols / 2
+    tau = problem.noise_scale
+
+    def call(v):
+        u = energy(v)
+        if not torch.is_tensor(u) or tuple(u.shape) != (B,):
+            raise ValueError(f"energy must return one value per chain, shape ({B},)")
+        return u
+
+    v = [t.detach().clone().requires_grad_(True) for t in problem.z]
+    logdet = torch.zeros(B, dtype=dtype, device=device)
+    with torch.enable_grad():
+        for k in range(n_steps):
+            g = torch.autograd.grad(call(v).sum(), v, create_graph=True)
+            probes = None
+            if estimator == "series":
+                u01 = philox_rand(problem.seed, probe_base + k * n_probes * B * D, n_probes * B * D, device=device)
+                probes = torch.where(u01 < 0.5, -1.0, 1.0).to(dtype).reshape(n_probes, B, D)
+            ld = log_abs_det_step(g, v, h_cols if differentiable else h_cols.detach(), estimator=estimator,
+                                  probes=probes, n_terms=n_terms, keep_graph=differentiable)
+            logdet = logdet + ld
+            noise, _ = step_noise(problem, k)
+            v = [vl - (s[l] * s[l] / 2) * gl + (s[l] * tau) * nl for l, (vl, gl, nl) in enumerate(zip(v, g, noise))]
+            if not differentiable:
+                v = [t.detach().requires_grad_(True) for t in v]
+                logdet = logdet.detach()
+        u_K = call(v)
+    if not differentiable:
+        v, u_K = [t.detach() for t in v], u_K.detach()
+    return ShortRunResult(state=v, energy=u_K, logdet=logdet, seed=problem.seed, offset=problem.offset)
+
+
+_FALLBACK_WARNED = False
+
+
+def warn_fused_fallback(backend: str) -> None:
+    """Say once per process that learning step sizes runs the posterior chain on the reference
+    backend (when a fused one was asked for, or would have been picked by ``auto``)."""
+    global _FALLBACK_WARNED
+    if _FALLBACK_WARNED or backend == "reference":
+        return
+    fused = [b for b in jk.available_backends() if b != "reference"]
+    if backend == "auto" and not fused:
+        return
+    _FALLBACK_WARNED = True
+    warnings.warn(
+        f"learn_step_size=True: the posterior step sizes are learned by differentiating through the posterior "
+        f"chain, which the fused backends ({', '.join(fused) or 'cpu, triton, cuda'}) do not support; the posterior "
+        f"chain therefore runs on the reference backend (pure torch), while the prior chain stays on "
+        f"backend={backend!r}. This warning is shown once.", RuntimeWarning, stacklevel=3)
+
+
+class LearnedPosterior:
+    """A trainer's learned short-run posterior: the step sizes, their Adam, and one chain per batch.
+
+    ``sample`` runs the differentiable chain from noise (MLE) or from given z-space latents (the
+    variational refinement, started from q's detached sample) and takes the step sizes' gradient
+    at once, which frees the chain's graph. ``surrogate()`` is a scalar whose gradient with respect
+    to the log step sizes is that gradient and zero elsewhere: added to a trainer's total loss,
+    one backward pass and the optimisers' steps update the step sizes with everything else (and
+    nothing is updated when the trainer finds a non-finite metric)."""
+
+    def __init__(self, model: JEBM, cfg: dict):
+        p = next(model.parameters())
+        self.model = model
+        self.cfg = cfg
+        self.steps = StepSizes(cfg["post_step_size"], model.n_layers).to(p.device)
+        self.opt = torch.optim.Adam(self.steps.parameters(), lr=cfg["lr_step_size"], betas=tuple(cfg["adam_betas"]))
+        self._grad: torch.Tensor | None = None  # d objective / d log_step of the last chain
+        warn_fused_fallback(cfg["backend"])
+
+    def values(self) -> list[float]:
+        return self.steps.values()
+
+    def _start(self, x, generator, start):
+        model = self.model
+        if start is None:
+            return randn_layers(x.shape[0], model.dims, generator, device=x.device, dtype=x.dtype)
+        with torch.no_grad():
+            start = [t.detach() for t in start]
+            return [t.detach() for t in model.z_to_eps(start)] if model.config["space"] == "eps" else start
+
+    def sample(self, x: torch.Tensor, *, generator, start: list[torch.Tensor] | None = None):
+        """(z-space posterior samples, detached; metrics as tensors). ``start``: z-space latents
+        to start from (None: N(0, I) noise in the sampling space, drawn from ``generator``)."""
+        model, cfg = self.model, self.cfg
+        space = model.config["space"]
+        v0 = self._start(x, generator, start)
+        s = self.steps()
+        res = short_run_chain(model.posterior_energy_fn(x.detach(), space), v0, s, n_steps=cfg["post_steps"],
+                              noise_scale=model.config["noise_scale"], generator=generator,
+                              estimator=cfg["entropy_estimator"], n_terms=cfg["entropy_terms"],
+                              n_probes=cfg["entropy_probes"], differentiable=True)
+        loss = res.objective.mean()
+        (grad,) = torch.autograd.grad(loss, [self.steps.log_step])
+        self._grad = grad.detach()
+        with torch.no_grad():
+            state = [t.detach() for t in res.state]
+            z = model.eps_to_z(state) if space == "eps" else state
+        metrics = {"post_objective": loss.detach(), "post_energy": res.energy.detach().mean(),
+                   "post_logdet": res.logdet.detach().mean(), "post_step_grad": grad.detach().norm(),
+                   **{f"step_size_post_l{l + 1}": v for l, v in enumerate(s.detach().unbind())}}
+        return [t.detach() for t in z], metrics
+
+    def posterior(self, x, *, generator, backend, start=None):
+        """Samples with the current step sizes and no gradient: any backend, fused included."""
+        init = None if start is None else self._start(x, generator, start)
+        return self.model.sample_posterior(x, step_size=self.values(), generator=generator, backend=backend, init=init)
+
+    def surrogate(self) -> torch.Tensor:
+        """(log_step * g).sum() with g the kept gradient: d/d log_step = g, and 0 once used."""
+        if self._grad is None:
+            return self.steps.log_step.sum() * 0.0
+        g, self._grad = self._grad, None
+        return (self.steps.log_step * g).sum()
+
+
+def posterior_objective(model: JEBM, x: torch.Tensor, step_sizes, *, n_steps: int | None = None, seed: int = 0,
+                        estimator: str = "exact", n_terms: int = 2, n_probes: int = 1) -> torch.Tensor:
+    """J per image [B] for fixed ``step_sizes`` (a float or one per layer): the chain from N(0, I)
+    noise drawn, with its Langevin noise, from ``PhiloxGenerator(seed)`` (so two step sizes
+    compared with one seed see the same start and the same noise). No graph is kept."""
+    vals = list(step_sizes) if isinstance(step_sizes, (list, tuple)) else [step_sizes] * model.n_layers
+    p = next(model.parameters())
+    s = torch.tensor([float(v) for v in vals], dtype=p.dtype, device=p.device)
+    g = jk.PhiloxGenerator(seed)
+    v0 = randn_layers(x.shape[0], model.dims, g, device=p.device, dtype=p.dtype)
+    res = short_run_chain(model.posterior_energy_fn(x.detach()), v0, s,
+                          n_steps=model.config["post_steps"] if n_steps is None else n_steps,
+                          noise_scale=model.config["noise_scale"], generator=g, estimator=estimator,
+                          n_terms=n_terms, n_probes=n_probes, differentiable=False)
+    return res.objective.detach()
+
+
+def learned_step_sizes(path) -> list[float] | None:
+    """The learned posterior step sizes saved in a run's checkpoint (None when it learned none)."""
+    from .checkpoint import load_checkpoint
+    mods = load_checkpoint(path).get("modules", {})
+    if "step_sizes" not in mods:
+        return None
+    return [float(v) for v in mods["step_sizes"]["log_step"].exp().tolist()]
+
+
+def compare_step_sizes(path, *, fixed=None, n_test: int = 200, seed: int = 0, estimator: str = "exact") -> dict:
+    """The posterior objective J of a trained run's learned step sizes against ``fixed`` (default:
+    the run's ``post_step_size``) on held-out test images, both chains from the same fresh noise.
+    Returns the values per layer, each objective's mean and standard error, and the paired
+    difference (learned - fixed; negative: the learned step sizes are better)."""
+    from .data import load_dataset
+    from .training import load_run
+    run = load_run(path)
+    learned = learned_step_sizes(run.checkpoint)
+    if learned is None:
+        raise ValueError(f"the run in {path} did not learn step sizes (train with learn_step_size=True)")
+    fixed = run.config["post_step_size"] if fixed is None else fixed
+    cfg = run.config
+    test = load_dataset(cfg["dataset"], cfg["data_root"], split="test").images[:n_test]
+    test = test.to(next(run.model.parameters()).device)
+    j_learned = posterior_objective(run.model, test, learned, seed=seed, estimator=estimator)
+    j_fixed = posterior_objective(run.model, test, fixed, seed=seed, estimator=estimator)
+    diff = j_learned - j_fixed
+    n = diff.shape[0]
+
+    def stats(t):
+        return {"mean": float(t.mean()), "stderr": float(t.std() / n ** 0.5)}
+
+    return {"run": str(path), "n_test": n, "post_steps": cfg["post_steps"], "estimator": estimator, "seed": seed,
+            "learned": learned, "fixed": fixed if isinstance(fixed, list) else [float(fixed)] * run.model.n_layers,
+            "objective_learned": stats(j_learned), "objective_fixed": stats(j_fixed),
+            "difference": stats(diff)}
+
+
+if __name__ == "__main__":  # python -m jebm.short_run RUN_DIR [--n-test N] [--seed S] [--estimator E]
+    import argparse
+    import json
+    ap = argparse.ArgumentParser(description="learned vs fixed posterior step sizes of a trained run")
+    ap.add_argument("run")
+    ap.add_argument("--n-test", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--estimator", choices=ESTIMATORS, default="exact")
+    ap.add_argument("--fixed", type=float, default=None, help="the fixed step size (default: the run's post_step_size)")
+    a = ap.parse_args()
+    print(json.dumps(compare_step_sizes(a.run, fixed=a.fixed, n_test=a.n_test, seed=a.seed, estimator=a.estimator),
+                     indent=2))
