@@ -52,6 +52,7 @@ from .checkpoint import (CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint, newest
 from .model import JEBM
 from .presets import resolve_config, upgrade_config
 from .run_state import RunState
+from .tb import TBWriter
 from .trainer_mle import MLETrainer
 from .trainer_variational import VariationalTrainer, build_inference_model
 
@@ -239,26 +240,31 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
 
 
 class _MetricsLog:
-    """metrics.jsonl, written by rank 0 only; ``truncate`` drops lines past an iteration."""
+    """metrics.jsonl, written by rank 0 only; ``truncate`` drops lines past an iteration. Its
+    TensorBoard twin ``tb`` (``jebm.tb``; a no-op without the tensorboard package) follows it."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled, self.file = path, enabled, None
+        self.tb = TBWriter(path.parent if enabled else None)
 
     def truncate(self, done: int) -> None:
         if self.enabled:
             self.close()
             _truncate_metrics(self.path, done)
             self.file = open(self.path, "a")
+            self.tb.open(resume_from=done)
 
     def write(self, line: dict) -> None:
         if self.file is not None:
             self.file.write(json.dumps(_jsonable(line)) + "\n")
             self.file.flush()
+            self.tb.scalars(line)
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
+        self.tb.close()
 
 
 def _run(cfg, run_dir: Path, ckpt, ckpt_file, ctx: dp.DistContext, device, progress: bool, start_wall) -> TrainResult:
@@ -362,7 +368,7 @@ def _run(cfg, run_dir: Path, ckpt, ckpt_file, ctx: dp.DistContext, device, progr
                         t_last_log, it_last_log = time.perf_counter(), it
                         continue
                 if ctx.is_main and cfg["sample_every"] and it % cfg["sample_every"] == 0 and it != total:
-                    _snapshot(model, trainer, fixed_x, cfg, run_dir, f"_{it:06d}", snap_seed)
+                    log.tb.images(it, _snapshot(model, trainer, fixed_x, cfg, run_dir, f"_{it:06d}", snap_seed))
     finally:
         bar.close()
         log.close()
@@ -371,6 +377,7 @@ def _run(cfg, run_dir: Path, ckpt, ckpt_file, ctx: dp.DistContext, device, progr
     if ctx.is_main:
         if done < total or not (run_dir / "samples.png").exists():
             pngs = _snapshot(model, trainer, fixed_x, cfg, run_dir, "", snap_seed)
+            log.tb.images(it, pngs)
         else:
             pngs = {"samples": run_dir / "samples.png", "reconstructions": run_dir / "reconstructions.png"}
         _plot_curves(_read_metrics(run_dir / "metrics.jsonl"), run_dir / "loss_curves.png")
