@@ -141,6 +141,9 @@ def load_run(path, *, map_location="cpu") -> Run:
     cfg = upgrade_config(ckpt["config"])
     model = JEBM.from_config(cfg, tuple(ckpt["image_shape"]))
     model.load_state_dict(ckpt["model"])
+    if "step_sizes" in ckpt.get("modules", {}):
+        # A learn_step_size run: its posterior chains use the learned per-layer step sizes (jebm.short_run).
+        model.config["post_step_size"] = [float(v) for v in ckpt["modules"]["step_sizes"]["log_step"].exp().tolist()]
     infer = None
     if "infer" in ckpt.get("modules", {}):
         infer = build_inference_model(cfg, model.image_shape)

@@ -149,6 +149,7 @@ def test_learned_step_sizes_beat_the_fixed_default_on_digits(tmp_path):
     assert "step_size" in ck["optimizers"] and "step_sizes" in ck["modules"]
 
     run = jebm.load_run(res.run_dir)
+    assert run.model.config["post_step_size"] == pytest.approx(learned)  # eval and sampling use them
     test = load_dataset("digits", None, split="test").images[:100]
     j_learned = posterior_objective(run.model, test, learned, seed=5)
     j_fixed = posterior_objective(run.model, test, 0.1, seed=5)
