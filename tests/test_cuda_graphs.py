@@ -162,3 +162,46 @@ def test_compiled_fused_prior_module_on_cuda():
     ref = jk.langevin(jk.PriorEnergy(spec), z0, n_steps=8, step_size=0.3, generator=(SEED, OFFSET),
                       backend="reference")
     helpers.check_close(compiled, ref, "compiled module on CUDA", atol=ATOL, rtol=RTOL, who="compiled")
+
+
+_COMPILE_UPDATE = r"""
+import os
+os.environ.pop("TRITON_INTERPRET", None)   # compile the real kernel, not the interpreter's function
+from triton import compile
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from jebm_kernels.triton_update import _multi_layer_update_kernel as k
+sig = dict.fromkeys(k.arg_names, "constexpr")
+sig.update({n: "*fp32" for n in ("x_ptr", "g_ptr", "out_ptr", "noise_ptr", "uniform_ptr", "h_ptr", "c_ptr")})
+sig.update(start_ptr="*i64", size_ptr="*i64", philox_ptr="*i64", n_layers="i32", n_uniform="i32",
+           uniform_base="i64", seed="i64", offset="i64", clamp_lo="fp32", clamp_hi="fp32")
+for arch in (80, 90):
+    for ptr in (True, False):
+        c = compile(ASTSource(fn=k, signature=sig, constexprs=dict(WRITE_NOISE=True, CLAMP=False, BLOCK=1024,
+                                                                   PHILOX_FROM_PTR=ptr)),
+                    target=GPUTarget("cuda", arch, 32))
+        ptx = c.asm["ptx"]
+        assert ".target sm_%d" % arch in ptx, ptx[:400]
+        # the graph-safe variant loads seed and offset from memory; the other takes them as arguments
+        print(arch, ptr, ptx.count("ld.global.b64") + ptx.count("ld.global.u64"))
+"""
+
+
+def test_the_graph_safe_update_kernel_compiles_for_sm80_and_sm90():
+    """Triton compiles the update kernel (both noise variants) to PTX without a GPU: the real
+    compiler, which is stricter than the interpreter the other tests run."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except ImportError:
+        pytest.skip("this Triton build has no CUDA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    run = subprocess.run([sys.executable, "-c", _COMPILE_UPDATE], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    loads = {tuple(line.split()[:2]): int(line.split()[2]) for line in run.stdout.splitlines()}
+    for arch in ("80", "90"):
+        assert loads[(arch, "True")] > loads[(arch, "False")], loads
