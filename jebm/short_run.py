@@ -31,19 +31,25 @@ log-det still measures the local change of volume but the identity is no longer 
 buys: it is the Jacobian quantity the paper works with and needs no density of v_K.
 
 log|det| per step, two estimators (config ``entropy_estimator``):
-- ``"exact"``: the D x D Hessian of every chain (D = sum d_l) from D Hessian-vector products done
-  as ONE vectorised backward (``is_grads_batched``), then ``slogdet`` of I - diag(h) H. No
-  truncation, no probe noise, valid for any step size (an overshooting step, |1 - h lambda| > 1,
-  rightly counts as expanding). Cost per step: D HVPs' worth of batched work plus O(B D^3); the
-  backward through the chain keeps D x B activations per step. The right choice for small latent
-  spaces (the default preset: D = 24).
+- ``"exact"``: the D x D Hessian of every chain (D = sum d_l) from D Hessian-vector products in
+  one ``is_grads_batched`` backward (torch loops over the D products where an op has no batching
+  rule, as leaky_relu_backward has none), then ``slogdet`` of I - diag(h) H. No truncation, no
+  probe noise, valid for any step size (an overshooting step, |1 - h lambda| > 1, rightly counts
+  as expanding). Cost per step: D HVPs plus O(B D^3). The test oracle, and the evaluation
+  estimator of ``posterior_objective`` (no graph kept there); for training, small D only.
 - ``"series"``: log det(I - A) = -sum_{n>=1} tr(A^n) / n with A = diag(h) H, truncated after
   ``entropy_terms`` terms, each trace by Hutchinson with ``entropy_probes`` Rademacher probes drawn
   from the same Philox stream. Cost per step: terms x probes HVPs, independent of D (the papers'
   presets: D = 228 and 124). Unbiased in the probes for the truncated sum; the truncation leaves
   -sum_{n>N} tr(A^n)/n, about rho^(N+1)/(N+1) per eigenvalue rho of A, and the series is wrong
   once some |rho| >= 1, i.e. once a step overshoots a curvature direction. Use it with moderate
-  step sizes.
+  step sizes. The default: measured on the default preset (D = 24, B = 100, K = 30, reference
+  backend, one thread of a busy 2-core machine), an MLE iteration takes 0.85 s with fixed step
+  sizes, 2.5 s learning them with the series (2 terms, 1 probe), 10.6 s with the exact estimator.
+  Its truncation bias there (trained default model, 200 held-out digits, sum over the 30 steps):
+  -10.42 against the exact -10.54 at the learned step sizes, -21.83 against -22.60 at s = 0.1
+  (8 terms, 4 probes: -10.52 and -22.51); the terms dropped are -rho^n/n with rho mostly in
+  (0, 1), so the truncated series under-counts the contraction.
 
 Fused backends: the backward through the chain needs autograd, which the cpu / triton / cuda
 kernels do not provide, so in this mode the posterior chain runs here, in torch (the reference
