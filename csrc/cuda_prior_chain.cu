@@ -62,8 +62,8 @@ enum Epilogue { EPI_FWD = 0, EPI_MUL = 1, EPI_ACC = 2 };
 // so that the helpers below, compiled once each (__noinline__: inlining every GEMM call site made
 // nvcc take minutes), address it as shared memory rather than through generic pointers.
 constexpr int BCMAX = kChainsLarge;
-__shared__ float s_in[KC * BCMAX];        // a GEMM's staged input chunk, [k][chain]
-__shared__ float s_red[NT * BCMAX];       // split-K partial sums
+__shared__ __align__(16) float s_in[KC * BCMAX];   // a GEMM's staged input chunk, [k][chain]
+__shared__ __align__(16) float s_red[NT * BCMAX];  // split-K partial sums
 __shared__ float s_warp[NWARPS][BCMAX];   // per-warp partial sums of per-chain reductions
 __shared__ float s_u[BCMAX];              // U at the current state
 __shared__ float s_up[BCMAX];             // U at the MALA proposal

@@ -33,6 +33,7 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __shared__
+#define __align__(n) alignas(n)
 
 struct dim3 {
     unsigned x, y, z;
