@@ -182,8 +182,8 @@ def run_fused(problem: Problem, accept_record: torch.Tensor | None = None, *, ex
     base = [float(s) for s in spec.base_sigma] if spec.base_sigma is not None else []
     ps = [float(s) for s in problem.prior_sigma] if problem.prior_sigma is not None else []
     model = ext.Model(list(spec.dims), packed.mlps, packed.terms, packed.joint, packed.gauss,
-                        [float(g.sigma_floor) for g in spec.gaussians], 1 if spec.space == "eps" else 0,
-                        float(spec.energy_sign), base, ps, packed.weights.data_ptr(), packed.weights.numel())
+                      [float(g.sigma_floor) for g in spec.gaussians], 1 if spec.space == "eps" else 0,
+                      float(spec.energy_sign), base, ps, packed.weights.data_ptr(), packed.weights.numel())
     _, _, n_blocks, nbytes = model.plan(B)
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
     x = [t.contiguous() for t in problem.z]
