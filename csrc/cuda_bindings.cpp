@@ -247,7 +247,7 @@ public:
     void chain(int64_t B, const std::vector<uint64_t>& x, const std::vector<uint64_t>& out, int64_t K,
                const std::vector<double>& h, const std::vector<double>& c, const std::vector<double>& mala_den,
                bool mala, uint64_t seed, uint64_t offset, uint64_t workspace, int64_t workspace_bytes,
-               uint64_t stats, int64_t stats_numel, uint64_t accept_record, uint64_t stream) {
+               uint64_t stats, int64_t stats_numel, uint64_t accept_record, uint64_t stream, uint64_t philox) {
         const ModelDev& m = *m_;
         const int dev = current();
         ChainArgsDev a;
@@ -284,6 +284,7 @@ public:
         a.accept = dev_addr_or_null<uint8_t>(accept_record, "accept_record", dev);
         if (a.accept && !mala) bad("accept_record needs mala=True");
         a.weights = weights_;
+        a.philox = dev_addr_or_null<const int64_t>(philox, "philox", dev);
         const char* err;
         {
             py::gil_scoped_release nogil;
@@ -432,9 +433,10 @@ PYBIND11_MODULE(_cuda, m) {
         .def("chain", &Model::chain, py::arg("B"), py::arg("x"), py::arg("out"), py::arg("K"), py::arg("h"),
              py::arg("c"), py::arg("mala_den"), py::arg("mala"), py::arg("seed"), py::arg("offset"),
              py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stats"), py::arg("stats_numel"),
-             py::arg("accept_record"), py::arg("stream"),
+             py::arg("accept_record"), py::arg("stream"), py::arg("philox") = 0,
              "All K steps of every chain in one launch on `stream`; stats (K x blocks x 3 floats: sums of U, "
-             "|grad U|, accepts per block) and accept_record (uint8 [K, B]) are optional (0).")
+             "|grad U|, accepts per block) and accept_record (uint8 [K, B]) are optional (0). philox: 0, or the "
+             "address of a device int64 [seed, base offset] the kernel reads (counters from base + offset).")
         .def_property_readonly("dims", &Model::dims)
         .def_property_readonly("rows", &Model::rows, "Scratch floats per chain.");
 }

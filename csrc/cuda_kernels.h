@@ -84,6 +84,8 @@ struct ChainArgsDev {
     float* scratch;                 // [grid, rows, chains per block]
     const float* weights;           // the packed weight buffer
     const ModelDev* model;          // device copy of the model (written by launch_prior_chain)
+    const int64_t* philox;          // device [seed (bit pattern), base offset] or null: then seed and
+                                    // offset come from there (base + offset), as in UpdateArgsDev
 };
 
 struct UpdateArgsDev {

@@ -44,6 +44,9 @@
 //   reference captured as a CUDA graph (~270 dependent tiny kernels at 2-3 us each), 10-20x
 //   (target >= 2x).
 // * Seed, offset and every counter are 64-bit: offsets past 2^32 and chains of any length are exact.
+//   They are kernel arguments, or read from a device int64 [seed, base offset] tensor (the offset
+//   argument is added to the base) so that a captured launch draws fresh noise once the caller
+//   advances that tensor (the model descriptor is still copied from the host on each call).
 #include <cuda_runtime.h>
 
 #include "cuda_kernels.h"
@@ -358,12 +361,16 @@ __device__ __noinline__ float propose(const ModelDev& M, const ChainArgsDev& a, 
 }
 
 template <int BC>
-__global__ void __launch_bounds__(NT) prior_chain_kernel(const ChainArgsDev a) {
+__global__ void __launch_bounds__(NT) prior_chain_kernel(ChainArgsDev a) {
     const ModelDev& M = *a.model;
     const float* W = a.weights;
     float* S = a.scratch + (size_t)blockIdx.x * (size_t)M.rows * BC;
     const int L = M.L;
     const int c_own = threadIdx.x % BC;
+    if (a.philox) {  // graph-safe form: (seed, base offset) read from device memory once
+        a.seed = (uint64_t)a.philox[0];
+        a.offset = (uint64_t)a.philox[1] + a.offset;
+    }
     for (int64_t blk = blockIdx.x; blk < a.n_blocks; blk += gridDim.x) {
         const int64_t b0 = blk * BC;
         const int nb = a.B - b0 < BC ? (int)(a.B - b0) : BC;

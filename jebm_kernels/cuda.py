@@ -169,10 +169,14 @@ class _Packed:
         return len(self.mlps) - 1
 
 
-def run_fused(problem: Problem, accept_record: torch.Tensor | None = None, *, ext=None):
+def run_fused(problem: Problem, accept_record: torch.Tensor | None = None, *, philox: torch.Tensor | None = None,
+              ext=None):
     """Every step of every chain of a fusable prior in one launch.
 
     ``accept_record`` (uint8 [K, B] on the device, MALA only) receives each chain's decisions.
+    ``philox`` (int64 [2] on the device: seed as a signed bit pattern, base offset): the kernel
+    reads seed and offset from it, counters start at base + ``problem.offset``, and the problem's
+    seed is ignored (the graph-safe form, as triton_prior_chain's).
     ``ext`` replaces the extension module (tests pass a host-emulated build, tests/cuda_emulation).
     """
     ext = _cuda if ext is None else ext
@@ -199,7 +203,8 @@ def run_fused(problem: Problem, accept_record: torch.Tensor | None = None, *, ex
     model.chain(B, [t.data_ptr() for t in x], [t.data_ptr() for t in out], K, h, c, den, problem.mala,
                 problem.seed, problem.offset, workspace.data_ptr(), nbytes,
                 stats.data_ptr() if stats is not None else 0, stats.numel() if stats is not None else 0,
-                accept_record.data_ptr() if accept_record is not None and K else 0, _stream(device))
+                accept_record.data_ptr() if accept_record is not None and K else 0, _stream(device),
+                _philox_address(philox, device))
     result = {"energy": [], "grad_norm": [], "accept": []}
     if problem.want_info and K:
         per_step = stats.view(K, n_blocks, 3).sum(1) / B
@@ -208,6 +213,15 @@ def run_fused(problem: Problem, accept_record: torch.Tensor | None = None, *, ex
         if problem.mala:
             result["accept"] = list(per_step[:, 2].unbind(0))
     return out, result
+
+
+def _philox_address(philox: torch.Tensor | None, device) -> int:
+    if philox is None:
+        return 0
+    if philox.dtype != torch.int64 or philox.numel() != 2 or philox.device != device or not philox.is_contiguous():
+        raise ValueError(f"philox must be a contiguous int64 tensor [seed, offset] on {device}, got "
+                         f"{philox.dtype} {tuple(philox.shape)} on {philox.device}")
+    return philox.data_ptr()
 
 
 # ------------------------------------------------------------------- autograd + the fused update

@@ -451,6 +451,20 @@ def test_emulated_base_sigma_inf_joint_only_prior_sigma_and_sequential(emu, monk
     helpers.check_info(info, ref_info)
 
 
+def test_emulated_prior_chain_reads_seed_and_offset_from_memory(emu, monkeypatch):
+    """The graph-safe form: seed and base offset from a tensor, the problem's offset added."""
+    monkeypatch.setenv("JEBM_EMU_SMS", "1")
+    spec = make_prior((3, 1), hidden=(9,), space="eps", seed=3, gauss_hidden=(7,))
+    z = start(1, spec.dims)
+    seed, offset = 2**64 - 2, 2**33 + 5
+    kw = dict(n_steps=4, step_size=0.3, noise_scale=1.0, prior_sigma=None, mala=True, return_info=False)
+    ref = jk.langevin(jk.PriorEnergy(spec), z, generator=(seed, offset), backend="reference", **kw)
+    problem, _ = make_problem(jk.PriorEnergy(spec), z, generator=(12345, 100), **kw)  # another seed
+    philox = torch.tensor([seed - 2**64, offset - 100], dtype=torch.int64)
+    out, _ = jcuda.run_fused(problem, philox=philox, ext=emu)
+    check_close(out, ref, "eps-space (3, 1), B=1, MALA, seed and offset from memory")
+
+
 def test_emulated_mala_decisions_match_except_at_the_threshold(emu, monkeypatch):
     monkeypatch.setenv("JEBM_EMU_SMS", "1")
     spec = make_prior((3, 17), hidden=(16,), space="eps", seed=17, gauss_hidden=(12,))
