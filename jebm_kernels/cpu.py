@@ -20,6 +20,7 @@ reference, and a warning says so once.
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 
 import torch
@@ -43,6 +44,7 @@ _MAX_LINEAR = 16
 _MAX_MLPS = 64
 _MAX_WIDTH = 1 << 20
 _MAX_BATCH = 1 << 31
+_FLOAT32_MAX = 3.0e38  # what the bindings accept as a finite float32 (csrc/bindings.cpp finite_float)
 
 
 def extension_error() -> str | None:
@@ -94,6 +96,26 @@ def _tensor_reason(t, what: str) -> str | None:
     return None
 
 
+def _float32_constants_reason(problem: Problem) -> str | None:
+    """The kernels hold s^2/2, s*tau, 2 (s tau)^2 and the denominators 2 sigma^2 (prior_sigma,
+    base_sigma, sigma_x) as float32 (``_step_constants``, csrc/bindings.cpp): a value beyond
+    float32's range, or a denominator that rounds to 0 in float32, is one they cannot represent."""
+    h, c, den = _step_constants(problem)
+    sig = [s for s in (problem.prior_sigma or ()) + tuple(problem.spec.base_sigma or ()) if math.isfinite(s)]
+    if problem.posterior is not None:
+        sig.append(problem.posterior.sigma_x)
+    denominators = [2 * s * s for s in sig]
+    named = [("s^2/2", h), ("s*tau", c), ("2 (s tau)^2", den if problem.mala else []), ("2 sigma^2", denominators)]
+    for name, values in named:
+        for v in values:
+            if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+                return f"{name} = {v:.3g} is beyond float32's range, in which the cpu kernels hold it"
+    for v in denominators:
+        if struct.unpack("f", struct.pack("f", v))[0] == 0.0:
+            return f"2 sigma^2 = {v:.3g} rounds to 0 in float32, in which the cpu kernels divide by it"
+    return None
+
+
 def _reason(problem: Problem) -> str | None:
     if problem.device.type != "cpu":
         return f"tensors on {problem.device}; the cpu backend runs CPU tensors"
@@ -140,6 +162,9 @@ def _reason(problem: Problem) -> str | None:
             return f"Gaussian {l + 1}'s sigma_floor is not finite"
     if not math.isfinite(spec.energy_sign):
         return "energy_sign is not finite"
+    why = _float32_constants_reason(problem)
+    if why:
+        return why
     post = problem.posterior
     if post is not None:
         why = _tensor_reason(post.x_obs, "the posterior's observations x_obs")

@@ -75,6 +75,8 @@ class Problem:
         u = self.energy(self.restructure(flat))
         if not torch.is_tensor(u):
             raise TypeError(f"energy must return a tensor, got {type(u).__name__}")
+        if not u.dtype.is_floating_point:
+            raise TypeError(f"energy must return floating-point energies, got dtype {u.dtype}")
         if self.squeeze_output and u.dim() == 2 and u.shape[1] == 1:
             u = u.squeeze(1)
         if tuple(u.shape) != (self.batch,):
@@ -116,6 +118,31 @@ def _fusable_spec(energy, dims) -> tuple[PriorSpec | None, PosteriorEnergy | Non
     return None, None, False
 
 
+def _spec_weights(spec: PriorSpec | None, posterior: PosteriorEnergy | None):
+    mlps = [] if spec is None else [*spec.layer_terms, spec.joint_term, *(g.mlp for g in spec.gaussians)]
+    if posterior is not None and isinstance(posterior.decoder, MLPSpec):
+        mlps.append(posterior.decoder)
+    for m in mlps:
+        if m is not None:
+            yield from (t for t in (*m.weights, *m.biases) if t is not None)
+    if posterior is not None and isinstance(posterior.decoder, nn.Module):
+        yield from posterior.decoder.parameters()
+
+
+def _check_weights_match(spec, posterior, z0: torch.Tensor) -> None:
+    """A fusable energy (PriorEnergy, PosteriorEnergy, MLP Sequential) with weights in another dtype
+    or on another device than z would fail deep inside a matmul; say so up front, in words."""
+    for w in _spec_weights(spec, posterior):
+        if w.device != z0.device:
+            raise ValueError(f"the energy's weights are on {w.device} but z is on {z0.device}: put both on one device")
+        if w.dtype != z0.dtype:
+            raise ValueError(f"the energy's weights are {w.dtype} but z is {z0.dtype}: use one dtype "
+                            f"(z.to({w.dtype}) or the model's .to({z0.dtype}))")
+    if posterior is not None and posterior.x_obs.device != z0.device:
+        raise ValueError(f"the observed images are on {posterior.x_obs.device} but z is on {z0.device}: put both on "
+                         "one device")
+
+
 def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, generator, mala,
                  return_info) -> tuple[Problem, PhiloxGenerator]:
     if not callable(energy):
@@ -132,6 +159,8 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
                             f"(cast with .float() and back after sampling)")
         if t.dim() < 2:
             raise ValueError(f"z[{i}] must be batch first with at least 2 dims [B, d], got shape {tuple(t.shape)}")
+        if t.layout != torch.strided:
+            raise TypeError(f"z[{i}] is a {t.layout} tensor; langevin samples dense tensors (use .to_dense())")
     B = layers[0].shape[0]
     if B == 0:
         raise ValueError("z has an empty batch (0 chains): nothing to sample")
@@ -144,6 +173,8 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
             raise TypeError(f"z[{i}] has dtype {t.dtype} but z[0] has {layers[0].dtype}: use one dtype")
         if math.prod(t.shape[1:]) == 0:
             raise ValueError(f"z[{i}] has no elements per chain, shape {tuple(t.shape)}")
+    if layers[0].device.type == "meta":
+        raise ValueError("z is on the meta device, which holds shapes but no values: give real tensors")
     if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 0:
         raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
     steps = _per_layer(step_size, len(layers), "step_size")
@@ -168,6 +199,7 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
                         f"or a (seed, offset) tuple; got {type(generator).__name__}")
 
     spec, posterior, squeeze = _fusable_spec(energy, [t.shape[1] for t in flat])
+    _check_weights_match(spec, posterior, layers[0])
     if spec is not None and tuple(spec.dims) != tuple(t.shape[1] for t in flat):
         raise ValueError(f"the energy's prior has layer dims {tuple(spec.dims)} but z has "
                          f"{tuple(t.shape[1] for t in flat)}")

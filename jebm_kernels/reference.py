@@ -20,6 +20,9 @@ def energy_and_grad(problem: Problem, x: list[torch.Tensor]) -> tuple[torch.Tens
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(True) for t in x]
         u = problem.call_energy(leaves)
+        if not u.requires_grad:
+            raise TypeError("the energy's output does not depend on z through autograd (no grad_fn): it detached z, "
+                            "ran under torch.no_grad() or is a constant; langevin needs dU/dz")
         grads = torch.autograd.grad(u.sum(), leaves)
     return u.detach(), [g.detach() for g in grads]
 
