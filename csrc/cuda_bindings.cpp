@@ -86,10 +86,6 @@ constexpr int64_t kMaxBatch = int64_t(1) << 31;
 constexpr int64_t kMaxElems = int64_t(1) << 40;
 constexpr int64_t kMaxMatrix = int64_t(1) << 28;
 constexpr int64_t kMaxWeights = int64_t(1) << 34;
-constexpr size_t kAlign = 256;
-
-size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-
 // sizes, W^T offsets, W offsets, bias offsets (-1: none), activation, its parameter, output activation
 using MLPArg = std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                           int64_t, double, int64_t>;
@@ -240,7 +236,7 @@ public:
         const int chains = B > (int64_t)kChainsSmall * sms ? kChainsLarge : kChainsSmall;
         const int64_t n_blocks = (B + chains - 1) / chains;
         const int64_t grid = n_blocks < 2 * (int64_t)sms ? n_blocks : 2 * (int64_t)sms;
-        const int64_t bytes = (int64_t)round_up(sizeof(ModelDev)) + grid * m_->rows * chains * (int64_t)sizeof(float);
+        const int64_t bytes = grid * m_->rows * chains * (int64_t)sizeof(float);
         return {chains, grid, n_blocks, bytes};
     }
 
@@ -276,7 +272,7 @@ public:
                 " (Model.plan(B))");
         char* ws = dev_addr<char>(workspace, "workspace", dev);
         if (workspace % 16 != 0) bad("workspace must be 16-byte aligned");
-        a.scratch = reinterpret_cast<float*>(ws + round_up(sizeof(ModelDev)));
+        a.scratch = reinterpret_cast<float*>(ws);
         a.stats = dev_addr_or_null<float>(stats, "stats", dev);
         if (a.stats && stats_numel < (K > 0 ? K : 1) * n_blocks * 3)
             bad("stats needs K * n_blocks * 3 = " + std::to_string(K * n_blocks * 3) + " floats, got " +
@@ -288,7 +284,7 @@ public:
         const char* err;
         {
             py::gil_scoped_release nogil;
-            err = launch_prior_chain(m_.get(), reinterpret_cast<ModelDev*>(ws), a, chains, grid,
+            err = launch_prior_chain(m, a, chains, grid,
                                      reinterpret_cast<void*>(static_cast<uintptr_t>(stream)));
         }
         check_cuda(err, "launching the prior chain");

@@ -18,8 +18,8 @@ namespace cuda {
 // Threads per block of every kernel: 8 warps. The prior chain's GEMMs give each thread one output
 // column (for all chains of the block), so 256 covers the papers' widths (100 - 256) in one pass.
 constexpr int kThreads = 256;
-// Linear layers in one model, over all its MLPs (the CVPR prior has 9): the table is read from
-// device memory (L1-cached), 48 bytes a layer.
+// Linear layers in one model, over all its MLPs (the CVPR prior has 9): the table is a kernel
+// parameter (constant bank: the warp-uniform reads are broadcasts), 56 bytes a layer.
 constexpr int kMaxLinearTotal = 256;
 // Chains per block of the prior chain kernel: 4 for batches that leave SMs free (the papers'
 // B = 100 runs as 25 blocks), 8 when there are enough chains to fill the GPU (weights read from
@@ -83,7 +83,6 @@ struct ChainArgsDev {
     int64_t n_blocks;               // ceil(B / chains per block)
     float* scratch;                 // [grid, rows, chains per block]
     const float* weights;           // the packed weight buffer
-    const ModelDev* model;          // device copy of the model (written by launch_prior_chain)
     const int64_t* philox;          // device [seed (bit pattern), base offset] or null: then seed and
                                     // offset come from there (base + offset), as in UpdateArgsDev
 };
@@ -120,10 +119,11 @@ const char* pointer_info(const void* p, int* kind, int* device);
 // cuda_update.cu
 const char* launch_update(const UpdateArgsDev& a, void* stream);
 
-// cuda_prior_chain.cu: copies *host_model into dev_model on `stream`, then launches `grid` blocks
-// of `chains` (kChainsSmall or kChainsLarge) chains each.
-const char* launch_prior_chain(const ModelDev* host_model, ModelDev* dev_model, const ChainArgsDev& a,
-                               int chains, int64_t grid, void* stream);
+// cuda_prior_chain.cu: launches `grid` blocks of `chains` (kChainsSmall or kChainsLarge) chains
+// each. The model travels as a kernel parameter (__grid_constant__, ~15 KB: CUDA >= 12.1 allows
+// 32 KB on sm_70+): no host-to-device copy, so the launch can be captured in a CUDA graph.
+const char* launch_prior_chain(const ModelDev& model, const ChainArgsDev& a, int chains, int64_t grid,
+                               void* stream);
 
 }  // namespace cuda
 }  // namespace jebm

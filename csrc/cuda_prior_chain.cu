@@ -46,7 +46,8 @@
 // * Seed, offset and every counter are 64-bit: offsets past 2^32 and chains of any length are exact.
 //   They are kernel arguments, or read from a device int64 [seed, base offset] tensor (the offset
 //   argument is added to the base) so that a captured launch draws fresh noise once the caller
-//   advances that tensor (the model descriptor is still copied from the host on each call).
+//   advances that tensor. The model's tables are a __grid_constant__ kernel parameter (~15 KB, in
+//   the constant bank, every read warp-uniform): the launch copies nothing from the host.
 #include <cuda_runtime.h>
 
 #include "cuda_kernels.h"
@@ -337,8 +338,8 @@ __device__ __noinline__ void energy_grad(const ModelDev& M, const float* W, floa
 // share of |xi|^2 for chain threadIdx.x % BC. dst may be X (in place: each element is read and
 // written by one thread). Ends synchronised.
 template <int BC>
-__device__ __noinline__ float propose(const ModelDev& M, const ChainArgsDev& a, float* S, int64_t rx, int64_t rg, int64_t rdst,
-                         int64_t b0, uint64_t step_off) {
+__device__ __noinline__ float propose(const ModelDev& M, const ChainArgsDev& a, float* S, int64_t rx, int64_t rg,
+                                      int64_t rdst, int64_t b0, uint64_t seed, uint64_t step_off) {
     const float* X = S + rx * BC;
     const float* G = S + rg * BC;
     float* Y = S + rdst * BC;
@@ -351,7 +352,7 @@ __device__ __noinline__ float propose(const ModelDev& M, const ChainArgsDev& a, 
         for (int i = threadIdx.x; i < d * BC; i += NT) {
             const int j = i / BC;
             const int64_t b = b0 + i % BC;
-            const float xi = b < a.B ? philox_normal(a.seed, lbase + (uint64_t)b * (uint64_t)d + (uint64_t)j) : 0.0f;
+            const float xi = b < a.B ? philox_normal(seed, lbase + (uint64_t)b * (uint64_t)d + (uint64_t)j) : 0.0f;
             Y[o + i] = (X[o + i] - h * G[o + i]) + c * xi;
             sxi += xi * xi;
         }
@@ -361,16 +362,15 @@ __device__ __noinline__ float propose(const ModelDev& M, const ChainArgsDev& a, 
 }
 
 template <int BC>
-__global__ void __launch_bounds__(NT) prior_chain_kernel(ChainArgsDev a) {
-    const ModelDev& M = *a.model;
+__global__ void __launch_bounds__(NT) prior_chain_kernel(const __grid_constant__ ChainArgsDev a,
+                                                         const __grid_constant__ ModelDev M) {
     const float* W = a.weights;
     float* S = a.scratch + (size_t)blockIdx.x * (size_t)M.rows * BC;
     const int L = M.L;
     const int c_own = threadIdx.x % BC;
-    if (a.philox) {  // graph-safe form: (seed, base offset) read from device memory once
-        a.seed = (uint64_t)a.philox[0];
-        a.offset = (uint64_t)a.philox[1] + a.offset;
-    }
+    // graph-safe form: (seed, base offset) read from device memory once
+    const uint64_t seed = a.philox ? (uint64_t)a.philox[0] : a.seed;
+    const uint64_t offset = a.philox ? (uint64_t)a.philox[1] + a.offset : a.offset;
     for (int64_t blk = blockIdx.x; blk < a.n_blocks; blk += gridDim.x) {
         const int64_t b0 = blk * BC;
         const int nb = a.B - b0 < BC ? (int)(a.B - b0) : BC;
@@ -386,7 +386,7 @@ __global__ void __launch_bounds__(NT) prior_chain_kernel(ChainArgsDev a) {
         __syncthreads();
         if (a.K > 0) energy_grad<BC>(M, W, S, M.rX, M.rG, s_u);
         for (int64_t k = 0; k < a.K; ++k) {
-            const uint64_t step_off = a.offset + (uint64_t)k * a.stride;
+            const uint64_t step_off = offset + (uint64_t)k * a.stride;
             if (a.stats) {  // at the state the step starts from
                 float gsq = 0.0f;
                 for (int i = threadIdx.x; i < M.D * BC; i += NT) {
@@ -407,11 +407,11 @@ __global__ void __launch_bounds__(NT) prior_chain_kernel(ChainArgsDev a) {
                 }
             }
             if (!a.mala) {
-                propose<BC>(M, a, S, M.rX, M.rG, M.rX, b0, step_off);
+                propose<BC>(M, a, S, M.rX, M.rG, M.rX, b0, seed, step_off);
                 if (k + 1 < a.K) energy_grad<BC>(M, W, S, M.rX, M.rG, s_u);
                 continue;
             }
-            const float sxi = propose<BC>(M, a, S, M.rX, M.rG, M.rXP, b0, step_off);
+            const float sxi = propose<BC>(M, a, S, M.rX, M.rG, M.rXP, b0, seed, step_off);
             chain_sums<BC>(sxi, s_sxi);
             energy_grad<BC>(M, W, S, M.rXP, M.rGP, s_up);
             // log q(x | x') = -sum_l |x - x' + h_l g'|^2 / (2 (s_l tau)^2); log q(x' | x) = -|xi|^2 / 2
@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(NT) prior_chain_kernel(ChainArgsDev a) {
                 const float log_alpha = ((s_u[c] - s_up[c]) + log_q_bwd) - log_q_fwd;
                 int acc = 0;
                 if (c < nb) {
-                    const float un = philox_uniform(a.seed, step_off + (uint64_t)a.B * (uint64_t)M.D + (uint64_t)(b0 + c));
+                    const float un = philox_uniform(seed, step_off + (uint64_t)a.B * (uint64_t)M.D + (uint64_t)(b0 + c));
                     acc = logf(un) < log_alpha ? 1 : 0;
                     if (a.accept) a.accept[(size_t)k * a.B + b0 + c] = (uint8_t)acc;
                 }
@@ -471,20 +471,14 @@ __global__ void __launch_bounds__(NT) prior_chain_kernel(ChainArgsDev a) {
 
 }  // namespace
 
-const char* launch_prior_chain(const ModelDev* host_model, ModelDev* dev_model, const ChainArgsDev& a, int chains,
-                               int64_t grid, void* stream) {
+const char* launch_prior_chain(const ModelDev& model, const ChainArgsDev& a, int chains, int64_t grid, void* stream) {
     const cudaStream_t st = (cudaStream_t)stream;
-    // pageable host memory: copied to a staging buffer before this call returns, no device sync
-    cudaError_t e = cudaMemcpyAsync(dev_model, host_model, sizeof(ModelDev), cudaMemcpyHostToDevice, st);
-    if (e != cudaSuccess) return cudaGetErrorString(e);
-    ChainArgsDev args = a;
-    args.model = dev_model;
     if (chains == kChainsLarge) {
-        JEBM_LAUNCH(prior_chain_kernel<kChainsLarge>, (unsigned)grid, NT, st, args);
+        JEBM_LAUNCH(prior_chain_kernel<kChainsLarge>, (unsigned)grid, NT, st, a, model);
     } else {
-        JEBM_LAUNCH(prior_chain_kernel<kChainsSmall>, (unsigned)grid, NT, st, args);
+        JEBM_LAUNCH(prior_chain_kernel<kChainsSmall>, (unsigned)grid, NT, st, a, model);
     }
-    e = cudaGetLastError();
+    const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
