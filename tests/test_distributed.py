@@ -47,14 +47,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_train(out: Path, scheme: str) -> subprocess.CompletedProcess:
-    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v!r}")]
+def torchrun_train(out: Path, iters: int, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "jebm", "train", "--out", str(out), "--iters", str(ITERS), "--scheme", scheme,
-           "--backend", "reference", "--no-progress", *sets]
+           "-m", "jebm", "train", "--out", str(out), "--iters", str(iters), "--no-progress", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=out.parent)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=out.parent)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 class ShardedNoise:
@@ -82,8 +82,9 @@ def fed_rank_noise(monkeypatch):
     def prior(self, n, *, generator=None, return_info=False, init=None, **kw):
         if not isinstance(generator, ShardedNoise):
             return real_prior(self, n, generator=generator, return_info=return_info, init=init, **kw)
-        assert init is None  # short-run chains from noise
-        outs = [real_prior(self, n // WORLD, generator=g, return_info=True, **kw) for g in generator.gens]
+        inits = [None] * WORLD if init is None else list(zip(*[t.chunk(WORLD) for t in init]))  # persistent chains
+        outs = [real_prior(self, n // WORLD, generator=g, return_info=True, init=None if i is None else list(i), **kw)
+                for g, i in zip(generator.gens, inits)]
         z = cat_layers([o[0] for o in outs])
         return (z, {"state": cat_layers([o[1]["state"] for o in outs]), "sampler": None}) if return_info else z
 
@@ -97,8 +98,8 @@ def fed_rank_noise(monkeypatch):
     monkeypatch.setattr(trainer_variational, "randn_layers", randn_layers)
 
 
-def one_process_reference(scheme: str):
-    cfg = resolve_config("default", scheme=scheme, iters=ITERS, backend="reference", **TINY)
+def one_process_reference(scheme: str, persistent: bool):
+    cfg = resolve_config("default", scheme=scheme, iters=ITERS, backend="reference", persistent_prior=persistent, **TINY)
     data = load_dataset("digits", None, split="train")
     model, trainer = build_model(cfg, data.shape, torch.device("cpu"))
     noise = ShardedNoise(cfg["seed"], WORLD)
@@ -115,13 +116,20 @@ def one_process_reference(scheme: str):
     return {k: p.detach() for k, p in named.items()}, min_grad, noise, max_lr
 
 
-@pytest.mark.parametrize("scheme", ["mle", "variational"])
-def test_two_processes_match_one_process_fed_the_same_noise(tmp_path, scheme, fed_rank_noise):
+@pytest.mark.parametrize("scheme,persistent,resume_at", [("mle", True, 2), ("variational", False, None)])
+def test_two_processes_match_one_process_fed_the_same_noise(tmp_path, scheme, persistent, resume_at, fed_rank_noise):
+    """mle: persistent prior chains (per-rank state gathered into the checkpoint) and a resumed
+    data-parallel run; variational: one uninterrupted run."""
     out = tmp_path / "ddp"
+    sets = [a for k, v in {**TINY, "persistent_prior": persistent}.items() for a in ("--set", f"{k}={v!r}")]
     t0 = time.perf_counter()
-    proc = torchrun_train(out, scheme)
+    if resume_at is not None:
+        torchrun_train(out, resume_at, "--scheme", scheme, "--backend", "reference", *sets)
+        assert load_checkpoint(out)["iteration"] == resume_at
+        proc = torchrun_train(out, ITERS, "--resume")
+    else:
+        proc = torchrun_train(out, ITERS, "--scheme", scheme, "--backend", "reference", *sets)
     elapsed = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # rank 0 alone reported and wrote: one metrics line per iteration, one checkpoint
     assert proc.stdout.count("run folder:") == 1, proc.stdout
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -129,10 +137,14 @@ def test_two_processes_match_one_process_fed_the_same_noise(tmp_path, scheme, fe
     ck = load_checkpoint(out)
     assert ck["iteration"] == ITERS and ck["world_size"] == WORLD
 
-    ref, min_grad, noise, max_lr = one_process_reference(scheme)
+    ref, min_grad, noise, max_lr = one_process_reference(scheme, persistent)
     # distinct, reproducible noise per rank: (rank_seed(seed, r), the same offset the emulation reached)
     assert [r["philox"] for r in ck["ranks"]] == [[g.seed, g.offset] for g in noise.gens]
     assert len({r["philox"][0] for r in ck["ranks"]}) == WORLD
+    if persistent:  # each rank's persistent chains are its slice of the global batch's
+        shards = [r["buffers"]["prior_chains"]["state"] for r in ck["ranks"]]
+        assert [tuple(t.shape) for t in shards[0]] == [(TINY["batch_size"] // WORLD, d) for d in TINY["dims"]]
+        assert not torch.equal(shards[0][0], shards[1][0])
 
     got = {**{f"model.{k}": v for k, v in ck["model"].items()},
            **{f"{m}.{k}": v for m, sd in ck["modules"].items() for k, v in sd.items()}}
@@ -154,7 +166,8 @@ def test_two_processes_match_one_process_fed_the_same_noise(tmp_path, scheme, fe
     # Training moved the parameters: the comparison is not of two untouched initialisations.
     init = build_model(resolve_config("default", scheme=scheme, **TINY), (1, 8, 8), "cpu")[0].state_dict()
     assert max((ref[f"model.{k}"] - v).abs().max().item() for k, v in init.items()) > 100 * ATOL
-    print(f"\n{scheme}: torchrun 2 x CPU, {ITERS} iterations, {elapsed:.1f} s; max |param diff| {worst:.2e}, "
+    print(f"\n{scheme}: torchrun 2 x CPU, {ITERS} iterations{' (resumed)' if resume_at else ''}, {elapsed:.1f} s; "
+          f"max |param diff| {worst:.2e}, "
           f"{n_sensitive}/{n_all} rounding-sensitive elements (max diff {worst_sensitive:.2e})")
 
 
