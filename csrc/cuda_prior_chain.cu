@@ -32,7 +32,7 @@
 //   and step that is ~2.6 MB of L2 reads, ~25 us at ~100 GB/s per SM, overlapping the FMAs.
 // * GEMM (out[BC, N] = in[BC, K] @ M[K, N]): the block's input rows are staged through shared
 //   memory in chunks of KC = 256 features (BC floats each, read as broadcasts); thread n keeps BC
-//   accumulators, one weight load feeds BC FMAs. Narrow layers (N < 128) split the reduction over
+//   accumulators, one weight load feeds BC FMAs. Narrow layers (N <= 128) split the reduction over
 //   G = 256 / N thread groups (powers of two) and combine them by a fixed tree in shared memory, so
 //   a 100-wide layer still uses 200 threads and a scalar output (N = 1) all 256; the summation
 //   order is fixed by N alone, so results are deterministic run to run.
@@ -46,8 +46,11 @@
 // * Seed, offset and every counter are 64-bit: offsets past 2^32 and chains of any length are exact.
 //   They are kernel arguments, or read from a device int64 [seed, base offset] tensor (the offset
 //   argument is added to the base) so that a captured launch draws fresh noise once the caller
-//   advances that tensor. The model's tables are a __grid_constant__ kernel parameter (~15 KB, in
-//   the constant bank, every read warp-uniform): the launch copies nothing from the host.
+//   advances that tensor. The model's tables are a __grid_constant__ kernel parameter (22 KB with
+//   the arguments, in the constant bank, every read warp-uniform): the launch copies nothing from
+//   the host.
+// * Resources (nvcc 13, -Xptxas -v): 128 registers per thread and 16.8 KB of shared memory per block, so
+//   two 256-thread blocks fit an SM, which is what the grid cap assumes.
 #include <cuda_runtime.h>
 
 #include "cuda_kernels.h"
@@ -63,8 +66,9 @@ constexpr int KC = 256;  // input features staged in shared memory per GEMM chun
 enum Epilogue { EPI_FWD = 0, EPI_MUL = 1, EPI_ACC = 2 };
 
 // Shared memory, sized for the larger chain block (16.8 KB) and declared once at namespace scope,
-// so that the helpers below, compiled once each (__noinline__: inlining every GEMM call site made
-// nvcc take minutes), address it as shared memory rather than through generic pointers.
+// so that the helpers below, compiled once each, address it as shared memory rather than through
+// generic pointers. __noinline__: with every GEMM call site inlined, nvcc took 210 s for the two
+// architectures on the 2-core development machine; compiled once each, 24 s.
 constexpr int BCMAX = kChainsLarge;
 __shared__ __align__(16) float s_in[KC * BCMAX];   // a GEMM's staged input chunk, [k][chain]
 __shared__ __align__(16) float s_red[NT * BCMAX];  // split-K partial sums
