@@ -218,7 +218,8 @@ setup(
         "matplotlib>=3.6",     # training curves, benchmark plots
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "triton>=3.0"],
+        # pybind11: tests/test_cuda_build.py compiles the CUDA bindings against its host emulation
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "triton>=3.0", "pybind11>=2.12"],
         "bench": ["pytest-benchmark>=4", "torchebm"],
         "tensorboard": ["tensorboard"],
     },
