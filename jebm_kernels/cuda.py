@@ -21,6 +21,7 @@ moves on quietly and ``langevin(backend="cuda")`` raises with that reason.
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 
@@ -114,6 +115,35 @@ def _fused_reason(problem: Problem) -> str | None:
             return f"Gaussian {l + 1}'s sigma_floor is not finite"
     if not math.isfinite(spec.energy_sign):
         return "energy_sign is not finite"
+    return _chain_constants_reason(problem)
+
+
+_FLOAT32_MAX = 3.0e38  # what the bindings accept as a finite float32 (csrc/cuda_bindings.cpp finite_float)
+
+
+def _float32(v: float) -> float:
+    return struct.unpack("f", struct.pack("f", v))[0] if abs(v) <= _FLOAT32_MAX else math.inf
+
+
+def _step_reason(problem: Problem) -> str | None:
+    """Both kernels hold s^2/2 and s*tau in float32: values beyond its range cannot be run."""
+    h, c, _ = _step_constants(problem)
+    for name, values in (("s^2/2", h), ("s*tau", c)):
+        for v in values:
+            if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+                return f"{name} = {v:.3g} is beyond float32's range, in which the cuda kernels hold it"
+    return None
+
+
+def _chain_constants_reason(problem: Problem) -> str | None:
+    """The whole-chain kernel also holds 2 (s tau)^2 (MALA) and q_l = sum of 1/sigma^2 (base_sigma,
+    prior_sigma) in float32; where they do not fit, the chain runs as autograd + update instead."""
+    _, _, den = _step_constants(problem)
+    if problem.mala and any(not 0.0 < _float32(v) <= _FLOAT32_MAX for v in den):
+        return "2 (s tau)^2 is 0 or beyond float32's range"
+    sigmas = [s for s in tuple(problem.prior_sigma or ()) + tuple(problem.spec.base_sigma or ()) if math.isfinite(s)]
+    if any(not 1.0 / (s * s) <= _FLOAT32_MAX for s in sigmas):
+        return "a 1 / sigma^2 (prior_sigma, base_sigma) is beyond float32's range"
     return None
 
 
@@ -126,6 +156,9 @@ def _reason(problem: Problem) -> str | None:
         return f"{len(problem.dims)} latent layers; the kernels take at most {_LIMITS['max_latent']}"
     if problem.batch >= _MAX_BATCH or any(d > _LIMITS["max_width"] for d in problem.dims):
         return "batch or latent dims beyond the cuda kernels' limits"
+    why = _step_reason(problem)
+    if why is not None:
+        return why
     if problem.spec is not None and problem.posterior is None:
         return _weights_reason(problem)
     return None
