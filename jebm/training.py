@@ -215,11 +215,12 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
         out_dir = Path("runs") / f"{preset_name}-{given.get('dataset', 'digits')}-{given.get('scheme', 'mle')}"
     run_dir = Path(out_dir)
 
-    ckpt, ckpt_file = None, None
+    ckpt, damaged_newest = None, False
     if resume:
         if not any((run_dir / n).is_file() for n in (CHECKPOINT_NAME, PREVIOUS_NAME)):
             raise ValueError(f"resume=True but {run_dir / CHECKPOINT_NAME} does not exist: nothing to resume")
-        ckpt, ckpt_file, _ = newest_good_checkpoint(run_dir)
+        ckpt, ckpt_file, skipped = newest_good_checkpoint(run_dir)
+        damaged_newest = any(why.startswith(str(run_dir / CHECKPOINT_NAME)) for why in skipped)
         cfg = upgrade_config(ckpt["config"])
         if preset is not None and preset != cfg["preset"]:
             raise ValueError(f"resume: the run in {run_dir} used preset {cfg['preset']!r}, not {preset!r}")
@@ -237,7 +238,7 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
 
     ctx, device = dp.setup(cfg["device"])
     try:
-        return _run(cfg, run_dir, ckpt, ckpt_file, ctx, device, progress, start_wall)
+        return _run(cfg, run_dir, ckpt, damaged_newest, ctx, device, progress, start_wall)
     finally:
         dp.teardown(ctx)
 
@@ -270,7 +271,8 @@ class _MetricsLog:
         self.tb.close()
 
 
-def _run(cfg, run_dir: Path, ckpt, ckpt_file, ctx: dp.DistContext, device, progress: bool, start_wall) -> TrainResult:
+def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, device, progress: bool,
+         start_wall) -> TrainResult:
     ckpt_path = run_dir / CHECKPOINT_NAME
     data = _load_data(cfg)
     images = data.images.to(device)
@@ -289,7 +291,7 @@ def _run(cfg, run_dir: Path, ckpt, ckpt_file, ctx: dp.DistContext, device, progr
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
-        if ckpt_file is not None and ckpt_file.name == PREVIOUS_NAME and ckpt_path.exists():
+        if damaged_newest and ckpt_path.exists():
             # checkpoint.pt is damaged: set it aside, or the next write would rotate it over the good one
             os.replace(ckpt_path, ckpt_path.with_name(CHECKPOINT_NAME + ".damaged"))
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
@@ -318,7 +320,8 @@ def _run(cfg, run_dir: Path, ckpt, ckpt_file, ctx: dp.DistContext, device, progr
             raise TrainingDiverged(message, it, last_good["path"], metric)
         good, _, _ = newest_good_checkpoint(run_dir)
         back_to = state.restore(good, keep_rollback=True)
-        rng_state.restore(state.rng)
+        if state.rng is not None:  # (format-1 checkpoints hold none)
+            rng_state.restore(state.rng)
         state.scale_down(cfg["rollback_lr_factor"], cfg["rollback_step_factor"])
         log.truncate(back_to)
         log.write({"iter": back_to, "rollback": state.rollback["count"], "diverged_at": it, "diverged": metric,

@@ -12,7 +12,8 @@ absolute (measured: at most 1.5e-8 on this machine), except elements whose gradi
 rounding (|g| < 1e-5) at some iteration. Adam divides such a gradient by its own magnitude plus
 eps = 1e-8, so rounding that differs in the last bit can move that element by up to one step
 (lr, 1e-3 here); those elements may differ by 2 * lr * iterations and must be under 1% of all
-(measured: 1 of 1,000-odd, an EBM bias whose positive and negative phases cancel).
+(measured: 11 of 1,346 elements for mle, differing by at most 1.6e-4, e.g. EBM biases whose
+positive and negative phases cancel; 7 of 2,782 for variational, not differing at all).
 """
 import json
 import os
