@@ -244,3 +244,8 @@ def test_rollback_settings_are_checked():
         jebm.resolve_config(rollback_retries=1, rollback_lr_factor=1, rollback_step_factor=1)
     with pytest.raises(ValueError, match="rollback_retries must be an int"):
         jebm.resolve_config(rollback_retries=-1)
+    with pytest.raises(ValueError, match="name the same setting"):
+        jebm.train(iters=1, out_dir="unused", checkpoint_every=2, ckpt_every=3, progress=False)
+    from jebm.cli import build_parser
+    a = build_parser().parse_args(["train", "--checkpoint-every", "5", "--rollback", "2"])
+    assert (a.checkpoint_every, a.rollback) == (5, 2)
