@@ -25,7 +25,7 @@ __all__ = ["SmallClassifier", "train_classifier", "save_classifier", "load_class
            "CLASSIFIER_NAME", "DEFAULT_STEPS"]
 
 CLASSIFIER_NAME = "classifier.pt"
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 500    # 0.96 test accuracy on the digits (1500: 0.964, 5 min on the busy 2-core machine)
 _FORMAT = 1
 
 

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where FID training-set statistics are cached (default $JEBM_CACHE_DIR/fid, else "
                         "~/.cache/jebm/fid)")
     e.add_argument("--classifier-steps", type=int, default=None,
-                   help="training steps of the classifier when it is trained (default 1500)")
+                   help="training steps of the classifier when it is trained (default 500)")
     _add_common_train(e, for_eval=True)
 
     r = sub.add_parser("report", help="write RUN_DIR/report.html: curves, grids, outlier table, step sizes, "
@@ -199,7 +199,8 @@ def _cmd_eval(a) -> int:
         f = res["classifier_fd"]
         acc = f["classifier"].get("test_accuracy")
         print(f"classifier Frechet distance ({f['n_samples']} samples vs {f['n_train']} training images; classifier "
-              f"test accuracy {acc if acc is None else round(acc, 4)}): {f['fd']:.4f}")
+              f"test accuracy {acc if acc is None else round(acc, 4)}): {f['fd']:.4f}; the {f['n_test_split']} test "
+              f"images score {f['test_split_fd']:.4f}")
     if "outlier" in res:
         print(f"outlier AUPRC (held-out class {res['outlier']['held_out_class']}): {res['outlier']['auprc']:.3f}")
     print(f"written: {res['hierarchical_png']}, eval.json beside it")

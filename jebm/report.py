@@ -151,11 +151,11 @@ def _numeric_series(lines: list[dict], keys) -> dict[str, list[tuple[float, floa
     return out
 
 
-def _table(head: list[str], rows: list[list[str]], num_cols=()) -> str:
-    h = "".join(f"<th>{c}</th>" for c in head)
+def _table(head: list[str] | None, rows: list[list[str]], num_cols=()) -> str:
+    h = "<tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" if head else ""
     body = "".join("<tr>" + "".join(f'<td{" class=num" if i in num_cols else ""}>{c}</td>'
                                     for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><tr>{h}</tr>{body}</table>"
+    return f"<table>{h}{body}</table>"
 
 
 # ---- sections -------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def _section_run(run_dir: Path, cfg: dict | None, lines: list[dict]) -> str:
     if secs:
         facts.append(("training time (sum of logged s/iter x interval)",
                       f"{_training_seconds(lines):.1f} s; last {secs[-1]:.3g} s/iter"))
-    out.append(_table(["", ""], [[_e(k), _e(v)] for k, v in facts]))
+    out.append(_table(None, [[_e(k), _e(v)] for k, v in facts]))
     rows = [[_e(k), _e(json.dumps(v))] for k, v in sorted(cfg.items())]
     out.append("<details><summary>full config.json</summary>" + _table(["key", "value"], rows) + "</details>")
     return "".join(out)
@@ -280,6 +280,10 @@ def _section_eval(run_dir: Path, ev: dict | None) -> str:
         rows.append(["classifier Frechet distance", _fmt(c["fd"]),
                      f"{c['n_samples']} samples vs {c['n_train']} training images in the {c['feature_dim']} features "
                      f"of the run's classifier (test accuracy {_fmt(acc) if acc is not None else 'n/a'})"])
+        if c.get("test_split_fd") is not None:
+            rows.append(["classifier Frechet distance of the test split", _fmt(c["test_split_fd"]),
+                         f"the {c['n_test_split']} held-out test images against the same training statistics: what "
+                         "the data itself scores (biased upwards by its smaller N)"])
     o = ev.get("outlier")
     if o:
         rows.append([f"outlier AUPRC, held-out class {_e(o['held_out_class'])}", _fmt(o["auprc"]),

@@ -211,6 +211,7 @@ def test_classifier_fd_is_saved_with_the_run_and_reused(tiny_run):
     assert np.isfinite(out["fd"]) and out["fd"] > 0 and out["feature_dim"] == 128
     assert out["classifier"]["steps"] == 60 and 0 < out["classifier"]["test_accuracy"] <= 1
     assert not out["train_statistics_cached"]
+    assert 0 < out["test_split_fd"] < out["fd"] and out["n_test_split"] == 359   # 3 iterations: far from the data
     again = fd.image_quality(run, classifier=True, n=40, n_train=200)["classifier_fd"]
     assert again["train_statistics_cached"] and again["fd"] == pytest.approx(out["fd"], rel=1e-9)
     clf, info = load_classifier(path)
