@@ -106,3 +106,16 @@ class TinyConvDecoder(nn.Module):
 
     def forward(self, z):
         return torch.tanh(self.up(torch.relu(self.fc(z)).reshape(-1, 8, 2, 2)))
+
+
+def child_env(**extra) -> dict:
+    """The environment of a child interpreter (a killed `jebm train`, torchrun's workers) that
+    imports the same jebm and jebm_kernels as this test process, installed or not."""
+    import os
+    from pathlib import Path
+
+    import jebm
+    import jebm_kernels
+    roots = list(dict.fromkeys(str(Path(m.__file__).resolve().parents[1]) for m in (jebm, jebm_kernels)))
+    path = os.pathsep.join(roots + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    return {**os.environ, "PYTHONPATH": path, **extra}

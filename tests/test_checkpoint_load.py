@@ -14,6 +14,7 @@ import torch
 import jebm
 from jebm.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint, save_checkpoint
 from jebm.cli import main
+from helpers import child_env
 
 TINY = dict(dims=[4, 2], ebm_hidden=[8], gauss_hidden=[8], dec_hidden=[16], prior_steps=2, post_steps=2,
             batch_size=20, sample_every=0, n_samples=4)
@@ -182,7 +183,7 @@ def test_random_damage_is_refused_or_harmless_in_a_child_interpreter(good, tmp_p
     script = tmp_path / "fuzz.py"
     script.write_text(FUZZ)
     proc = subprocess.run([sys.executable, str(script), str(good), str(tmp_path / "damaged.pt")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'refused'" in proc.stdout, proc.stdout
     print(f"\nrandom damage to a checkpoint: {proc.stdout.strip()}")

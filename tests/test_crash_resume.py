@@ -23,6 +23,7 @@ import time
 import torch
 
 import jebm
+from helpers import child_env
 from jebm.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint
 
 ITERS = 12
@@ -78,7 +79,7 @@ def run_and_kill(tmp_path: Path, out: Path, mode: str, arg, *, resume: bool, env
     flag = tmp_path / f"reached-{mode}-{arg}"
     proc = subprocess.Popen([sys.executable, str(driver), mode, str(arg), str(flag), *cli_args(out, resume)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env=child_env(**(env or {})))
     deadline = time.monotonic() + 240
     while not flag.exists():
         if proc.poll() is not None:
@@ -132,7 +133,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
         raw[i] ^= 0xFF
     (out / CHECKPOINT_NAME).write_bytes(bytes(raw))
     done = subprocess.run([sys.executable, "-m", "jebm", *cli_args(out, resume=True)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=child_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "skipped a damaged checkpoint" in done.stderr
     assert (out / (CHECKPOINT_NAME + ".damaged")).exists()

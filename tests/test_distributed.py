@@ -16,7 +16,6 @@ eps = 1e-8, so rounding that differs in the last bit can move that element by up
 positive and negative phases cancel; 7 of 2,782 for variational, not differing at all).
 """
 import json
-import os
 from pathlib import Path
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import pytest
 import torch
 
 import jebm_kernels as jk
+from helpers import child_env
 from jebm import trainer_variational
 from jebm.checkpoint import load_checkpoint
 from jebm.data import load_dataset
@@ -52,8 +52,8 @@ def torchrun_train(out: Path, iters: int, *args: str) -> subprocess.CompletedPro
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "jebm", "train", "--out", str(out), "--iters", str(iters), "--no-progress", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=out.parent)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=child_env(OMP_NUM_THREADS="1"),
+                          cwd=out.parent)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
