@@ -207,11 +207,29 @@ def measure_matmul(when: str, n: int = 2048) -> dict:
     return entry
 
 
+def cpu_seconds() -> dict | None:
+    """CPU seconds the whole machine has been busy (/proc/stat: all but idle and iowait) and that
+    this process and its children have used. The difference over the run is other work's share:
+    unlike the load average, it does not count the suite's own threads."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / hz  # user nice system idle iowait irq softirq steal
+    import resource
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return {"machine": busy, "own": own}
+
+
 def measure_peak() -> dict:
     """{'fma': the FMA peak entry, 'matmul': torch's 2048^2 fp32 matmul entry} (session start)."""
     if "machine" not in RUN_INFO:
         RUN_INFO["machine"] = machine()
         RUN_INFO["session_start"] = time.time()
+        RUN_INFO["cpu_seconds_at_start"] = cpu_seconds()
     return {"fma": measure_fma_peak("start"), "matmul": measure_matmul("start")}
 
 
@@ -227,6 +245,11 @@ def finish() -> None:
     RUN_INFO["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if "session_start" in RUN_INFO:
         RUN_INFO["suite_seconds"] = time.time() - RUN_INFO["session_start"]
+        a, b = RUN_INFO.get("cpu_seconds_at_start"), cpu_seconds()
+        if a and b and RUN_INFO["suite_seconds"] > 0:
+            # average cores other processes kept busy while the suite ran
+            other = (b["machine"] - a["machine"]) - (b["own"] - a["own"])
+            RUN_INFO["other_work_cores"] = max(other, 0.0) / RUN_INFO["suite_seconds"]
 
 
 # ---- timing and skips ----------------------------------------------------------------------------

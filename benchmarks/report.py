@@ -225,10 +225,17 @@ def machine_lines(data: dict) -> list[str]:
         lines.append(f"- the suite ran for {info['suite_seconds'] / 60:.1f} minutes")
     la = m.get("load_average_at_start")
     le = info.get("load_average_at_end")
-    if la is not None:
+    other = info.get("other_work_cores")
+    if other is not None:
+        # other processes' CPU time during the run (the load average counts the suite's own threads)
+        busy = other > 0.1 * (m.get("cpus") or 1)
+        lines.append(f"- other processes used {other:.2f} cores on average during the run (CPU time from "
+                     f"/proc/stat minus the suite's own)")
+    elif la is not None:
         busy = la[0] > 0.5 * (m.get("cpus") or 1) or (le is not None and le[0] > 0.5 * (m.get("cpus") or 1))
-        lines.append(f"- load average at start {la[0]:.2f}, at end {le[0]:.2f}" if le else
-                     f"- load average at start {la[0]:.2f}")
+    if la is not None:
+        lines.append(f"- load average at start {la[0]:.2f}, at end {le[0]:.2f} (the suite's own threads included)"
+                     if le else f"- load average at start {la[0]:.2f}")
         if busy:
             lines.append("- **WARNING: the machine was busy with other work during this run; the figures "
                          "below are disturbed by it** (torch's OpenMP threads slow down badly when cores are shared)")

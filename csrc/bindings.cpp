@@ -361,8 +361,8 @@ private:
     // empty: narrow is chosen when its lanes per thread, weighted by how much narrower its vectors
     // are (the worst case, a CPU whose FMA throughput scales with width), are no more than the
     // wide kernels'. Batch 8 on 2 threads: avx2 runs one 16-chain block (half empty) on one
-    // thread, narrow two 4-chain blocks, one per thread (CVPR prior, K = 60: 39.6 -> see
-    // BENCHMARKS.md). The results are bitwise the same either way. Packs the narrow model once.
+    // thread, narrow two 4-chain blocks, one per thread (CVPR prior, K = 60: 39.6 -> 14.6 ms
+    // per chain on the 2-core Zen 1 machine, BENCHMARKS.md). The results are bitwise the same either way. Packs the narrow model once.
     const IsaOps* pick(int64_t B, int nt) {
         if (!small_) return ops_;
         const int64_t wide = lanes_per_thread(B, ops_->block_chains, nt);
