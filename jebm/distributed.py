@@ -154,7 +154,7 @@ def make_step(trainer, ctx: DistContext, device: torch.device):
     own step in one process; under torchrun a DDP step whose metrics are averaged over ranks."""
     if not ctx.enabled:
         return trainer.step
-    from .trainer_mle import first_non_finite
+    from .trainer_base import first_non_finite
     replica = _Replica({"model": trainer.model, **trainer.modules()})
     ddp = nn.parallel.DistributedDataParallel(replica, device_ids=[device.index] if device.type == "cuda" else None)
 

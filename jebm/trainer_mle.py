@@ -23,101 +23,26 @@ from __future__ import annotations
 import torch
 
 from .model import JEBM
-from .short_run import LearnedPosterior
+from .trainer_base import PriorChains, Trainer, first_non_finite  # noqa: F401  (re-exported)
 
 __all__ = ["MLETrainer", "PriorChains", "first_non_finite"]
 
 
-def first_non_finite(metrics: dict) -> str | None:
-    """The name of the first metric that is NaN or inf, or None."""
-    for k, v in metrics.items():
-        if v != v or v in (float("inf"), float("-inf")):
-            return k
-    return None
-
-
-class PriorChains:
-    """The negative-phase prior chains of a trainer: short-run from noise each iteration (the
-    papers' default), or persistent (``persistent_prior=True``): each iteration continues the
-    previous iteration's chains, kept in the model's sampling space and checkpointed so a resumed
-    run continues exactly."""
-
-    def __init__(self, persistent: bool):
-        self.persistent = bool(persistent)
-        self.state: list[torch.Tensor] | None = None
-
-    def sample(self, model: JEBM, n: int, *, generator, backend: str) -> list[torch.Tensor]:
-        init = self.state if (self.persistent and self.state is not None and self.state[0].shape[0] == n) else None
-        z, info = model.sample_prior(n, generator=generator, backend=backend, init=init, return_info=True)
-        if self.persistent:
-            self.state = [t.detach() for t in info["state"]]
-        return z
-
-    def state_dict(self) -> dict:
-        return {"state": list(self.state)} if self.state is not None else {}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.state = list(d["state"]) if d.get("state") is not None else None
-
-
-class MLETrainer:
+class MLETrainer(Trainer):
     """Optimisers and the update of the MLE scheme; ``step`` does one iteration."""
 
     name = "mle"
     loss_key = "loss_recon"  # the loss that must fall during training (the decoder's)
 
     def __init__(self, model: JEBM, cfg: dict):
-        self.model = model
-        self.cfg = cfg
-        betas = tuple(cfg["adam_betas"])
-        # Separate optimisers so the EBM and the generator keep the papers' separate learning rates
-        # and Adam statistics.
-        self.opt_gen = torch.optim.Adam(model.generator_parameters(), lr=cfg["lr_gen"], betas=betas)
-        self.opt_ebm = (torch.optim.Adam(model.ebm_parameters(), lr=cfg["lr_ebm"], betas=betas)
-                        if model.has_ebm else None)
-        self.prior_chains = PriorChains(cfg["persistent_prior"])
-        self.short_run = LearnedPosterior(model, cfg) if cfg["learn_step_size"] else None
-
-    def modules(self) -> dict:
-        """Modules besides the model that a checkpoint must hold (the learned step sizes, if any)."""
-        return {"step_sizes": self.short_run.steps} if self.short_run is not None else {}
-
-    def buffers(self) -> dict:
-        """Non-module state a checkpoint must hold (the persistent chains)."""
-        return {"prior_chains": self.prior_chains}
-
-    def optimizers(self) -> dict:
-        opts = {"gen": self.opt_gen}
-        if self.opt_ebm is not None:
-            opts["ebm"] = self.opt_ebm
-        if self.short_run is not None:
-            opts["step_size"] = self.short_run.opt
-        return opts
+        super().__init__(model, cfg)
+        self.opt_gen = torch.optim.Adam(model.generator_parameters(), lr=cfg["lr_gen"], betas=self.betas)
 
     def posterior(self, x, *, generator, backend):
         """z-space posterior samples for x (posterior Langevin from noise, learned step sizes if any)."""
         if self.short_run is not None:
             return self.short_run.posterior(x, generator=generator, backend=backend)
         return self.model.sample_posterior(x, generator=generator, backend=backend)
-
-    def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
-        """One iteration. Returns (metrics, name of the first non-finite metric or None); with a
-        non-finite loss or energy no parameter is updated."""
-        values, total = self.loss(x, generator=generator, backend=backend)
-        bad = first_non_finite(values)
-        if bad is not None:
-            return values, bad
-        self.apply(total)
-        return values, None
-
-    def apply(self, total: torch.Tensor) -> None:
-        """The update from ``loss``'s scalar: one backward pass, then every optimiser steps.
-        (One backward pass is what DistributedDataParallel synchronises: jebm.distributed.)"""
-        for opt in self.optimizers().values():
-            opt.zero_grad(set_to_none=True)
-        total.backward()
-        for opt in self.optimizers().values():
-            opt.step()
 
     def loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
         """Sample the chains and compute the iteration's losses: (metric values as floats, one

@@ -29,8 +29,7 @@ import math
 import torch
 
 from .model import JEBM, InferenceModel, randn_layers
-from .short_run import LearnedPosterior
-from .trainer_mle import PriorChains, first_non_finite
+from .trainer_base import Trainer
 
 __all__ = ["VariationalTrainer", "build_inference_model"]
 
@@ -40,41 +39,21 @@ def build_inference_model(cfg: dict, image_shape) -> InferenceModel:
                           encoder="conv" if cfg["decoder"] == "conv" else "mlp", nif=cfg["nif"])
 
 
-class VariationalTrainer:
+class VariationalTrainer(Trainer):
     name = "variational"
     loss_key = "neg_elbo"  # the loss that must fall during training
 
     def __init__(self, model: JEBM, cfg: dict, infer: InferenceModel | None = None):
-        self.model = model
-        self.cfg = cfg
+        super().__init__(model, cfg)
         p = next(model.parameters())
         self.infer = (infer if infer is not None else build_inference_model(cfg, model.image_shape)).to(p.device, p.dtype)
-        betas = tuple(cfg["adam_betas"])
         self.opt_gen = torch.optim.Adam([
             {"params": model.generator_parameters(), "lr": cfg["lr_gen"]},
             {"params": list(self.infer.parameters()), "lr": cfg["lr_infer"]},
-        ], betas=betas)
-        self.opt_ebm = (torch.optim.Adam(model.ebm_parameters(), lr=cfg["lr_ebm"], betas=betas)
-                        if model.has_ebm else None)
-        self.prior_chains = PriorChains(cfg["persistent_prior"])
-        self.short_run = LearnedPosterior(model, cfg) if cfg["learn_step_size"] else None
+        ], betas=self.betas)
 
     def modules(self) -> dict:
-        mods = {"infer": self.infer}
-        if self.short_run is not None:
-            mods["step_sizes"] = self.short_run.steps
-        return mods
-
-    def buffers(self) -> dict:
-        return {"prior_chains": self.prior_chains}
-
-    def optimizers(self) -> dict:
-        opts = {"gen": self.opt_gen}
-        if self.opt_ebm is not None:
-            opts["ebm"] = self.opt_ebm
-        if self.short_run is not None:
-            opts["step_size"] = self.short_run.opt
-        return opts
+        return {"infer": self.infer, **super().modules()}
 
     def posterior(self, x, *, generator, backend):
         """z-space samples from q(z | x), refined by the learned short-run chain when there is one."""
@@ -85,25 +64,6 @@ class VariationalTrainer:
         if self.short_run is not None:
             return self.short_run.posterior(x, generator=generator, backend=backend, start=z)
         return z
-
-    def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
-        """One iteration. Returns (metrics, name of the first non-finite metric or None); with a
-        non-finite loss or energy no parameter is updated."""
-        values, total = self.loss(x, generator=generator, backend=backend)
-        bad = first_non_finite(values)
-        if bad is not None:
-            return values, bad
-        self.apply(total)
-        return values, None
-
-    def apply(self, total: torch.Tensor) -> None:
-        """The update from ``loss``'s scalar: one backward pass, then every optimiser steps.
-        (One backward pass is what DistributedDataParallel synchronises: jebm.distributed.)"""
-        for opt in self.optimizers().values():
-            opt.zero_grad(set_to_none=True)
-        total.backward()
-        for opt in self.optimizers().values():
-            opt.step()
 
     def loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
         """Sample q and the prior chains and compute the losses: (metric values as floats, one
