@@ -24,6 +24,7 @@
 #include <tuple>
 #include <vector>
 
+#include "binding_checks.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -83,7 +84,6 @@ void init_isa() {
     g_isa = isa_by_name(usable_isas().front());
 }
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
 
 template <class T>
 T* addr(uint64_t p, const std::string& what) {
@@ -97,27 +97,9 @@ T* addr_or_null(uint64_t p, const std::string& what) {
     return p == 0 ? nullptr : addr<T>(p, what);
 }
 
-int64_t check_count(int64_t v, int64_t lo, int64_t hi, const std::string& what) {
-    if (v < lo || v > hi)
-        bad(what + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + std::to_string(v));
-    return v;
-}
-
-float finite_float(double v, const std::string& what) {
-    if (!std::isfinite(v) || std::fabs(v) > 3.0e38) bad(what + " must be a finite float32 value, got " + std::to_string(v));
-    return static_cast<float>(v);
-}
-
 int check_threads(int64_t n) { return (int)check_count(n, 1, 4096, "nthreads"); }
 
 // offset + n must stay within the 64-bit counter (as PhiloxGenerator.take checks).
-void check_counters(uint64_t offset, unsigned __int128 n, const std::string& what) {
-    const unsigned __int128 end = (unsigned __int128)offset + n;
-    if (end > ((unsigned __int128)1 << 64)) bad(what + ": offset + counters used run past the 64-bit Philox counter");
-}
-
-constexpr int64_t kMaxBatch = int64_t(1) << 31;
-constexpr int64_t kMaxElems = int64_t(1) << 40;
 constexpr int64_t kMaxMatrix = int64_t(1) << 28;
 
 using MLPArg = std::tuple<std::vector<int64_t>, std::vector<uint64_t>, std::vector<uint64_t>, int64_t, double, int64_t>;

@@ -996,11 +996,14 @@ void chain_block(const Model& M, Work& W, const ChainArgs& A, int64_t b0, int nb
     for (int l = 0; l < L; ++l) store_rows(X + (size_t)M.off[l] * NB, d.dims[l], b0, nb, A.out[l]);
 }
 
-int run_chain(const void* mp, const ChainArgs* A) {
-    const Model& M = *(const Model*)mp;
-    const int64_t nblk = (A->B + NB - 1) / NB;
+// Runs fn(W, b0, nb) on every block of NB chains (the last one holding nb <= NB), the blocks shared
+// by the threads, each thread with its own scratch. Returns 1 if a thread's scratch could not be
+// allocated (its blocks are then skipped; the caller reports out of memory).
+template <class Fn>
+int for_each_block(const Model& M, int64_t B, int nthreads, Fn fn) {
+    const int64_t nblk = (B + NB - 1) / NB;
     int failed = 0;
-#pragma omp parallel num_threads(A->nthreads)
+#pragma omp parallel num_threads(nthreads)
     {
         Work W;
         const bool ok = alloc_work(M, W);
@@ -1012,59 +1015,46 @@ int run_chain(const void* mp, const ChainArgs* A) {
         for (int64_t blk = 0; blk < nblk; ++blk) {
             if (!ok) continue;
             const int64_t b0 = blk * NB;
-            const int nb = (int)(A->B - b0 < NB ? A->B - b0 : NB);
-            chain_block(M, W, *A, b0, nb);
+            fn(W, b0, (int)(B - b0 < NB ? B - b0 : NB));
         }
         if (ok) free(W.mem);
     }
     return failed;
 }
 
+int run_chain(const void* mp, const ChainArgs* A) {
+    const Model& M = *(const Model*)mp;
+    return for_each_block(M, A->B, A->nthreads, [&](Work& W, int64_t b0, int nb) { chain_block(M, W, *A, b0, nb); });
+}
+
 int run_eval(const void* mp, const EvalArgs* A) {
     const Model& M = *(const Model*)mp;
     const ModelDesc& d = M.d;
-    const int64_t nblk = (A->B + NB - 1) / NB;
-    int failed = 0;
-#pragma omp parallel num_threads(A->nthreads)
-    {
-        Work W;
-        const bool ok = alloc_work(M, W);
-        if (!ok) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t blk = 0; blk < nblk; ++blk) {
-            if (!ok) continue;
-            const int64_t b0 = blk * NB;
-            const int nb = (int)(A->B - b0 < NB ? A->B - b0 : NB);
-            for (int l = 0; l < d.L; ++l) load_rows(A->x[l], d.dims[l], b0, nb, W.X + (size_t)M.off[l] * NB);
-            if (A->only_z1) {
-                const float* z1 = W.X;
-                if (d.space == 1) {
-                    z_of_eps(M, W, W.X);
-                    z1 = W.Z;
-                }
-                store_rows(z1, d.dims[0], b0, nb, A->z1);
-                continue;
+    return for_each_block(M, A->B, A->nthreads, [&](Work& W, int64_t b0, int nb) {
+        for (int l = 0; l < d.L; ++l) load_rows(A->x[l], d.dims[l], b0, nb, W.X + (size_t)M.off[l] * NB);
+        if (A->only_z1) {
+            const float* z1 = W.X;
+            if (d.space == 1) {
+                z_of_eps(M, W, W.X);
+                z1 = W.Z;
             }
-            if (d.decoder >= 0) load_rows(A->xobs, d.P, b0, nb, W.XO);
-            const float* eu = nullptr;
-            const float* eg = nullptr;
-            if (A->ext_u) {
-                for (int i = 0; i < NB; ++i) W.UP[i] = i < nb ? A->ext_u[b0 + i] : 0.0f;
-                load_rows(A->ext_g, d.dims[0], b0, nb, W.GP);
-                eu = W.UP;
-                eg = W.GP;
-            }
-            eval_block(M, W, W.X, W.U, W.G, eu, eg);
-            for (int i = 0; i < nb; ++i) A->u[b0 + i] = W.U[i];
-            for (int l = 0; l < d.L; ++l) store_rows(W.G + (size_t)M.off[l] * NB, d.dims[l], b0, nb, A->g[l]);
-            if (A->z1) store_rows(d.space == 1 ? W.Z : W.X, d.dims[0], b0, nb, A->z1);
+            store_rows(z1, d.dims[0], b0, nb, A->z1);
+            return;
         }
-        if (ok) free(W.mem);
-    }
-    return failed;
+        if (d.decoder >= 0) load_rows(A->xobs, d.P, b0, nb, W.XO);
+        const float* eu = nullptr;
+        const float* eg = nullptr;
+        if (A->ext_u) {
+            for (int i = 0; i < NB; ++i) W.UP[i] = i < nb ? A->ext_u[b0 + i] : 0.0f;
+            load_rows(A->ext_g, d.dims[0], b0, nb, W.GP);
+            eu = W.UP;
+            eg = W.GP;
+        }
+        eval_block(M, W, W.X, W.U, W.G, eu, eg);
+        for (int i = 0; i < nb; ++i) A->u[b0 + i] = W.U[i];
+        for (int l = 0; l < d.L; ++l) store_rows(W.G + (size_t)M.off[l] * NB, d.dims[l], b0, nb, A->g[l]);
+        if (A->z1) store_rows(d.space == 1 ? W.Z : W.X, d.dims[0], b0, nb, A->z1);
+    });
 }
 
 // ------------------------------------------------------------ contiguous streams and the update

@@ -26,6 +26,7 @@
 #include <tuple>
 #include <vector>
 
+#include "binding_checks.h"
 #include "cuda_kernels.h"
 
 namespace py = pybind11;
@@ -34,7 +35,6 @@ namespace jebm {
 namespace cuda {
 namespace {
 
-[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
 
 void check_cuda(const char* err, const std::string& what) {
     if (err) throw std::runtime_error("jebm_kernels._cuda: " + what + ": CUDA error: " + err);
@@ -66,24 +66,6 @@ T* dev_addr_or_null(uint64_t p, const std::string& what, int device) {
     return p == 0 ? nullptr : dev_addr<T>(p, what, device);
 }
 
-int64_t check_count(int64_t v, int64_t lo, int64_t hi, const std::string& what) {
-    if (v < lo || v > hi)
-        bad(what + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + std::to_string(v));
-    return v;
-}
-
-float finite_float(double v, const std::string& what) {
-    if (!std::isfinite(v) || std::fabs(v) > 3.0e38) bad(what + " must be a finite float32 value, got " + std::to_string(v));
-    return static_cast<float>(v);
-}
-
-void check_counters(uint64_t offset, unsigned __int128 n, const std::string& what) {
-    const unsigned __int128 end = (unsigned __int128)offset + n;
-    if (end > ((unsigned __int128)1 << 64)) bad(what + ": offset + counters used run past the 64-bit Philox counter");
-}
-
-constexpr int64_t kMaxBatch = int64_t(1) << 31;
-constexpr int64_t kMaxElems = int64_t(1) << 40;
 constexpr int64_t kMaxMatrix = int64_t(1) << 28;
 constexpr int64_t kMaxWeights = int64_t(1) << 34;
 // sizes, W^T offsets, W offsets, bias offsets (-1: none), activation, its parameter, output activation
