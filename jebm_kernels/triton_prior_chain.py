@@ -211,6 +211,22 @@ if triton is not None:
     # ------------------------------------------------------------------ one Linear layer
 
     @triton.jit
+    def _matmul_cols(s_ptr, w_ptr, in_col, m_off, n_k, n_n, n0, rb,
+                     BB: tl.constexpr, KC: tl.constexpr, NC: tl.constexpr, PREC: tl.constexpr):
+        """Columns n0:+NC of S[:, in_col:+n_k] @ M, M [n_k, n_n] row-major at m_off (masked)."""
+        cn = n0 + tl.arange(0, NC)
+        nm = cn < n_n
+        acc = tl.zeros((BB, NC), dtype=tl.float32)
+        for k0 in range(0, n_k, KC):
+            ck = k0 + tl.arange(0, KC)
+            km = ck < n_k
+            xt = tl.load(s_ptr + rb + (in_col + ck)[None, :], mask=km[None, :], other=0.0)
+            mt = tl.load(w_ptr + m_off + ck[:, None] * n_n + cn[None, :],
+                         mask=km[:, None] & nm[None, :], other=0.0)
+            acc = tl.dot(xt, mt, acc, input_precision=PREC)
+        return acc
+
+    @triton.jit
     def _linear_fwd(s_ptr, w_ptr, in_col, wt_off, b_off, n_in, n_out, a_col, h_col, act, p, TOT,
                     BB: tl.constexpr, KC: tl.constexpr, NC: tl.constexpr, PREC: tl.constexpr):
         """S[:, a_col:+n_out] = S[:, in_col:+n_in] @ W^T + b;  S[:, h_col:+n_out] = act(that)."""
@@ -218,14 +234,7 @@ if triton is not None:
         for n0 in range(0, n_out, NC):
             cn = n0 + tl.arange(0, NC)
             nm = cn < n_out
-            acc = tl.zeros((BB, NC), dtype=tl.float32)
-            for k0 in range(0, n_in, KC):
-                ck = k0 + tl.arange(0, KC)
-                km = ck < n_in
-                xt = tl.load(s_ptr + rb + (in_col + ck)[None, :], mask=km[None, :], other=0.0)
-                wt = tl.load(w_ptr + wt_off + ck[:, None] * n_out + cn[None, :],
-                             mask=km[:, None] & nm[None, :], other=0.0)
-                acc = tl.dot(xt, wt, acc, input_precision=PREC)
+            acc = _matmul_cols(s_ptr, w_ptr, in_col, wt_off, n_in, n_out, n0, rb, BB, KC, NC, PREC)
             if b_off >= 0:
                 acc = acc + tl.load(w_ptr + b_off + cn, mask=nm, other=0.0)[None, :]
             h = _act_fwd(acc, act, p)
@@ -240,14 +249,7 @@ if triton is not None:
         for n0 in range(0, n_in, NC):
             cn = n0 + tl.arange(0, NC)
             nm = cn < n_in
-            acc = tl.zeros((BB, NC), dtype=tl.float32)
-            for k0 in range(0, n_out, KC):
-                ck = k0 + tl.arange(0, KC)
-                km = ck < n_out
-                dt = tl.load(s_ptr + rb + (src_col + ck)[None, :], mask=km[None, :], other=0.0)
-                wt = tl.load(w_ptr + w_off + ck[:, None] * n_in + cn[None, :],
-                             mask=km[:, None] & nm[None, :], other=0.0)
-                acc = tl.dot(dt, wt, acc, input_precision=PREC)
+            acc = _matmul_cols(s_ptr, w_ptr, src_col, w_off, n_out, n_in, n0, rb, BB, KC, NC, PREC)
             ptrs = s_ptr + rb + (dst_col + cn)[None, :]
             if accumulate:
                 acc = tl.load(ptrs, mask=nm[None, :], other=0.0) + acc
