@@ -20,14 +20,14 @@ reference, and a warning says so once.
 from __future__ import annotations
 
 import math
-import struct
 import warnings
 
 import torch
 
 from .backends import register_backend
 from .problem import Problem
-from .spec import MLPSpec, PriorSpec
+from .fusable import FLOAT32_MAX, float32, named_mlps, scalars_reason
+from .spec import MLPSpec
 
 __all__ = ["CpuBackend", "extension_error", "isa"]
 
@@ -44,7 +44,6 @@ _MAX_LINEAR = 16
 _MAX_MLPS = 64
 _MAX_WIDTH = 1 << 20
 _MAX_BATCH = 1 << 31
-_FLOAT32_MAX = 3.0e38  # what the bindings accept as a finite float32 (csrc/bindings.cpp finite_float)
 
 
 def extension_error() -> str | None:
@@ -74,16 +73,6 @@ def _threads() -> int:
 
 # ------------------------------------------------------------------------------------ checking
 
-def _spec_mlps(spec: PriorSpec, posterior) -> list[tuple[str, MLPSpec]]:
-    mlps = [(f"layer term {l + 1}", t) for l, t in enumerate(spec.layer_terms) if t is not None]
-    if spec.joint_term is not None:
-        mlps.append(("joint term", spec.joint_term))
-    mlps += [(f"Gaussian {l + 1}", g.mlp) for l, g in enumerate(spec.gaussians)]
-    if posterior is not None and isinstance(posterior.decoder, MLPSpec):
-        mlps.append(("decoder", posterior.decoder))
-    return mlps
-
-
 def _tensor_reason(t, what: str) -> str | None:
     if not torch.is_tensor(t):
         return f"{what} is a {type(t).__name__}, not a tensor"
@@ -108,10 +97,10 @@ def _float32_constants_reason(problem: Problem) -> str | None:
     named = [("s^2/2", h), ("s*tau", c), ("2 (s tau)^2", den if problem.mala else []), ("2 sigma^2", denominators)]
     for name, values in named:
         for v in values:
-            if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+            if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
                 return f"{name} = {v:.3g} is beyond float32's range, in which the cpu kernels hold it"
     for v in denominators:
-        if struct.unpack("f", struct.pack("f", v))[0] == 0.0:
+        if float32(v) == 0.0:
             return f"2 sigma^2 = {v:.3g} rounds to 0 in float32, in which the cpu kernels divide by it"
     return None
 
@@ -139,7 +128,7 @@ def _reason(problem: Problem) -> str | None:
         return f"{L} latent layers; the cpu kernels take at most {_MAX_LATENT}"
     if problem.batch >= _MAX_BATCH or any(d > _MAX_WIDTH for d in spec.dims) or sum(spec.dims) > _MAX_WIDTH:
         return "batch or latent dims beyond the cpu kernels' limits"
-    mlps = _spec_mlps(spec, problem.posterior)
+    mlps = named_mlps(spec, problem.posterior.decoder if problem.posterior is not None else None)
     if len(mlps) > _MAX_MLPS:
         return f"{len(mlps)} MLPs; the cpu kernels take at most {_MAX_MLPS}"
     for name, m in mlps:
@@ -148,21 +137,12 @@ def _reason(problem: Problem) -> str | None:
         widths = [m.in_dim] + [w.shape[0] for w in m.weights]
         if any(not 1 <= w <= _MAX_WIDTH for w in widths):
             return f"the {name} has a layer width outside [1, {_MAX_WIDTH}]: {widths}"
-        if "softplus" in (m.activation, m.out_activation) and m.act_param == 0:
-            return f"the {name} uses Softplus with beta = 0"
-        if not math.isfinite(m.act_param):
-            return f"the {name}'s activation parameter is not finite"
         for i, (w, b) in enumerate(zip(m.weights, m.biases)):
             why = _tensor_reason(w, f"the {name}'s weight {i}") or (
                 None if b is None else _tensor_reason(b, f"the {name}'s bias {i}"))
             if why:
                 return why
-    for l, g in enumerate(spec.gaussians):
-        if not math.isfinite(g.sigma_floor):
-            return f"Gaussian {l + 1}'s sigma_floor is not finite"
-    if not math.isfinite(spec.energy_sign):
-        return "energy_sign is not finite"
-    why = _float32_constants_reason(problem)
+    why = scalars_reason(spec, mlps) or _float32_constants_reason(problem)
     if why:
         return why
     post = problem.posterior

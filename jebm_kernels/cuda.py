@@ -21,13 +21,13 @@ moves on quietly and ``langevin(backend="cuda")`` raises with that reason.
 from __future__ import annotations
 
 import math
-import struct
 
 import torch
 
 from .backends import register_backend
 from .problem import Problem
 from .reference import run_chain
+from .fusable import FLOAT32_MAX, float32, named_mlps, scalars_reason
 from .spec import MLPSpec, PriorSpec
 
 __all__ = ["CudaBackend", "extension_error", "run_fused", "run_hybrid"]
@@ -60,17 +60,10 @@ def _step_constants(problem: Problem):
     return [v * v / 2 for v in s], [v * tau for v in s], [2 * (v * tau) ** 2 for v in s]
 
 
-def _spec_mlps(spec: PriorSpec) -> list[tuple[str, MLPSpec]]:
-    mlps = [(f"layer term {l + 1}", t) for l, t in enumerate(spec.layer_terms) if t is not None]
-    if spec.joint_term is not None:
-        mlps.append(("joint term", spec.joint_term))
-    return mlps + [(f"Gaussian {l + 1}", g.mlp) for l, g in enumerate(spec.gaussians)]
-
-
 def _weights_reason(problem: Problem) -> str | None:
     """A fusable prior's weights must live where z lives, in float32 (the reference fails too
     otherwise, so this is a refusal, not a fallback)."""
-    for name, m in _spec_mlps(problem.spec):
+    for name, m in named_mlps(problem.spec):
         for i, (w, b) in enumerate(zip(m.weights, m.biases)):
             for t, what in ((w, "weight"), (b, "bias")):
                 if t is None:
@@ -93,7 +86,7 @@ def _fused_reason(problem: Problem) -> str | None:
     L = len(spec.dims)
     if L > _LIMITS["max_latent"] or sum(spec.dims) > _LIMITS["max_width"]:
         return f"{L} latent layers of {spec.dims} exceed the kernel's limits"
-    mlps = _spec_mlps(spec)
+    mlps = named_mlps(spec)
     if len(mlps) > _LIMITS["max_mlps"]:
         return f"{len(mlps)} MLPs; the kernel takes at most {_LIMITS['max_mlps']}"
     n_linear = 0
@@ -104,25 +97,9 @@ def _fused_reason(problem: Problem) -> str | None:
         widths = [m.in_dim] + [w.shape[0] for w in m.weights]
         if max(widths) > _LIMITS["max_width"]:
             return f"the {name} has a layer wider than {_LIMITS['max_width']}: {widths}"
-        if "softplus" in (m.activation, m.out_activation) and m.act_param == 0:
-            return f"the {name} uses Softplus with beta = 0"
-        if not math.isfinite(m.act_param):
-            return f"the {name}'s activation parameter is not finite"
     if n_linear > _LIMITS["max_linear_total"]:
         return f"{n_linear} Linear layers in all; the kernel takes at most {_LIMITS['max_linear_total']}"
-    for l, g in enumerate(spec.gaussians):
-        if not math.isfinite(g.sigma_floor):
-            return f"Gaussian {l + 1}'s sigma_floor is not finite"
-    if not math.isfinite(spec.energy_sign):
-        return "energy_sign is not finite"
-    return _chain_constants_reason(problem)
-
-
-_FLOAT32_MAX = 3.0e38  # what the bindings accept as a finite float32 (csrc/cuda_bindings.cpp finite_float)
-
-
-def _float32(v: float) -> float:
-    return struct.unpack("f", struct.pack("f", v))[0] if abs(v) <= _FLOAT32_MAX else math.inf
+    return scalars_reason(spec, mlps) or _chain_constants_reason(problem)
 
 
 def _step_reason(problem: Problem) -> str | None:
@@ -130,7 +107,7 @@ def _step_reason(problem: Problem) -> str | None:
     h, c, _ = _step_constants(problem)
     for name, values in (("s^2/2", h), ("s*tau", c)):
         for v in values:
-            if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+            if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
                 return f"{name} = {v:.3g} is beyond float32's range, in which the cuda kernels hold it"
     return None
 
@@ -139,10 +116,10 @@ def _chain_constants_reason(problem: Problem) -> str | None:
     """The whole-chain kernel also holds 2 (s tau)^2 (MALA) and q_l = sum of 1/sigma^2 (base_sigma,
     prior_sigma) in float32; where they do not fit, the chain runs as autograd + update instead."""
     _, _, den = _step_constants(problem)
-    if problem.mala and any(not 0.0 < _float32(v) <= _FLOAT32_MAX for v in den):
+    if problem.mala and any(not 0.0 < float32(v) <= FLOAT32_MAX for v in den):
         return "2 (s tau)^2 is 0 or beyond float32's range"
     sigmas = [s for s in tuple(problem.prior_sigma or ()) + tuple(problem.spec.base_sigma or ()) if math.isfinite(s)]
-    if any(not 1.0 / (s * s) <= _FLOAT32_MAX for s in sigmas):
+    if any(not 1.0 / (s * s) <= FLOAT32_MAX for s in sigmas):
         return "a 1 / sigma^2 (prior_sigma, base_sigma) is beyond float32's range"
     return None
 
