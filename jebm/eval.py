@@ -82,16 +82,21 @@ def posterior_latents(model: JEBM, x: torch.Tensor, *, infer=None, method: str =
     return [t.detach() for t in z]
 
 
+def _posterior_batches(model: JEBM, images, infer, method, seed, backend, batch_size):
+    """(x, posterior latents of x) for consecutive batches of ``images``, one noise stream."""
+    g = _gen(seed)
+    for sl in _batches(images.shape[0], batch_size):
+        x = images[sl]
+        yield x, posterior_latents(model, x, infer=infer, method=method, generator=g, backend=backend)
+
+
 def reconstruction_error(model: JEBM, images: torch.Tensor, *, infer=None, method: str = "auto", seed: int = 0,
                          backend: str = "auto", batch_size: int = 500) -> dict:
     """Mean squared error per pixel (on the [-1, 1] scale) and the mean reconstruction energy
     ||x - g(z_1)||^2 / (2 sigma_x^2) per image, at posterior samples."""
     images = _check_images(model, images)
-    g = _gen(seed)
     sq = []
-    for sl in _batches(images.shape[0], batch_size):
-        x = images[sl]
-        z = posterior_latents(model, x, infer=infer, method=method, generator=g, backend=backend)
+    for x, z in _posterior_batches(model, images, infer, method, seed, backend, batch_size):
         with torch.no_grad():
             sq.append((x - model.decode(z[0])).reshape(x.shape[0], -1).pow(2).sum(-1))
     sq = torch.cat(sq)
@@ -105,11 +110,8 @@ def outlier_scores(model: JEBM, images: torch.Tensor, *, infer=None, method: str
     """The negative log joint ||x - g(z_1)||^2/(2 sigma_x^2) + U(z) at a posterior sample, [N]
     (higher = less likely under the model = more anomalous)."""
     images = _check_images(model, images)
-    g = _gen(seed)
     out = []
-    for sl in _batches(images.shape[0], batch_size):
-        x = images[sl]
-        z = posterior_latents(model, x, infer=infer, method=method, generator=g, backend=backend)
+    for x, z in _posterior_batches(model, images, infer, method, seed, backend, batch_size):
         with torch.no_grad():
             out.append(model.neg_log_joint(x, z))
     return torch.cat(out)
