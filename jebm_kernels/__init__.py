@@ -6,7 +6,7 @@ descriptions in ``spec`` and ``PriorEnergy`` / ``PosteriorEnergy``, ``available_
 ``GraphSafeChain`` (a chain CUDA graphs can capture and replay with fresh noise) and ``ops``
 (the fused kernels as ``torch.ops.jebm.*`` custom ops, ``FusedPriorChain`` for torch.compile).
 """
-from .backends import available_backends
+from .backends import PRIORITY as _PRIORITY, available_backends
 from .energies import PosteriorEnergy, PriorEnergy
 from .philox import PhiloxGenerator, philox_rand, philox_randn
 from .sampler import langevin
@@ -20,6 +20,9 @@ __all__ = [
     "langevin", "LangevinSampler", "available_backends",
     "philox_randn", "philox_rand", "PhiloxGenerator",
     "MLPSpec", "GaussianSpec", "PriorSpec", "mlp_spec_from_sequential", "PriorEnergy", "PosteriorEnergy",
-    "GraphSafeChain", "FusedPriorChain", "ops",
+    "GraphSafeChain", "FusedPriorChain", "ops", "BACKENDS",
 ]
 __version__ = "0.1.0"
+
+# Every backend name ``langevin(backend=...)`` accepts besides "auto", fastest first.
+BACKENDS: tuple[str, ...] = tuple(_PRIORITY)

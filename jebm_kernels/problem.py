@@ -19,12 +19,20 @@ import torch
 from torch import nn
 
 from .energies import PosteriorEnergy, PriorEnergy
-from .philox import PhiloxGenerator
+from .philox import PhiloxGenerator, philox_rand, philox_randn
 from .spec import MLPSpec, PriorSpec, mlp_spec_from_sequential
 
-__all__ = ["Problem", "make_problem"]
+__all__ = ["Problem", "make_problem", "step_constants"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def step_constants(s, tau):
+    """The update's constants for step size(s) ``s`` and noise scale ``tau``: (h, c) with
+    h = s^2 / 2 (multiplies dU/dz) and c = s * tau (multiplies the normals). ``s`` may be a float
+    or a tensor (a differentiable step size, ``jebm.short_run``); this is the only place the
+    update's convention is written (DESIGN.md section 1)."""
+    return s * s / 2, s * tau
 
 
 @dataclass
@@ -56,6 +64,26 @@ class Problem:
     @property
     def stride(self) -> int:
         return self.batch * sum(self.dims) + (self.batch if self.mala else 0)
+
+    @property
+    def h(self) -> tuple[float, ...]:
+        """s_l^2 / 2 per layer (``step_constants``)."""
+        return tuple(step_constants(s, self.noise_scale)[0] for s in self.step_sizes)
+
+    @property
+    def c(self) -> tuple[float, ...]:
+        """s_l * tau per layer (``step_constants``)."""
+        return tuple(step_constants(s, self.noise_scale)[1] for s in self.step_sizes)
+
+    def step_noise(self, k: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Step k's per-layer Philox normals [B, d_l] and, with MALA, the chains' uniforms [B],
+        in this module's noise layout."""
+        B, dims = self.batch, self.dims
+        base = self.offset + k * self.stride
+        flat = philox_randn(self.seed, base, B * sum(dims), device=self.device).to(self.dtype)
+        noise = [c.reshape(B, d) for c, d in zip(flat.split([B * d for d in dims]), dims)]
+        uniform = philox_rand(self.seed, base + B * sum(dims), B, device=self.device) if self.mala else None
+        return noise, uniform
 
     @property
     def device(self) -> torch.device:

@@ -29,14 +29,7 @@ def energy_and_grad(problem: Problem, x: list[torch.Tensor]) -> tuple[torch.Tens
 
 def step_noise(problem: Problem, k: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Step k's per-layer normals [B, d_l] and, with MALA, the chains' uniforms [B]."""
-    B, dims = problem.batch, problem.dims
-    base = problem.offset + k * problem.stride
-    flat = philox_randn(problem.seed, base, B * sum(dims), device=problem.device).to(problem.dtype)
-    noise = [c.reshape(B, d) for c, d in zip(flat.split([B * d for d in dims]), dims)]
-    uniform = None
-    if problem.mala:
-        uniform = philox_rand(problem.seed, base + B * sum(dims), B, device=problem.device)
-    return noise, uniform
+    return problem.step_noise(k)
 
 
 def reference_proposal(problem: Problem, x, g, k):
