@@ -275,7 +275,7 @@ def validate_config(cfg: dict) -> dict:
         raise ValueError(f"scheme must be 'mle' or 'variational', got {cfg['scheme']!r}")
     if not isinstance(cfg["backend"], str):
         raise TypeError(f"backend must be a string, got {type(cfg['backend']).__name__}")
-    from jebm_kernels.backends import PRIORITY
+    from jebm_kernels import BACKENDS as PRIORITY
     if cfg["backend"] != "auto" and cfg["backend"] not in PRIORITY:
         raise ValueError(f"backend must be 'auto' or one of {PRIORITY}, got {cfg['backend']!r}")
     if not isinstance(cfg["device"], str):

@@ -4,7 +4,7 @@ The chain. Posterior Langevin in the model's sampling space v (z or eps, DESIGN.
 one step size s_l = exp(log_s_l) per latent layer (positive by construction), h_l = s_l^2 / 2:
     v_{k+1} = v_k - h * grad U(v_k | x) + s * tau * xi_k,      k = 0 .. K-1.
 xi_k are the Philox normals of the shared stream, laid out exactly as the reference backend lays
-them out (``jebm_kernels.reference.step_noise`` on the same ``Problem``): given the same generator
+them out (``Problem.step_noise`` on the same ``Problem``): given the same generator
 state and step sizes, ``short_run_chain`` reproduces ``jk.langevin(..., backend="reference")`` to
 rounding, and a run stays reproducible from its (seed, offset).
 
@@ -67,7 +67,7 @@ from torch import nn
 import jebm_kernels as jk
 from jebm_kernels.philox import philox_rand
 from jebm_kernels.problem import make_problem
-from jebm_kernels.reference import step_noise
+
 
 from .model import JEBM, randn_layers
 
@@ -196,7 +196,7 @@ def short_run_chain(energy, start: list[torch.Tensor], step_sizes: torch.Tensor,
             ld = log_abs_det_step(g, v, h_cols if differentiable else h_cols.detach(), estimator=estimator,
                                   probes=probes, n_terms=n_terms, keep_graph=differentiable)
             logdet = logdet + ld
-            noise, _ = step_noise(problem, k)
+            noise, _ = problem.step_noise(k)
             v = [vl - (s[l] * s[l] / 2) * gl + (s[l] * tau) * nl for l, (vl, gl, nl) in enumerate(zip(v, g, noise))]
             if not differentiable:
                 v = [t.detach().requires_grad_(True) for t in v]

@@ -2,11 +2,12 @@
 
 Public API: ``langevin`` (the sampler), ``LangevinSampler`` (torchebm-style class),
 ``philox_randn`` / ``philox_rand`` / ``PhiloxGenerator`` (the shared noise stream), the energy
-descriptions in ``spec`` and ``PriorEnergy`` / ``PosteriorEnergy``, ``available_backends``;
-``GraphSafeChain`` (a chain CUDA graphs can capture and replay with fresh noise) and ``ops``
-(the fused kernels as ``torch.ops.jebm.*`` custom ops, ``FusedPriorChain`` for torch.compile).
+descriptions in ``spec`` and ``PriorEnergy`` / ``PosteriorEnergy``, ``available_backends`` and
+``BACKENDS``; ``GraphSafeChain`` (a chain CUDA graphs can capture and replay with fresh noise) and
+``ops`` (the fused kernels as ``torch.ops.jebm.*`` custom ops, ``FusedPriorChain`` for
+torch.compile). ARCHITECTURE.md maps the modules behind them.
 """
-from .backends import PRIORITY as _PRIORITY, available_backends
+from .dispatch import PRIORITY as _PRIORITY, available_backends
 from .energies import PosteriorEnergy, PriorEnergy
 from .philox import PhiloxGenerator, philox_rand, philox_randn
 from .sampler import langevin
@@ -17,10 +18,10 @@ from .graph_chain import GraphSafeChain
 from .ops import FusedPriorChain
 
 __all__ = [
-    "langevin", "LangevinSampler", "available_backends",
+    "langevin", "LangevinSampler", "available_backends", "BACKENDS",
     "philox_randn", "philox_rand", "PhiloxGenerator",
     "MLPSpec", "GaussianSpec", "PriorSpec", "mlp_spec_from_sequential", "PriorEnergy", "PosteriorEnergy",
-    "GraphSafeChain", "FusedPriorChain", "ops", "BACKENDS",
+    "GraphSafeChain", "FusedPriorChain", "ops",
 ]
 __version__ = "0.1.0"
 

@@ -13,7 +13,8 @@ One step, with nothing read back on the host inside the loop:
   ``jebm::prior_chain`` op;
 - any other energy (a ``PosteriorEnergy`` with a conv decoder, any torch callable): autograd
   gives dU/dz (torch ops: capturable), ``jebm::multi_layer_update`` draws the noise and moves every
-  layer in one launch, and MALA's accept/reject is ``reference.run_chain``'s, on the device.
+  layer in one launch, and MALA's accept/reject is ``chain.run_chain``'s, on the device.
+The implementation behind each op is ``dispatch.select``'s choice, as for every other call.
 
 On CPU tensors the same object runs eagerly (the ops' CPU kernels, or with ``kernel="triton"``
 the Triton kernels under ``TRITON_INTERPRET=1``): that is how it is tested without a GPU.
@@ -22,9 +23,14 @@ from __future__ import annotations
 
 import torch
 
-from . import ops, triton_prior_chain
+from . import dispatch
+from .chain import autograd_energy_and_grad, run_chain
+from .device_tables import live_tables
+from .philox import philox_tensor
+from .prior_chain.encoding import encode_prior
+from .prior_chain.op import run_prior_chain_op
 from .problem import make_problem
-from .reference import run_chain
+from .update.op import run_update_op
 
 __all__ = ["GraphSafeChain"]
 
@@ -36,8 +42,9 @@ class GraphSafeChain:
 
     Args are ``langevin``'s (``energy``, ``z`` gives the shapes and the first start, ``n_steps``,
     ``step_size``, ``noise_scale``, ``prior_sigma``, ``generator``, ``mala``); float32 only.
-    ``kernel``: "auto" (the custom ops: C++ on CPU, Triton or csrc's CUDA kernel on a GPU) or
-    "triton" (the Triton kernels directly; CPU tensors need ``TRITON_INTERPRET=1``).
+    ``kernel``: "auto" (the custom ops, on ``dispatch``'s choice: C++ on CPU, csrc's CUDA kernel or
+    Triton on a GPU) or the name of a backend to use ("triton": the Triton kernels, which CPU
+    tensors run under ``TRITON_INTERPRET=1``; "cuda"; "cpu").
 
     ``chain(z)`` copies ``z`` into the input buffers, runs (or replays, after ``capture()``) the K
     steps and returns the final state in ``z``'s structure. After capture the returned tensors
@@ -48,8 +55,10 @@ class GraphSafeChain:
 
     def __init__(self, energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, prior_sigma=None,
                  generator=None, mala: bool = False, kernel: str = "auto"):
-        if kernel not in ("auto", "triton"):
-            raise ValueError(f"kernel must be 'auto' or 'triton', got {kernel!r}")
+        if kernel != "auto" and kernel not in dispatch.PRIORITY:
+            raise ValueError(f"kernel must be 'auto' or a backend name {list(dispatch.PRIORITY)}, got {kernel!r}")
+        if kernel != "auto" and dispatch.REGISTRY[kernel].unavailable_reason() is not None:
+            raise RuntimeError(f"kernel {kernel!r} is not available here: {dispatch.REGISTRY[kernel].unavailable_reason()}")
         problem, _ = make_problem(energy, z, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
                                   prior_sigma=prior_sigma, generator=generator, mala=mala, return_info=False)
         if problem.dtype != torch.float32:
@@ -59,10 +68,10 @@ class GraphSafeChain:
         self._inputs = [t.clone() for t in problem.z]  # the static input buffers
         problem.z = self._inputs
         self.seed, self.start_offset = problem.seed, problem.offset
-        self.philox = ops.philox_tensor(problem.seed, problem.offset, device=problem.device)
+        self.philox = philox_tensor(problem.seed, problem.offset, device=problem.device)
         self.chunk = problem.n_steps * problem.stride  # counters one chain uses
         self._fused = problem.spec is not None and problem.posterior is None
-        self._encoded = ops.encode_prior(problem.spec) if self._fused else None
+        self._encoded = encode_prior(problem.spec) if self._fused else None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_out: list[torch.Tensor] | None = None
         self._pinned: list[torch.Tensor] = []
@@ -77,17 +86,17 @@ class GraphSafeChain:
             structure, settings, params = self._encoded
             args = (p.z, params, structure, settings, self.philox, list(p.step_sizes), p.noise_scale,
                     list(p.prior_sigma or ()), p.n_steps, p.mala, False)
-            out, _ = (ops.prior_chain_triton(*args) if self.kernel == "triton"
-                      else torch.ops.jebm.prior_chain(*args))
+            out, _ = (torch.ops.jebm.prior_chain(*args) if self.kernel == "auto"
+                      else run_prior_chain_op(*args, backend=self.kernel))
         else:
-            out, _ = run_chain(p, self._propose)
+            out, _ = run_chain(p, autograd_energy_and_grad(p), self._propose)
         self.philox[1:].add_(self.chunk)
         return out
 
     def _propose(self, problem, x, g, k):
         args = (x, g, self.philox, k * problem.stride, list(problem.step_sizes), problem.noise_scale, problem.mala)
-        moved, noise, uniform = (ops.multi_layer_update_triton(*args) if self.kernel == "triton"
-                                 else torch.ops.jebm.multi_layer_update(*args))
+        moved, noise, uniform = (torch.ops.jebm.multi_layer_update(*args) if self.kernel == "auto"
+                                 else run_update_op(*args, backend=self.kernel))
         return moved, (noise if problem.mala else None), (uniform if problem.mala else None)
 
     def set_input(self, z) -> None:
@@ -133,7 +142,7 @@ class GraphSafeChain:
             self._static_out = self.step()
         self._graph = graph
         # the cached device tables the captured kernels read must outlive the graph
-        self._pinned = list(triton_prior_chain._TABLES.values())
+        self._pinned = live_tables()
         return self
 
     def state(self) -> tuple[int, int]:

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-__all__ = ["philox_randint4x", "philox_randn", "philox_rand", "PhiloxGenerator", "uint_to_uniform"]
+__all__ = ["philox_randint4x", "philox_randn", "philox_rand", "PhiloxGenerator", "uint_to_uniform", "philox_tensor"]
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
@@ -128,3 +128,14 @@ class PhiloxGenerator:
 
     def __repr__(self) -> str:
         return f"PhiloxGenerator(seed={self.seed}, offset={self.offset})"
+
+
+def philox_tensor(seed: int, offset: int = 0, device=None) -> torch.Tensor:
+    """The int64 tensor [seed, offset] the custom ops and ``GraphSafeChain`` read: the 64-bit seed's
+    bits as a signed int64 (kernels on a GPU read it there, so no host sync is needed)."""
+    if not isinstance(seed, int) or not 0 <= seed <= _MASK64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    if not isinstance(offset, int) or not 0 <= offset < 2**63:
+        raise ValueError(f"offset must be an int in [0, 2**63), got {offset!r}")
+    return torch.tensor([seed - (1 << 64) if seed >= 1 << 63 else seed, offset], dtype=torch.int64,
+                        device=device)

@@ -22,7 +22,7 @@ from .energies import PosteriorEnergy, PriorEnergy
 from .philox import PhiloxGenerator, philox_rand, philox_randn
 from .spec import MLPSpec, PriorSpec, mlp_spec_from_sequential
 
-__all__ = ["Problem", "make_problem", "step_constants"]
+__all__ = ["Problem", "make_problem", "make_op_problem", "step_constants", "STATS_COLUMNS", "info_from_stats"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -33,6 +33,13 @@ def step_constants(s, tau):
     or a tensor (a differentiable step size, ``jebm.short_run``); this is the only place the
     update's convention is written (DESIGN.md section 1)."""
     return s * s / 2, s * tau
+
+
+# The per-step statistics every backend returns: a float64 tensor [K, 3] (float32 and float64
+# values are exact in it) on the state's device, row k at
+# the state step k starts from: the chain mean of U, the chain mean of |grad U| (over all layers)
+# and, with MALA, the fraction of chains that accepted step k's proposal (0 without MALA).
+STATS_COLUMNS = ("energy", "grad_norm", "accept")
 
 
 @dataclass
@@ -52,6 +59,10 @@ class Problem:
     spec: PriorSpec | None = None       # set when the energy is a fusable prior
     posterior: PosteriorEnergy | None = None
     squeeze_output: bool = False        # an nn.Sequential energy returns [B, 1]
+    # The custom ops' noise position: an int64 tensor [seed, base offset]. When it is set,
+    # ``offset`` counts from its base and ``seed`` is unused; kernels on the state's device read it
+    # there (graph-safe), a CPU one is read on the host (``noise_position``).
+    philox: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -63,7 +74,13 @@ class Problem:
 
     @property
     def stride(self) -> int:
+        """Philox counters one step uses: B * D normals, + B uniforms with MALA."""
         return self.batch * sum(self.dims) + (self.batch if self.mala else 0)
+
+    @property
+    def is_prior(self) -> bool:
+        """A fusable prior (PriorEnergy or an MLP nn.Sequential), no observations."""
+        return self.spec is not None and self.posterior is None
 
     @property
     def h(self) -> tuple[float, ...]:
@@ -75,15 +92,59 @@ class Problem:
         """s_l * tau per layer (``step_constants``)."""
         return tuple(step_constants(s, self.noise_scale)[1] for s in self.step_sizes)
 
+    @property
+    def mala_denominators(self) -> tuple[float, ...]:
+        """2 (s_l tau)^2 per layer: MALA's log q(z | z') = -|z - z' + h g'|^2 / (2 (s tau)^2)."""
+        return tuple(2 * (s * self.noise_scale) ** 2 for s in self.step_sizes)
+
+    def quadratic_coefficients(self) -> list[float]:
+        """q_l: every pure quadratic term of the prior's U (top N(0, I), base_sigma, eps's |eps|^2/2,
+        prior_sigma) folded into q_l |x_l|^2 / 2, for kernels that add them in one place."""
+        spec, L = self.spec, len(self.dims)
+        if spec.space == "eps":
+            q = [1.0] * L
+        elif spec.base_sigma is None:
+            q = [0.0] * (L - 1) + [1.0]
+        else:
+            q = [0.0 if s == math.inf else 1.0 / (s * s) for s in spec.base_sigma]
+        if self.prior_sigma is not None:
+            q = [ql + 1.0 / (s * s) for ql, s in zip(q, self.prior_sigma)]
+        return q
+
+    def host_stream(self) -> tuple[int, int]:
+        """(seed, absolute offset) of the call's noise, read on the host (a ``philox`` tensor on
+        the CPU is read; one on a GPU cannot be without a sync, and kernels read it there)."""
+        if self.philox is None:
+            return self.seed, self.offset
+        if self.philox.device.type != "cpu":
+            raise RuntimeError("this call's noise position lives on the GPU (graph-safe); only a kernel reads it")
+        seed, base = read_philox(self.philox)
+        return seed, base + self.offset
+
+    def noise_position(self, k: int = 0, *, by_pointer: bool = False):
+        """(seed, offset of step k, philox tensor or None) as a kernel takes them: with
+        ``by_pointer`` and a ``philox`` tensor on the state's device, the kernel reads seed and base
+        offset from that tensor and adds the offset given (graph-safe); otherwise host values."""
+        if by_pointer and self.philox is not None and self.philox.device == self.device:
+            return 0, self.offset + k * self.stride, self.philox
+        seed, offset = self.host_stream()
+        return seed, offset + k * self.stride, None
+
     def step_noise(self, k: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Step k's per-layer Philox normals [B, d_l] and, with MALA, the chains' uniforms [B],
-        in this module's noise layout."""
+        in this module's noise layout (the torch specification of the stream)."""
         B, dims = self.batch, self.dims
-        base = self.offset + k * self.stride
-        flat = philox_randn(self.seed, base, B * sum(dims), device=self.device).to(self.dtype)
+        seed, base, _ = self.noise_position(k)
+        flat = philox_randn(seed, base, B * sum(dims), device=self.device).to(self.dtype)
         noise = [c.reshape(B, d) for c, d in zip(flat.split([B * d for d in dims]), dims)]
-        uniform = philox_rand(self.seed, base + B * sum(dims), B, device=self.device) if self.mala else None
+        uniform = philox_rand(seed, base + B * sum(dims), B, device=self.device) if self.mala else None
         return noise, uniform
+
+    def new_stats(self) -> torch.Tensor | None:
+        """The [K, 3] statistics tensor (``STATS_COLUMNS``) a backend fills, or None without info."""
+        if not self.want_info:
+            return None
+        return torch.zeros(self.n_steps, len(STATS_COLUMNS), dtype=torch.float64, device=self.device)
 
     @property
     def device(self) -> torch.device:
@@ -239,3 +300,65 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
                       want_info=bool(return_info), spec=spec, posterior=posterior, squeeze_output=squeeze)
     problem.offset = stream.take(n_steps * problem.stride)
     return problem, stream
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def read_philox(philox: torch.Tensor) -> tuple[int, int]:
+    """(seed, offset) of a CPU int64 [seed, offset] tensor (the seed's 64 bits stored signed)."""
+    seed, offset = philox.tolist()  # a CPU tensor: no device sync
+    return seed & _MASK64, offset
+
+
+def check_philox(philox, device) -> None:
+    if not torch.is_tensor(philox) or philox.dtype != torch.int64 or tuple(philox.shape) != (2,):
+        raise ValueError("philox must be an int64 tensor of shape (2,): [seed, offset] (see philox_tensor)")
+    if philox.device.type != "cpu" and philox.device != device:
+        raise ValueError(f"philox is on {philox.device} but the state is on {device}: put it on the "
+                         "state's device (graph-safe) or on the CPU")
+
+
+def check_op_layers(z) -> None:
+    if not isinstance(z, (list, tuple)) or not z or not all(torch.is_tensor(t) for t in z):
+        raise ValueError("z must be a non-empty list of [B, d_l] tensors, one per latent layer")
+
+
+def make_op_problem(spec: PriorSpec | None, z, philox: torch.Tensor, step_sizes, noise_scale, prior_sigma,
+                    n_steps, mala, want_info, *, step_offset: int = 0) -> Problem:
+    """The Problem of a custom-op call (``jebm::prior_chain`` with its spec, ``jebm::multi_layer_update``
+    with ``spec=None``): the ops' arguments checked as ``langevin`` checks its own.
+
+    ``philox`` is the int64 [seed, offset] tensor, kept as ``Problem.philox``; ``step_offset``
+    counts from its offset (``Problem.noise_position``)."""
+    check_op_layers(z)
+    check_philox(philox, z[0].device)
+    if len(step_sizes) != len(z):
+        raise ValueError(f"step_sizes needs one value per layer: {len(z)} layers, {len(step_sizes)} values")
+    if prior_sigma and len(prior_sigma) != len(z):
+        raise ValueError(f"prior_sigma needs one value per layer (or none): {len(z)} layers, {len(prior_sigma)}")
+    for v in list(step_sizes) + list(prior_sigma or ()):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"step sizes and prior_sigma must be finite and > 0, got {v}")
+    if not (math.isfinite(noise_scale) and noise_scale >= 0) or (mala and noise_scale == 0):
+        raise ValueError(f"noise_scale must be finite and >= 0 (> 0 with MALA), got {noise_scale}")
+    if n_steps < 0:
+        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    if any(t.dim() != 2 or t.shape[0] != z[0].shape[0] for t in z):
+        raise ValueError("z must be one [B, d_l] tensor per layer, all with batch B")
+    if spec is not None and tuple(t.shape[1] for t in z) != tuple(spec.dims):
+        raise ValueError(f"z has layer dims {tuple(t.shape[1] for t in z)} but the prior has {tuple(spec.dims)}")
+    return Problem(energy=None, z=[t.contiguous() for t in z], shapes=[t.shape for t in z], is_list=True,
+                   n_steps=int(n_steps), step_sizes=tuple(float(s) for s in step_sizes),
+                   noise_scale=float(noise_scale), prior_sigma=tuple(prior_sigma) if prior_sigma else None,
+                   mala=bool(mala), seed=0, offset=int(step_offset), want_info=bool(want_info), spec=spec,
+                   philox=philox)
+
+
+def info_from_stats(problem: Problem, stats: torch.Tensor | None) -> dict:
+    """The per-step lists ``langevin``'s info holds, from a [K, 3] statistics tensor."""
+    if stats is None or stats.shape[0] == 0:
+        return {"energy": [], "grad_norm": [], "accept": []}
+    rows = stats.tolist()  # one host read for the whole chain
+    return {"energy": [r[0] for r in rows], "grad_norm": [r[1] for r in rows],
+            "accept": [r[2] for r in rows] if problem.mala else []}

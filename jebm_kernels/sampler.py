@@ -9,10 +9,8 @@ tau < 1 gives the "cold" chains the papers use for short-run training; tau = 1 i
 """
 from __future__ import annotations
 
-import torch
-
-from .backends import select_backend
-from .problem import make_problem
+from .dispatch import select
+from .problem import info_from_stats, make_problem
 
 __all__ = ["langevin"]
 
@@ -35,7 +33,8 @@ def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, pr
         generator: where the Philox (seed, offset) comes from: None (torch's default CPU
             generator draws a seed), a ``torch.Generator`` (likewise), a ``PhiloxGenerator``
             (its stream continues and its offset advances), or a ``(seed, offset)`` to replay.
-        backend: "auto", "reference", "cpu", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda" (``dispatch.py`` says how "auto"
+            chooses).
         mala: add a per-chain Metropolis-Hastings accept/reject step.
         return_info: also return a dict: ``energy`` and ``grad_norm`` (per-step chain means, at the
             state each step starts from), ``accept`` (per-step acceptance rate, MALA),
@@ -48,12 +47,12 @@ def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, pr
     problem, _ = make_problem(energy, z, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
                               prior_sigma=prior_sigma, generator=generator, mala=mala,
                               return_info=return_info)
-    chosen = select_backend(backend, problem)
+    chosen = select(backend, problem)
     flat, stats = chosen.run(problem)
     out = problem.restructure(flat)
     if not return_info:
         return out
-    info = {name: (torch.stack(v).tolist() if v else []) for name, v in stats.items()}
+    info = info_from_stats(problem, stats)
     info["accept_rate"] = (sum(info["accept"]) / len(info["accept"])) if info["accept"] else None
     info.update(seed=problem.seed, offset=problem.offset, n_steps=problem.n_steps, backend=chosen.name)
     return out, info

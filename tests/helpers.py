@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from jebm_kernels.reference import energy_and_grad, reference_proposal
+from jebm_kernels.chain import autograd_energy_and_grad
+from jebm_kernels.update import reference as update_reference
 from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec
 
 ACT_PARAM = {"leaky_relu": 0.2, "softplus": 1.5}
@@ -53,14 +54,15 @@ def start(B, dims, seed=1):
 
 
 def reference_mala_trace(problem):
-    """reference.run_chain's MALA loop, recording each chain's decision and |log_alpha - log u|."""
+    """chain.run_chain's MALA loop, recording each chain's decision and |log_alpha - log u|."""
     s, tau = problem.step_sizes, problem.noise_scale
+    energy_and_grad = autograd_energy_and_grad(problem)
     x = [t.clone() for t in problem.z]
-    u, g = energy_and_grad(problem, x)
+    u, g = energy_and_grad(x)
     decisions, margins = [], []
     for k in range(problem.n_steps):
-        prop, noise, uniform = reference_proposal(problem, x, g, k)
-        u_p, g_p = energy_and_grad(problem, prop)
+        prop, noise, uniform = update_reference.propose(problem, x, g, k)
+        u_p, g_p = energy_and_grad(prop)
         log_q_fwd = -0.5 * sum(nl.pow(2).sum(-1) for nl in noise)
         log_q_bwd = -sum((xl - pl + (sl * sl / 2) * gpl).pow(2).sum(-1) / (2 * (sl * tau) ** 2)
                          for xl, pl, gpl, sl in zip(x, prop, g_p, s))

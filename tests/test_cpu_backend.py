@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 import jebm_kernels as jk
-from jebm_kernels import cpu as jcpu
+from jebm_kernels import extension
+from jebm_kernels.prior_chain import cpu as prior_chain_cpu
 from jebm_kernels.problem import make_problem
 from jebm_kernels.spec import ACTIVATIONS, GaussianSpec, MLPSpec, PriorSpec
 
@@ -35,8 +36,8 @@ import helpers
 from helpers import (TinyConvDecoder, assert_close_where, check_info, make_mlp, make_prior, reference_mala_trace,
                      start)
 
-pytestmark = pytest.mark.skipif(jcpu.extension_error() is not None,
-                                reason=f"the C++ extension is not built: {jcpu.extension_error()}")
+pytestmark = pytest.mark.skipif(extension.cpu_error() is not None,
+                                reason=f"the C++ extension is not built: {extension.cpu_error()}")
 
 ATOL = RTOL = 2e-5
 MARGIN = 1e-3
@@ -59,7 +60,7 @@ def check_close(out, ref, what):
 
 def test_available_and_auto():
     assert "cpu" in jk.available_backends()
-    assert jcpu.isa() in ("avx512", "avx2", "generic")
+    assert extension.isa() in ("avx512", "avx2", "generic")
     net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     _, info = jk.langevin(net, torch.randn(4, 3), n_steps=2, step_size=0.1, prior_sigma=1.0, return_info=True)
     assert info["backend"] == "cpu"
@@ -192,7 +193,7 @@ def test_mala_decisions_match_except_at_the_threshold(dims, B, space, step):
         assert torch.equal(a, b)
     problem, _ = make_problem(energy, z, generator=(99, 0), **kw)
     record = torch.zeros(K, B, dtype=torch.uint8)
-    out, _ = jcpu.run_fused(problem, accept_record=record)
+    out, _ = prior_chain_cpu.run(problem, accept_record=record)
     cpu_dec = record.bool()
     rate = float(ref_dec.float().mean())
     assert 0.3 < rate < 0.9, f"accept rate {rate}: choose a step size that makes decisions matter"

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 import jebm_kernels as jk
-from jebm_kernels import cpu as jcpu
+from jebm_kernels import extension
 
 from helpers import assert_close_where
 
-needs_ext = pytest.mark.skipif(jcpu.extension_error() is not None,
-                               reason=f"the C++ extension is not built: {jcpu.extension_error()}")
+needs_ext = pytest.mark.skipif(extension.cpu_error() is not None,
+                               reason=f"the C++ extension is not built: {extension.cpu_error()}")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -220,7 +220,7 @@ def _child_main():
 
 
 GARBAGE_NAMES = []
-if jcpu.extension_error() is None:
+if extension.cpu_error() is None:
     GARBAGE_NAMES = list(_garbage_cases()[0])
 
 

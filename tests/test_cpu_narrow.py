@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import jebm_kernels as jk
-from jebm_kernels import cpu as jcpu
+from jebm_kernels import extension
 
 from helpers import make_prior, start
 
-pytestmark = pytest.mark.skipif(jcpu.extension_error() is not None,
-                                reason=f"the C++ extension is not built: {jcpu.extension_error()}")
+pytestmark = pytest.mark.skipif(extension.cpu_error() is not None,
+                                reason=f"the C++ extension is not built: {extension.cpu_error()}")
 
 
 def _isas():

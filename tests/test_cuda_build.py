@@ -51,10 +51,16 @@ import torch
 from torch import nn
 
 import jebm_kernels as jk
-from jebm_kernels import cuda as jcuda
+import functools
+
+from jebm_kernels import extension
+from jebm_kernels.chain import autograd_energy_and_grad, run_chain
+from jebm_kernels.prior_chain import cuda as prior_chain_cuda
+from jebm_kernels.problem import info_from_stats
+from jebm_kernels.update import cuda as update_cuda
 from jebm_kernels.philox import philox_rand, philox_randint4x, philox_randn
 from jebm_kernels.problem import make_problem
-from jebm_kernels.reference import reference_proposal
+from jebm_kernels.update.reference import propose as reference_proposal
 from jebm_kernels.spec import ACTIVATIONS, GaussianSpec, PriorSpec, activation
 
 import helpers
@@ -69,7 +75,7 @@ ARCHS = ("80", "90")
 ATOL = RTOL = 2e-5
 MARGIN = 1e-3
 ACT_PARAM = {"leaky_relu": 0.2, "softplus": 1.5}
-GPU = torch.cuda.is_available() and jcuda.extension_error() is None
+GPU = torch.cuda.is_available() and extension.cuda_error() is None
 
 
 def find_nvcc():
@@ -258,8 +264,8 @@ def test_the_installed_build_has_the_cuda_extension_where_nvcc_is():
         pytest.skip("nvcc not found: setup.py builds no CUDA extension here")
     if os.environ.get("JEBM_CUDA") == "0":
         pytest.skip("JEBM_CUDA=0")
-    assert jcuda.extension_error() is None, (
-        f"nvcc is at {NVCC} but jebm_kernels._cuda is missing ({jcuda.extension_error()}): "
+    assert extension.cuda_error() is None, (
+        f"nvcc is at {NVCC} but jebm_kernels._cuda is missing ({extension.cuda_error()}): "
         "run `pip install -e .` and read its warnings")
 
 
@@ -272,7 +278,7 @@ def test_backend_unavailable_without_a_gpu_says_why():
         jk.langevin(lambda z: (z ** 2).sum(-1), torch.randn(3, 2), n_steps=1, step_size=0.1, backend="cuda")
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or jcuda.extension_error() is not None,
+@pytest.mark.skipif(torch.cuda.is_available() or extension.cuda_error() is not None,
                     reason="needs the built extension and no GPU")
 def test_real_module_without_a_gpu_raises_runtime_error():
     from jebm_kernels import _cuda
@@ -388,11 +394,11 @@ def run_emulated(emu, energy, z, *, hybrid=False, accept_record=None, **kw):
     ref, ref_info = jk.langevin(energy, z, backend="reference", return_info=True, **kw)
     problem, _ = make_problem(energy, z, return_info=True, **kw)
     if hybrid:
-        out, stats = jcuda.run_hybrid(problem, ext=emu)
+        out, stats = run_chain(problem, autograd_energy_and_grad(problem), functools.partial(update_cuda.propose, ext=emu))
     else:
-        assert jcuda._fused_reason(problem) is None, jcuda._fused_reason(problem)
-        out, stats = jcuda.run_fused(problem, accept_record=accept_record, ext=emu)
-    info = {k: torch.stack(v).tolist() if v else [] for k, v in stats.items()}
+        assert prior_chain_cuda.kernel_reason(problem) is None, prior_chain_cuda.kernel_reason(problem)
+        out, stats = prior_chain_cuda.run(problem, accept_record=accept_record, ext=emu)
+    info = info_from_stats(problem, stats)
     return ref, ref_info, problem.restructure(out), info
 
 
@@ -461,7 +467,8 @@ def test_emulated_prior_chain_reads_seed_and_offset_from_memory(emu, monkeypatch
     ref = jk.langevin(jk.PriorEnergy(spec), z, generator=(seed, offset), backend="reference", **kw)
     problem, _ = make_problem(jk.PriorEnergy(spec), z, generator=(12345, 100), **kw)  # another seed
     philox = torch.tensor([seed - 2**64, offset - 100], dtype=torch.int64)
-    out, _ = jcuda.run_fused(problem, philox=philox, ext=emu)
+    problem.philox = philox
+    out, _ = prior_chain_cuda.run(problem, ext=emu)
     check_close(out, ref, "eps-space (3, 1), B=1, MALA, seed and offset from memory")
 
 
@@ -476,7 +483,7 @@ def test_emulated_mala_decisions_match_except_at_the_threshold(emu, monkeypatch)
     ref_x, ref_dec, ref_margin = reference_mala_trace(problem)
     record = torch.zeros(K, B, dtype=torch.uint8)
     problem, _ = make_problem(energy, z, generator=(99, 0), **kw)
-    out, stats = jcuda.run_fused(problem, accept_record=record, ext=emu)
+    out, stats = prior_chain_cuda.run(problem, accept_record=record, ext=emu)
     rate = float(ref_dec.float().mean())
     assert 0.2 < rate < 0.95, f"accept rate {rate}: choose a step size that makes decisions matter"
     dec = record.bool()
@@ -489,7 +496,7 @@ def test_emulated_mala_decisions_match_except_at_the_threshold(emu, monkeypatch)
     assert int(diverged.sum()) <= 1
     for l, (a, b) in enumerate(zip(out, ref_x)):
         assert_close_where(a[~diverged], b[~diverged], atol=ATOL, rtol=RTOL, what=f"MALA layer {l + 1}")
-    acc = torch.stack(stats["accept"])
+    acc = stats[:, 2].float()
     assert torch.allclose(acc, dec.float().mean(1)), "per-step accept rates are the recorded decisions' means"
     print(f"emulated MALA: accept rate {rate:.2f}, threshold flips {int(diverged.sum())}")
 
@@ -543,7 +550,7 @@ def test_emulated_hybrid_chain_for_any_energy_with_mala(emu):
 # ------------------------------------------------------------------------------- on a GPU
 
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and the built jebm_kernels._cuda "
-                               f"(GPU: {torch.cuda.is_available()}, extension: {jcuda.extension_error() or 'built'})")
+                               f"(GPU: {torch.cuda.is_available()}, extension: {extension.cuda_error() or 'built'})")
 
 
 def to_cuda(spec: PriorSpec) -> PriorSpec:
@@ -621,7 +628,7 @@ def test_gpu_mala_decisions_match_except_at_the_threshold(dims, B, space):
     problem, _ = make_problem(energy, z, generator=(99, 0), **kw)
     record = torch.zeros(K, B, dtype=torch.uint8, device="cuda")
     with torch.cuda.device(problem.device):
-        out, _ = jcuda.run_fused(problem, accept_record=record)
+        out, _ = prior_chain_cuda.run(problem, accept_record=record)
     dec = record.bool()
     diverged = torch.zeros(B, dtype=torch.bool, device="cuda")
     for k in range(K):

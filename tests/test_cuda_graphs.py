@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import jebm_kernels as jk
-from jebm_kernels import cpu as jcpu
+from jebm_kernels import extension
 
 import helpers
 from helpers import TinyConvDecoder, make_prior, start
@@ -27,7 +27,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph
 needs_triton = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
     reason="needs a GPU or TRITON_INTERPRET=1")
-needs_cpp = pytest.mark.skipif(jcpu.extension_error() is not None, reason="the C++ extension is not built")
+needs_cpp = pytest.mark.skipif(extension.cpu_error() is not None, reason="the C++ extension is not built")
 
 
 def conv_posterior(space, device="cpu", B=7, seed=4):
@@ -104,7 +104,10 @@ def test_bad_use_is_refused_clearly():
     with pytest.raises(TypeError, match="float32"):
         jk.GraphSafeChain(lambda z: (z[0] ** 2).sum(-1), [t.double() for t in z0], n_steps=2, step_size=0.1)
     with pytest.raises(ValueError, match="kernel must be"):
-        jk.GraphSafeChain(energy, z0, n_steps=2, step_size=0.1, kernel="cuda")
+        jk.GraphSafeChain(energy, z0, n_steps=2, step_size=0.1, kernel="fused")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="kernel 'cuda' is not available here"):
+            jk.GraphSafeChain(energy, z0, n_steps=2, step_size=0.1, kernel="cuda")
 
 
 # --------------------------------------------------------------------------- GPU: capture, replay
@@ -170,7 +173,7 @@ os.environ.pop("TRITON_INTERPRET", None)   # compile the real kernel, not the in
 from triton import compile
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from jebm_kernels.triton_update import _multi_layer_update_kernel as k
+from jebm_kernels.update.triton import _multi_layer_update_kernel as k
 sig = dict.fromkeys(k.arg_names, "constexpr")
 sig.update({n: "*fp32" for n in ("x_ptr", "g_ptr", "out_ptr", "noise_ptr", "uniform_ptr", "h_ptr", "c_ptr")})
 sig.update(start_ptr="*i64", size_ptr="*i64", philox_ptr="*i64", n_layers="i32", n_uniform="i32",

@@ -14,15 +14,15 @@ import torch
 from torch import nn
 
 import jebm_kernels as jk
-from jebm_kernels import cpu as jcpu
+from jebm_kernels import extension
 from jebm_kernels import ops
 
 import helpers
 from helpers import make_prior, start
 
 pytestmark = [
-    pytest.mark.skipif(jcpu.extension_error() is not None,
-                       reason=f"the C++ extension is not built: {jcpu.extension_error()}"),
+    pytest.mark.skipif(extension.cpu_error() is not None,
+                       reason=f"the C++ extension is not built: {extension.cpu_error()}"),
     # torch.compile imports torch.jit internals that warn about their own deprecation
     pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
 ]
@@ -215,13 +215,13 @@ def test_triton_implementations_equal_the_reference():
     pytest.importorskip("triton")
     spec = make_prior((3, 1), hidden=(9,), space="z", joint=True, seed=9)
     z = start(5, spec.dims)
-    out, stats = ops.prior_chain_triton(*op_args(spec, z, n_steps=3, step_sizes=[0.3, 0.2]))
+    out, stats = ops.run_prior_chain_op(*op_args(spec, z, n_steps=3, step_sizes=[0.3, 0.2]), backend="triton")
     ref, info = reference(jk.PriorEnergy(spec), z, n_steps=3, step_size=[0.3, 0.2])
     helpers.check_close(out, ref, "prior_chain, Triton implementation", atol=ATOL, rtol=RTOL, who="triton")
     assert stats[:, 0].tolist() == pytest.approx(info["energy"], rel=1e-4, abs=1e-3)
     x, g = start(5, (3, 17)), start(5, (3, 17), seed=10)
     philox = ops.philox_tensor(SEED, OFFSET)
-    tri = ops.multi_layer_update_triton(x, g, philox, 77, [0.3, 0.2], 0.9, True)
+    tri = ops.run_update_op(x, g, philox, 77, [0.3, 0.2], 0.9, True, backend="triton")
     cpu = torch.ops.jebm.multi_layer_update(x, g, philox, 77, [0.3, 0.2], 0.9, True)
     for a, b in zip(tri[0] + tri[1] + [tri[2]], cpu[0] + cpu[1] + [cpu[2]]):
         helpers.assert_close_where(a, b, atol=2e-6, rtol=1e-6, what="Triton vs C++ update")

@@ -102,15 +102,18 @@ def test_eps_space_three_layers_seventeen_chains():
 def test_eps_space_one_chain_and_the_graph_safe_seed_pointer():
     """B = 1 in eps-space, run by the kernel reading (seed, offset) from a tensor (the CUDA-graph
     variant): the same numbers as the reference at that (seed, offset)."""
-    from jebm_kernels.triton_prior_chain import prior_chain
+    from jebm_kernels.prior_chain import triton as prior_chain_triton
+    from jebm_kernels.problem import make_problem
     spec = mixed_prior((3, 1), "eps", ["gelu_tanh", "silu", "tanh"], seed=3)
     z = [t.to(DEVICE) for t in start(1, spec.dims)]
     seed, offset = 2**64 - 2, 2**33 + 5
     ref = jk.langevin(jk.PriorEnergy(spec), z, n_steps=4, step_size=0.3, generator=(seed, offset),
                       backend="reference")
     philox = torch.tensor([seed - 2**64, offset - 100], dtype=torch.int64, device=DEVICE)
-    out, _ = prior_chain(spec, z, n_steps=4, step_sizes=(0.3, 0.3), noise_scale=1.0, seed=0,
-                         offset=100, philox=philox)
+    problem, _ = make_problem(jk.PriorEnergy(spec), z, n_steps=4, step_size=0.3, noise_scale=1.0, prior_sigma=None,
+                              generator=(12345, 100), mala=False, return_info=False)  # another seed
+    problem.philox = philox  # the kernel reads seed and base from it; the problem's offset (100) is added
+    out, _ = prior_chain_triton.run(problem)
     check_close(out, ref, "eps-space (3, 1), B=1, seed from a tensor")
 
 

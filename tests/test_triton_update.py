@@ -15,14 +15,17 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def test_kernel_matches_the_formula_with_clamp_and_noise_out():
-    from jebm_kernels.triton_update import multi_layer_update
+    from jebm_kernels.update.triton import launch
     B, dims, s, tau = 7, [1, 3, 17], [0.3, 0.2, 0.05], 0.8
     sizes = [B * d for d in dims]
     x = torch.randn(sum(sizes), device=DEVICE)
     g = torch.randn_like(x)
     seed, offset = 2**33 + 1, 2**32 - 5  # the counter's low word wraps inside the call
-    out, noise, uniform = multi_layer_update(x, g, sizes, s, tau, seed, offset, n_uniform=B,
-                                             write_noise=True, clamp=(-1.5, 1.5), block=32)
+    tables = dict(starts=torch.tensor([0, sizes[0], sizes[0] + sizes[1]], device=DEVICE),
+                  size_t=torch.tensor(sizes, device=DEVICE), h=torch.tensor([v * v / 2 for v in s], device=DEVICE),
+                  c=torch.tensor([v * tau for v in s], device=DEVICE))
+    out, noise, uniform = launch(x, g, sizes, seed, offset, n_uniform=B, write_noise=True, clamp=(-1.5, 1.5),
+                                 block=32, **tables)
     xi = jk.philox_randn(seed, offset, sum(sizes), device=DEVICE)
     assert_close_where(noise, xi, atol=2e-6, what="normals")
     assert torch.equal(uniform, jk.philox_rand(seed, offset + sum(sizes), B, device=DEVICE))

@@ -17,7 +17,12 @@ captured the launch draws fresh noise on every replay once the tensor is advance
 """
 from __future__ import annotations
 
+import os
+
 import torch
+
+from ..device_tables import device_table
+from ..problem import Problem
 
 try:
     import triton
@@ -25,7 +30,7 @@ try:
 except ImportError:  # triton is optional: the backend reports itself unavailable
     triton = None
 
-__all__ = ["multi_layer_update", "layer_tables"]
+__all__ = ["reason", "propose", "launch", "available", "interpreting"]
 
 if triton is not None:
 
@@ -76,23 +81,60 @@ if triton is not None:
             tl.store(uniform_ptr + i, tl.rand(seed, offset + uniform_base + i), mask=mask)
 
 
-def multi_layer_update(x: torch.Tensor, g: torch.Tensor, sizes: list[int], step_sizes: list[float],
-                       noise_scale: float, seed: int, offset: int, *, n_uniform: int = 0,
-                       write_noise: bool = False, clamp: tuple[float, float] | None = None,
-                       out: torch.Tensor | None = None, block: int = 1024,
-                       philox: torch.Tensor | None = None, h: torch.Tensor | None = None,
-                       c: torch.Tensor | None = None, starts: torch.Tensor | None = None,
-                       size_t: torch.Tensor | None = None):
+def available() -> str | None:
+    """Why Triton cannot run here, or None."""
+    if triton is None:
+        return "triton is not installed (pip install triton)"
+    if not torch.cuda.is_available() and not interpreting():
+        return "no CUDA device (TRITON_INTERPRET=1 runs Triton on the CPU, slowly, for tests)"
+    return None
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def reason(problem: Problem) -> str | None:
+    why = available()
+    if why is not None:
+        return why
+    if problem.dtype != torch.float32:
+        return f"Triton kernels work in float32, got {problem.dtype}"
+    if problem.device.type == "cuda" or (problem.device.type == "cpu" and interpreting()):
+        return None
+    return f"tensors on {problem.device} (Triton needs CUDA, or CPU with TRITON_INTERPRET=1)"
+
+
+def propose(problem: Problem, x: list[torch.Tensor], g: list[torch.Tensor], k: int):
+    """Step k's move of every layer in one launch: (moved, normals or None, uniforms or None)."""
+    B, dims, device = problem.batch, problem.dims, problem.device
+    sizes = [B * d for d in dims]
+    # cached device tables: no host-to-device copy per step (a sync, and not capturable)
+    tables = dict(starts=device_table([sum(sizes[:l]) for l in range(len(sizes))], torch.int64, device),
+                  size_t=device_table(sizes, torch.int64, device),
+                  h=device_table(problem.h, torch.float32, device), c=device_table(problem.c, torch.float32, device))
+    seed, offset, philox = problem.noise_position(k, by_pointer=True)
+    flat_x = torch.cat([t.reshape(-1) for t in x])
+    flat_g = torch.cat([t.reshape(-1) for t in g])
+    moved, noise, uniform = launch(flat_x, flat_g, sizes, seed, offset, n_uniform=B if problem.mala else 0,
+                                   write_noise=problem.mala, philox=philox, **tables)
+    split = lambda t: [c.view(B, d) for c, d in zip(t.split(sizes), dims)]
+    return split(moved), (split(noise) if noise is not None else None), uniform
+
+
+def launch(x: torch.Tensor, g: torch.Tensor, sizes: list[int], seed: int, offset: int, *, h: torch.Tensor,
+           c: torch.Tensor, starts: torch.Tensor, size_t: torch.Tensor, n_uniform: int = 0,
+           write_noise: bool = False, clamp: tuple[float, float] | None = None, out: torch.Tensor | None = None,
+           block: int = 1024, philox: torch.Tensor | None = None):
     """Move every layer of the flat state ``x`` [N] one Langevin step in one launch.
 
     Returns (moved state, normals or None, uniforms or None). ``sizes`` are the per-layer element
-    counts (B * d_l), in order; ``x`` and ``g`` are contiguous float32 on one device.
+    counts (B * d_l), in order; ``x`` and ``g`` are contiguous float32 on one device; ``h``, ``c``
+    (float32 [L]) and ``starts``, ``size_t`` (int64 [L]) are the per-layer tables on that device.
 
     With ``philox`` (int64 [2] on x's device: seed as a signed bit pattern, base offset) the
     kernel reads seed and offset from it and uses counters ``philox[1] + offset`` onwards; the
-    host ``seed`` is then ignored. Give the per-layer tables ``h``, ``c`` (float32 [L]) and
-    ``starts``, ``size_t`` (int64 [L]) already on the device to launch without any host-to-device
-    copy (what CUDA graph capture needs); otherwise they are built here.
+    host ``seed`` is then ignored.
     """
     if triton is None:
         raise RuntimeError("triton is not installed")
@@ -100,14 +142,12 @@ def multi_layer_update(x: torch.Tensor, g: torch.Tensor, sizes: list[int], step_
         raise TypeError("multi_layer_update works in float32")
     if not (x.is_contiguous() and g.is_contiguous()) or x.shape != g.shape or x.dim() != 1:
         raise ValueError("x and g must be contiguous 1-D tensors of one shape")
-    if sum(sizes) != x.numel() or len(sizes) != len(step_sizes) or not sizes:
+    if sum(sizes) != x.numel() or len(sizes) != h.numel() or not sizes:
         raise ValueError(f"layer sizes {sizes} do not add up to the state's {x.numel()} elements")
     device = x.device
     out = torch.empty_like(x) if out is None else out
     noise = torch.empty_like(x) if write_noise else out
     uniform = torch.empty(max(n_uniform, 1), dtype=torch.float32, device=device)
-    if starts is None or size_t is None or h is None or c is None:
-        starts, size_t, h, c = layer_tables(sizes, step_sizes, noise_scale, device)
     if philox is not None and (philox.dtype != torch.int64 or philox.numel() != 2 or philox.device != device):
         raise ValueError(f"philox must be an int64 tensor [seed, offset] on {device}, got "
                          f"{philox.dtype} {tuple(philox.shape)} on {philox.device}")
@@ -118,13 +158,3 @@ def multi_layer_update(x: torch.Tensor, g: torch.Tensor, sizes: list[int], step_
         0 if philox is not None else seed, offset, philox if philox is not None else starts, lo, hi,
         WRITE_NOISE=write_noise, CLAMP=clamp is not None, BLOCK=block, PHILOX_FROM_PTR=philox is not None)
     return out, (noise if write_noise else None), (uniform[:n_uniform] if n_uniform else None)
-
-
-def layer_tables(sizes: list[int], step_sizes: list[float], noise_scale: float, device):
-    """The kernel's per-layer tables: first flat index and size (int64), h = s^2/2 and c = s tau
-    (float32, rounded once from double, as the reference's float32 ops round the Python scalars)."""
-    starts = torch.tensor([sum(sizes[:l]) for l in range(len(sizes))], dtype=torch.int64, device=device)
-    size_t = torch.tensor(sizes, dtype=torch.int64, device=device)
-    h = torch.tensor([s * s / 2 for s in step_sizes], dtype=torch.float32, device=device)
-    c = torch.tensor([s * noise_scale for s in step_sizes], dtype=torch.float32, device=device)
-    return starts, size_t, h, c

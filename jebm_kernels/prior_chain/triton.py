@@ -29,7 +29,7 @@ problem's ``prior_sigma`` term, in the sampled variables x (z, or eps):
   (the ``problem.py`` layout). MALA: the proposal's energy and gradient, then
   log_alpha = u - u' + log q_bwd - log q_fwd with log q_fwd = -|xi|^2/2 and
   log q_bwd = -sum_l |x - x' + h_l g'|^2 / (2 (s_l tau)^2), accept iff
-  log(tl.rand(seed, offset + k*stride + B*D + b)) < log_alpha -- exactly ``reference.py``.
+  log(tl.rand(seed, offset + k*stride + B*D + b)) < log_alpha -- exactly ``chain.py``.
 * Per-step statistics (sum over the block's chains of the energy, of |grad|, of accepts) are
   written per block per step into a [K, blocks, 4] buffer and reduced by torch after the launch:
   no host synchronisation inside the chain.
@@ -37,7 +37,7 @@ problem's ``prior_sigma`` term, in the sampled variables x (z, or eps):
 Structure as data, not as code
 ------------------------------
 MLP count, depth, widths and activations vary, so the kernel is generic and reads the structure
-from small tables built once per call (``_Packed``):
+from small tables built once per call (``TritonTables``):
 * all weights in one float32 buffer: each Linear's W^T ([in, out] row-major, for the forward
   GEMM x @ W^T) AND its W ([out, in], for the input-gradient GEMM dh @ W), so that both GEMMs read
   their weight tiles with unit stride along the tile's fast axis; then its bias;
@@ -95,7 +95,7 @@ These figures are design arguments: no GPU was available where this was written.
   Graph-safe variant (``philox=``, ``PHILOX_FROM_PTR``): seed and offset are loaded from a device
   int64 tensor [seed, offset] at the start of the kernel, so a captured CUDA graph draws new noise
   on each replay once that tensor is advanced on the device. The structure tables and ``layf``
-  are cached per (contents, device) (``_device_table``), so a call with a structure seen before
+  are cached per (contents, device) (``device_tables.py``), so a call with a structure seen before
   makes no host-to-device copy, which CUDA graph capture forbids.
 * The scratch is [programs, 16, TOT] float32 (TOT ~ 5,600 columns for CVPR: 360 KB per program);
   the grid is capped at 8 programs per SM and programs loop over chain blocks, so memory is
@@ -103,13 +103,15 @@ These figures are design arguments: no GPU was available where this was written.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-import math
 import os
 
 import torch
 
-from .spec import ACTIVATIONS, MLPSpec, PriorSpec
+from ..activation_table import CODES
+from ..device_tables import device_table
+from ..problem import Problem
+from ..spec import MLPSpec, PriorSpec
+from ..update import triton as update_triton
 
 try:
     import triton
@@ -117,10 +119,7 @@ try:
 except ImportError:  # triton is optional: the backend reports itself unavailable
     triton = None
 
-__all__ = ["prior_chain", "launch", "run_problem", "ACT_IDS"]
-
-ACT_IDS = {name: i for i, name in enumerate(ACTIVATIONS)}
-assert ACTIVATIONS == ("leaky_relu", "gelu", "gelu_tanh", "silu", "softplus", "tanh", "relu", "identity")
+__all__ = ["reason", "run", "launch", "TritonTables"]
 
 LIN_W = 8     # columns of the lin table
 LAYF_W = 8    # columns of the layf table
@@ -153,57 +152,79 @@ if triton is not None:
         safe = tl.where(d == 0.0, 1.0, d)
         return tl.where(d == 0.0, y, tl.log(u) * (y / safe))
 
+    # activation codes: activation_table.py (the one table every backend numbers by)
+    ACT_LEAKY_RELU = tl.constexpr(CODES["leaky_relu"])
+    ACT_GELU = tl.constexpr(CODES["gelu"])
+    ACT_GELU_TANH = tl.constexpr(CODES["gelu_tanh"])
+    ACT_SILU = tl.constexpr(CODES["silu"])
+    ACT_SOFTPLUS = tl.constexpr(CODES["softplus"])
+    ACT_TANH = tl.constexpr(CODES["tanh"])
+    ACT_RELU = tl.constexpr(CODES["relu"])
+    ACT_ELU = tl.constexpr(CODES["elu"])
+
+    @triton.jit
+    def _expm1(x):
+        # exp(x) - 1 without cancellation near 0 (Kahan: (u - 1) * x / log(u), u = exp(x))
+        u = tl.exp(x)
+        d = u - 1.0
+        safe = tl.where((d == 0.0) | (u == 0.0), 1.0, tl.log(u))
+        return tl.where(d == 0.0, x, tl.where(u == 0.0, -1.0, d * (x / safe)))
+
     @triton.jit
     def _act_fwd(a, act, p):
-        """Activation ``act`` (an ACT_IDS value, a runtime scalar) of pre-activation ``a``;
-        ``p`` is LeakyReLU's slope or Softplus's beta. As torch computes them."""
-        if act == 0:    # leaky_relu
+        """Activation ``act`` (an activation_table code, a runtime scalar) of pre-activation ``a``;
+        ``p`` is LeakyReLU's slope, Softplus's beta or ELU's alpha. As torch computes them."""
+        if act == ACT_LEAKY_RELU:
             h = tl.where(a > 0, a, a * p)
-        elif act == 1:  # gelu (erf)
+        elif act == ACT_GELU:  # erf form
             h = a * 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476))
-        elif act == 2:  # gelu (tanh approximation)
+        elif act == ACT_GELU_TANH:
             inner = 0.7978845608028654 * (a + 0.044715 * (a * a * a))
             h = 0.5 * a * (1.0 + _tanh(inner))
-        elif act == 3:  # silu
+        elif act == ACT_SILU:
             h = a / (1.0 + tl.exp(-a))
-        elif act == 4:  # softplus(beta = p), threshold 20
+        elif act == ACT_SOFTPLUS:  # beta = p, threshold 20
             bx = a * p
             h = tl.where(bx > 20.0, a, _log1p_pos(tl.exp(tl.minimum(bx, 20.0))) / p)
-        elif act == 5:  # tanh
+        elif act == ACT_TANH:
             h = _tanh(a)
-        elif act == 6:  # relu
+        elif act == ACT_RELU:
             h = tl.where(a > 0, a, 0.0)
-        else:           # identity
+        elif act == ACT_ELU:  # alpha = p
+            h = tl.where(a > 0, a, _expm1(tl.minimum(a, 0.0)) * p)
+        else:  # identity
             h = a
         return h
 
     @triton.jit
     def _act_grad(a, h, act, p):
         """d act / d a at pre-activation ``a`` (output ``h``), as torch's backward formulas."""
-        if act == 0:
+        if act == ACT_LEAKY_RELU:
             g = tl.where(a > 0, 1.0, p)
-        elif act == 1:
+        elif act == ACT_GELU:
             cdf = 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476))
             pdf = tl.exp(-0.5 * (a * a)) * 0.3989422804014327
             g = cdf + a * pdf
-        elif act == 2:
+        elif act == ACT_GELU_TANH:
             a2 = a * a
             inner = 0.7978845608028654 * (a + 0.044715 * (a2 * a))
             t = _tanh(inner)
             left = 0.5 * a
             right = 1.0 + t
             g = 0.5 * right + left * (1.0 - t * t) * (0.7978845608028654 * (1.0 + 3.0 * 0.044715 * a2))
-        elif act == 3:
+        elif act == ACT_SILU:
             s = 1.0 / (1.0 + tl.exp(-a))
             g = s * (1.0 + a * (1.0 - s))
-        elif act == 4:
+        elif act == ACT_SOFTPLUS:
             bx = a * p
             z = tl.exp(tl.minimum(bx, 20.0))
             g = tl.where(bx > 20.0, 1.0, z / (z + 1.0))
-        elif act == 5:
+        elif act == ACT_TANH:
             g = 1.0 - h * h
-        elif act == 6:
+        elif act == ACT_RELU:
             g = tl.where(a > 0, 1.0, 0.0)
+        elif act == ACT_ELU:
+            g = tl.where(a > 0, 1.0, p * tl.exp(tl.minimum(a, 0.0)))
         else:
             g = tl.zeros_like(a) + 1.0
         return g
@@ -665,28 +686,17 @@ if triton is not None:
 
 # ---------------------------------------------------------------------- host side
 
-_TABLES: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
-_MAX_TABLES = 1024  # a few KB each; learned step sizes make a new layf per training step
+def reason(problem: Problem) -> str | None:
+    """Why the whole-chain kernel cannot run this problem (None: it can)."""
+    why = update_triton.reason(problem)
+    if why is not None:
+        return why
+    if not problem.is_prior:
+        return "not a fusable prior"
+    return None
 
 
-def _device_table(values: list, dtype: torch.dtype, device) -> torch.Tensor:
-    """A small read-only table on ``device``, built once per (contents, device): repeated calls
-    with one structure make no host-to-device copy (a blocking copy is not allowed while a CUDA
-    graph is being captured). Least recently used tables are dropped past ``_MAX_TABLES``; a
-    captured graph must hold references to the tables it reads (``GraphSafeChain`` does)."""
-    key = (tuple(float(v) if dtype.is_floating_point else int(v) for v in values), dtype, str(device))
-    t = _TABLES.get(key)
-    if t is None:
-        t = torch.tensor(list(key[0]), dtype=dtype).to(device)
-        _TABLES[key] = t
-        while len(_TABLES) > _MAX_TABLES:
-            _TABLES.popitem(last=False)
-    else:
-        _TABLES.move_to_end(key)
-    return t
-
-
-class _Packed:
+class TritonTables:
     """The structure tables and weight buffer of one PriorSpec (see the module docstring)."""
 
     def __init__(self, spec: PriorSpec, device, dtype):
@@ -731,7 +741,7 @@ class _Packed:
                     chunks.append(b.detach().reshape(-1))
                     woff += n_out
                 act = m.activation if i < last else m.out_activation
-                lin.append([wt_off, w_off, b_off, n_in, n_out, ACT_IDS[act], col, col + n_out])
+                lin.append([wt_off, w_off, b_off, n_in, n_out, CODES[act], col, col + n_out])
                 linp.append(float(m.act_param))
                 col += 2 * n_out
         self.tot = -(-col // 16) * 16  # round up: rows start 64-byte aligned
@@ -740,9 +750,9 @@ class _Packed:
                         else torch.zeros(1, dtype=torch.float32, device=device))
         # int32 tables: tile index arithmetic stays 32-bit (weights < 2^31 floats); the Philox
         # counters and flat state indices are widened to int64 in the kernel
-        t32 = lambda rows: _device_table([v for r in rows for v in r] if rows else [0], torch.int32, device)
+        t32 = lambda rows: device_table([v for r in rows for v in r] if rows else [0], torch.int32, device)
         self.lin = t32(lin)
-        self.linp = _device_table(linp if linp else [0.0], torch.float32, device)
+        self.linp = device_table(linp if linp else [0.0], torch.float32, device)
         self.mlp = t32(mlp_rows)
         cols = [sum(spec.dims[:l]) for l in range(L)]
         self.lay = t32([[spec.dims[l], cols[l], term_ids[l], gauss_ids[l]] for l in range(L)])
@@ -756,21 +766,6 @@ class _Packed:
         return len(self.mlps) - 1
 
 
-def _quadratic(spec: PriorSpec, prior_sigma) -> list[float]:
-    """q_l: every pure quadratic term of U folded into q_l |x_l|^2 / 2."""
-    L = len(spec.dims)
-    q = [0.0] * L
-    if spec.space == "eps":
-        q = [1.0] * L
-    elif spec.base_sigma is None:
-        q[L - 1] = 1.0
-    else:
-        q = [0.0 if s == math.inf else 1.0 / (s * s) for s in spec.base_sigma]
-    if prior_sigma is not None:
-        q = [ql + 1.0 / (s * s) for ql, s in zip(q, prior_sigma)]
-    return q
-
-
 def _precision(device) -> str:
     p = os.environ.get("JEBM_TRITON_PRECISION", "ieee").strip() or "ieee"
     if p not in ("ieee", "tf32x3", "tf32"):
@@ -778,69 +773,35 @@ def _precision(device) -> str:
     return p
 
 
-def prior_chain(spec: PriorSpec, z: list[torch.Tensor], *, n_steps: int, step_sizes, noise_scale: float,
-                seed: int, offset: int, prior_sigma=None, mala: bool = False, want_stats: bool = False,
-                block_b: int = 16, block_k: int = 32, block_n: int = 64, block_e: int = 64,
-                num_warps: int = 4, max_programs: int | None = None, philox: torch.Tensor | None = None):
-    """Run the whole prior chain of ``spec`` from ``z`` (list of [B, d_l] float32) in one launch.
-
-    Returns (list of final [B, d_l], stats) with stats = {"energy", "grad_norm", "accept"}: lists
-    of per-step 0-d tensors (chain means at the state each step starts from; accept rates with
-    MALA), empty when ``want_stats`` is False. The noise is step k's ``problem.py`` layout at
-    ``offset + k * stride``, stride = B * D (+ B with MALA).
-
-    ``philox``: an int64 tensor [seed (signed bit pattern), offset] on z's device; the kernel
-    reads both from it (the host ``seed`` is ignored, ``offset`` is added), which is what a
-    captured CUDA graph needs to draw new noise on each replay.
-    """
-    final, per_step = launch(spec, z, n_steps=n_steps, step_sizes=step_sizes, noise_scale=noise_scale,
-                             seed=seed, offset=offset, prior_sigma=prior_sigma, mala=mala,
-                             want_stats=want_stats, block_b=block_b, block_k=block_k, block_n=block_n,
-                             block_e=block_e, num_warps=num_warps, max_programs=max_programs, philox=philox)
-    stats = {"energy": [], "grad_norm": [], "accept": []}
-    if per_step is not None:
-        stats["energy"] = list(per_step[:, 0].unbind(0))
-        stats["grad_norm"] = list(per_step[:, 1].unbind(0))
-        if mala:
-            stats["accept"] = list(per_step[:, 2].unbind(0))
-    return final, stats
-
-
-def launch(spec: PriorSpec, z: list[torch.Tensor], *, n_steps: int, step_sizes, noise_scale: float,
-           seed: int, offset: int, prior_sigma=None, mala: bool = False, want_stats: bool = False,
-           block_b: int = 16, block_k: int = 32, block_n: int = 64, block_e: int = 64,
-           num_warps: int = 4, max_programs: int | None = None, philox: torch.Tensor | None = None):
-    """``prior_chain``'s work: (final layers, per-step statistics [K, 3] or None): chain means of
-    the energy and of |grad U| at the state each step starts from, and the accept rate (MALA)."""
+def run(problem: Problem, *, block_b: int = 16, block_k: int = 32, block_n: int = 64, block_e: int = 64,
+        num_warps: int = 4, max_programs: int | None = None):
+    """The whole chain of ``problem`` (a fusable prior, float32) in one launch: (final layers
+    [B, d_l], statistics [K, 3] or None). With ``problem.philox`` on the state's device the
+    kernel reads seed and base offset from that tensor (what a captured CUDA graph needs to draw
+    new noise on each replay). Block sizes: see the module docstring."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     for name, v in (("block_b", block_b), ("block_k", block_k), ("block_n", block_n), ("block_e", block_e)):
         if v < 16 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two >= 16, got {v}")
+    spec, z = problem.spec, problem.z
     L = len(spec.dims)
-    if len(z) != L:
-        raise ValueError(f"the prior has {L} layers, z has {len(z)}")
-    B = z[0].shape[0]
-    device, dtype = z[0].device, z[0].dtype
+    B, K = problem.batch, problem.n_steps
+    device, dtype = problem.device, problem.dtype
     if dtype != torch.float32:
         raise TypeError(f"the Triton prior chain works in float32, got {dtype}")
-    dims = tuple(int(t.shape[1]) for t in z)
-    if dims != tuple(spec.dims):
-        raise ValueError(f"z has layer dims {dims}, the prior {tuple(spec.dims)}")
+    dims = problem.dims
     D = sum(dims)
-    stride = B * D + (B if mala else 0)
-    if philox is not None and (philox.dtype != torch.int64 or philox.numel() != 2 or philox.device != device):
-        raise ValueError(f"philox must be an int64 tensor [seed, offset] on {device}, got "
-                         f"{philox.dtype} {tuple(philox.shape)} on {philox.device}")
-    if n_steps == 0:
-        return [t.clone() for t in z], (torch.zeros(0, 3, device=device) if want_stats else None)
+    stats = problem.new_stats()
+    if K == 0:
+        return [t.clone() for t in z], stats
 
-    packed = _Packed(spec, device, dtype)
-    q = _quadratic(spec, prior_sigma)
+    packed = TritonTables(spec, device, dtype)
+    q = problem.quadratic_coefficients()
     floors = [g.sigma_floor for g in spec.gaussians] + [0.0] * (L - len(spec.gaussians))
-    layf = [[s * s / 2, s * noise_scale, ql, fl, 2 * (s * noise_scale) ** 2, 0.0, 0.0, 0.0]
-            for s, ql, fl in zip(step_sizes, q, floors)]
-    layf = _device_table([v for row in layf for v in row], torch.float32, device)
+    layf = [[h, c, ql, fl, den, 0.0, 0.0, 0.0]
+            for h, c, ql, fl, den in zip(problem.h, problem.c, q, floors, problem.mala_denominators)]
+    layf = device_table([v for row in layf for v in row], torch.float32, device)
 
     x = torch.cat([t.reshape(-1) for t in z]).contiguous()
     out = torch.empty_like(x)
@@ -850,23 +811,19 @@ def launch(spec: PriorSpec, z: list[torch.Tensor], *, n_steps: int, step_sizes, 
                         if device.type == "cuda" else n_blocks)
     n_prog = max(1, min(n_blocks, max_programs))
     scratch = torch.empty(n_prog * block_b * packed.tot, dtype=torch.float32, device=device)
-    stat_buf = torch.zeros((n_steps if want_stats else 1) * n_blocks * 4, dtype=torch.float32, device=device)
+    stat_buf = torch.zeros((K if stats is not None else 1) * n_blocks * 4, dtype=torch.float32, device=device)
     gauss = spec.space == "eps" or spec.base_sigma is None
+    seed, offset, philox = problem.noise_position(by_pointer=True)
     _prior_chain_kernel[(n_prog,)](
         x, out, packed.weights, packed.lin, packed.linp, packed.mlp, packed.lay, layf, packed.reg,
-        scratch, stat_buf, B, L, D, packed.tot, n_steps, stride, packed.joint, n_blocks,
-        float(spec.energy_sign), 0 if philox is not None else seed, offset,
-        philox if philox is not None else packed.reg,
-        SPACE_EPS=spec.space == "eps", GAUSS=gauss, MALA=bool(mala), STATS=bool(want_stats),
+        scratch, stat_buf, B, L, D, packed.tot, K, problem.stride, packed.joint, n_blocks,
+        float(spec.energy_sign), seed, offset, philox if philox is not None else packed.reg,
+        SPACE_EPS=spec.space == "eps", GAUSS=gauss, MALA=problem.mala, STATS=stats is not None,
         BB=block_b, KC=block_k, NC=block_n, EC=block_e, PREC=_precision(device), num_warps=num_warps,
         PHILOX_FROM_PTR=philox is not None)
-    per_step = stat_buf.view(n_steps, n_blocks, 4).sum(1)[:, :3] / B if want_stats else None
+    if stats is not None:
+        stats.copy_(stat_buf.view(K, n_blocks, 4).sum(1)[:, :3] / B)
+        if not problem.mala:
+            stats[:, 2] = 0
     final = [c.view(B, d) for c, d in zip(out.split([B * d for d in dims]), dims)]
-    return final, per_step
-
-
-def run_problem(problem):
-    """The Triton backend's entry for a fusable prior (``problem.spec`` set, no posterior)."""
-    return prior_chain(problem.spec, problem.z, n_steps=problem.n_steps, step_sizes=problem.step_sizes,
-                       noise_scale=problem.noise_scale, seed=problem.seed, offset=problem.offset,
-                       prior_sigma=problem.prior_sigma, mala=problem.mala, want_stats=problem.want_info)
+    return final, stats

@@ -1,0 +1,225 @@
+"""The prior chain in C++ (csrc, ``_C.Model``): every step of every chain in one call, OpenMP over
+chains, SIMD picked at run time (AVX-512, AVX2+FMA or the baseline).
+
+What it runs whole: a ``PriorEnergy`` or an ``nn.Sequential`` of the fusable family (with
+``prior_sigma``), and a ``PosteriorEnergy`` with an ``MLPSpec`` decoder: forward and hand-written
+input-gradient of every MLP, the noise, the step and MALA's accept/reject.
+For a ``PosteriorEnergy`` with a callable (conv) decoder it gives ``chain.run_chain`` the energy
+and gradient: autograd for the decoder term, one C++ call for the prior terms (in eps-space also
+carrying dU/dz_1 back through the Gaussians) (``posterior_energy_and_grad``).
+
+Float32 CPU tensors only. Everything is checked here before an address reaches C++ (dtype,
+device, shape, contiguity: non-contiguous tensors are copied; NaN/inf in weights or observations
+is reported); the C++ side checks sizes and addresses again and raises ValueError.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import extension
+from ..fusable import activations_reason, float32_constants_reason, named_mlps, scalars_reason, tensor_reason
+from ..problem import Problem
+from ..spec import MLPSpec
+
+__all__ = ["reason", "prior_terms_reason", "run", "posterior_energy_and_grad"]
+
+_FUSABLE_FAMILY = ("this nn.Sequential is not of the fusable family: Linear layers with one activation "
+                   "(LeakyReLU, GELU, SiLU, Softplus(threshold=20), Tanh, ReLU, ELU) between them, ending in "
+                   "Linear(h, 1) on z's single layer")
+
+
+def _state_reason(problem: Problem) -> str | None:
+    if extension.cpu_ext is None:
+        return f"the C++ extension jebm_kernels._C is not built ({extension.cpu_error()})"
+    if problem.device.type != "cpu":
+        return f"tensors on {problem.device}; the cpu backend runs CPU tensors"
+    if problem.dtype != torch.float32:
+        return f"the cpu backend works in float32, got {problem.dtype}"
+    return None
+
+
+def prior_terms_reason(problem: Problem) -> str | None:
+    """Why the C++ kernels cannot evaluate this problem's prior (and MLP decoder), or None."""
+    why = _state_reason(problem)
+    if why is not None:
+        return why
+    spec = problem.spec
+    if spec is None:
+        if problem.squeeze_output:
+            return _FUSABLE_FAMILY
+        return (f"the energy ({type(problem.energy).__name__}) is not a PriorEnergy, a PosteriorEnergy or a "
+                "fusable nn.Sequential, so there is nothing to fuse")
+    if not problem.is_list and not problem.squeeze_output:
+        return (f"a {type(problem.energy).__name__} takes z as a list with one [B, d] tensor per layer "
+                "(as the reference calls it), got a single tensor")
+    if any(len(s) != 2 for s in problem.shapes):
+        return f"a fused energy takes each layer as [B, d]; z has shapes {[tuple(s) for s in problem.shapes]}"
+    lim = extension.cpu_limits()
+    L = len(spec.dims)
+    if L > lim["max_latent"]:
+        return f"{L} latent layers; the cpu kernels take at most {lim['max_latent']}"
+    if (problem.batch > lim["max_batch"] or any(d > lim["max_width"] for d in spec.dims)
+            or sum(spec.dims) > lim["max_width"]):
+        return "batch or latent dims beyond the cpu kernels' limits"
+    mlps = named_mlps(spec, problem.posterior.decoder if problem.posterior is not None else None)
+    if len(mlps) > lim["max_mlps"]:
+        return f"{len(mlps)} MLPs; the cpu kernels take at most {lim['max_mlps']}"
+    for name, m in mlps:
+        if len(m.weights) > lim["max_linear_per_mlp"]:
+            return (f"the {name} has {len(m.weights)} Linear layers; the cpu kernels take at most "
+                    f"{lim['max_linear_per_mlp']}")
+        widths = [m.in_dim] + [w.shape[0] for w in m.weights]
+        if any(not 1 <= w <= lim["max_width"] for w in widths):
+            return f"the {name} has a layer width outside [1, {lim['max_width']}]: {widths}"
+        for i, (w, b) in enumerate(zip(m.weights, m.biases)):
+            why = tensor_reason(w, f"the {name}'s weight {i}", problem.device, "cpu", finite=True) or (
+                None if b is None else tensor_reason(b, f"the {name}'s bias {i}", problem.device, "cpu", finite=True))
+            if why:
+                return why
+    why = (activations_reason(mlps, extension.ext_activations("cpu"), "cpu") or scalars_reason(spec, mlps)
+           or float32_constants_reason(problem, "cpu"))
+    if why:
+        return why
+    post = problem.posterior
+    if post is not None:
+        why = tensor_reason(post.x_obs, "the posterior's observations x_obs", problem.device, "cpu", finite=True)
+        if why:
+            return why
+        if isinstance(post.decoder, MLPSpec):
+            if post.decoder.in_dim != spec.dims[0]:
+                return f"the MLP decoder takes {post.decoder.in_dim} inputs but z_1 has {spec.dims[0]}"
+            if post.x_obs.numel() != problem.batch * post.decoder.out_dim:
+                return (f"the MLP decoder gives {post.decoder.out_dim} values per chain but x_obs has shape "
+                        f"{tuple(post.x_obs.shape)}")
+    return None
+
+
+def reason(problem: Problem) -> str | None:
+    """Why the whole chain cannot run as one C++ call (None: it can)."""
+    why = prior_terms_reason(problem)
+    if why is None and problem.posterior is not None and not isinstance(problem.posterior.decoder, MLPSpec):
+        return "the posterior's decoder is a callable (not an MLPSpec): its gradient needs autograd"
+    return why
+
+
+# ------------------------------------------------------------------------------------- packing
+
+def _mlp_arg(m: MLPSpec, keep: list) -> tuple:
+    sizes = [m.in_dim] + [int(w.shape[0]) for w in m.weights]
+    ws, bs = [], []
+    for w, b in zip(m.weights, m.biases):
+        w = w.detach().contiguous()
+        keep.append(w)
+        ws.append(w.data_ptr())
+        if b is None:
+            bs.append(0)
+        else:
+            b = b.detach().contiguous()
+            keep.append(b)
+            bs.append(b.data_ptr())
+    codes = extension.cpu_ext.act_codes()
+    return (sizes, ws, bs, codes[m.activation], float(m.act_param), codes[m.out_activation])
+
+
+def _build_model(problem: Problem, with_decoder: bool):
+    """The C++ Model (weights packed once, here) and the tensors that must outlive it."""
+    spec = problem.spec
+    keep: list = []
+    mlps: list = []
+
+    def add(m: MLPSpec) -> int:
+        mlps.append(_mlp_arg(m, keep))
+        return len(mlps) - 1
+
+    terms = [add(t) if t is not None else -1 for t in spec.layer_terms]
+    joint = add(spec.joint_term) if spec.joint_term is not None else -1
+    gauss = [add(g.mlp) for g in spec.gaussians]
+    floors = [float(g.sigma_floor) for g in spec.gaussians]
+    decoder, sigma_x = -1, 1.0
+    post = problem.posterior
+    if with_decoder and post is not None:
+        decoder = add(post.decoder)
+        sigma_x = post.sigma_x
+    base = [float(s) for s in spec.base_sigma] if spec.base_sigma is not None else []
+    ps = [float(s) for s in problem.prior_sigma] if problem.prior_sigma is not None else []
+    model = extension.cpu_ext.Model(list(spec.dims), mlps, terms, joint, gauss, floors, 1 if spec.space == "eps" else 0,
+                                    float(spec.energy_sign), base, ps, decoder, float(sigma_x))
+    return model, keep
+
+
+# ------------------------------------------------------------------------------------- running
+
+def run(problem: Problem, accept_record: torch.Tensor | None = None):
+    """Every step of every chain in one C++ call (prior, or posterior with an MLP decoder):
+    (final layers, statistics [K, 3] or None).
+
+    ``accept_record`` (uint8 [K, B], MALA only) receives each chain's accept decision per step.
+    """
+    B, K = problem.batch, problem.n_steps
+    model, keep = _build_model(problem, with_decoder=True)
+    x = [t.contiguous() for t in problem.z]
+    out = [torch.empty_like(t) for t in x]
+    xobs = 0
+    if problem.posterior is not None:
+        xo = problem.posterior.x_obs.detach().reshape(B, -1).contiguous()
+        keep.append(xo)
+        xobs = xo.data_ptr()
+    # the kernel writes each statistic as one float32 row of K values
+    rows = torch.zeros(3, K) if problem.want_info else None
+    if accept_record is not None:
+        if not problem.mala:
+            raise ValueError("accept_record needs mala=True")
+        if (accept_record.dtype != torch.uint8 or accept_record.device.type != "cpu"
+                or tuple(accept_record.shape) != (K, B) or not accept_record.is_contiguous()):
+            raise ValueError(f"accept_record must be a contiguous CPU uint8 tensor of shape ({K}, {B})")
+    seed, offset, _ = problem.noise_position()
+    row = (lambda i: rows[i].data_ptr()) if rows is not None else (lambda i: 0)
+    model.chain(B, [t.data_ptr() for t in x], [t.data_ptr() for t in out], K, list(problem.h), list(problem.c),
+                list(problem.mala_denominators), problem.mala, seed, offset, xobs, row(0), row(1),
+                row(2) if problem.mala else 0, accept_record.data_ptr() if accept_record is not None and K else 0,
+                extension.threads())
+    stats = problem.new_stats()
+    if stats is not None:
+        stats.copy_(rows.t())
+    return out, stats
+
+
+def posterior_energy_and_grad(problem: Problem):
+    """x -> (U(x | x_obs), dU/dx) for a posterior with a callable decoder: autograd for the decoder
+    term ||x_obs - g(z_1)||^2 / (2 sigma_x^2), one C++ call for every prior term."""
+    B, dims = problem.batch, problem.dims
+    post = problem.posterior
+    model, keep = _build_model(problem, with_decoder=False)
+    eps_space = problem.spec.space == "eps"
+    x_obs, two_var = post.x_obs.detach(), 2 * post.sigma_x * post.sigma_x
+    nt = extension.threads()
+
+    def energy_and_grad(xs):
+        xs = [t.contiguous() for t in xs]
+        ptrs = [t.data_ptr() for t in xs]
+        if eps_space:
+            z1 = torch.empty(B, dims[0])
+            model.z1(B, ptrs, z1.data_ptr(), nt)
+        else:
+            z1 = xs[0]
+        with torch.enable_grad():
+            leaf = z1.detach().requires_grad_(True)
+            recon = post.decoder(leaf)
+            if not torch.is_tensor(recon) or recon.numel() != x_obs.numel():
+                raise ValueError(f"the decoder must return images like x_obs {tuple(x_obs.shape)}, got "
+                                 f"{tuple(recon.shape) if torch.is_tensor(recon) else type(recon).__name__}")
+            diff = (x_obs - recon.reshape(x_obs.shape)).reshape(B, -1)
+            u_dec = diff.pow(2).sum(-1) / two_var
+            (g_dec,) = torch.autograd.grad(u_dec.sum(), leaf)
+        u_dec, g_dec = u_dec.detach(), g_dec.detach()
+        if u_dec.dtype != torch.float32 or g_dec.dtype != torch.float32 or g_dec.device.type != "cpu":
+            raise TypeError(f"the decoder term must be CPU float32 to join the cpu backend's prior; got "
+                            f"{u_dec.dtype} on {g_dec.device}")
+        u_dec, g_dec = u_dec.contiguous(), g_dec.contiguous()
+        u = torch.empty(B)
+        g = [torch.empty(B, d) for d in dims]
+        model.eval(B, ptrs, u_dec.data_ptr(), g_dec.data_ptr(), 0, u.data_ptr(), [t.data_ptr() for t in g], 0, nt)
+        return u, g
+
+    energy_and_grad.keep = keep  # the packed weights live as long as the function
+    return energy_and_grad

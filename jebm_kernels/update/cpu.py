@@ -1,0 +1,36 @@
+"""The update in C++ (``_C.multi_layer_update``: OpenMP over chains, the SIMD Philox of csrc):
+CPU float32 tensors; the extension draws the same normals as the torch reference to float32
+rounding of log/cos, and the same uniforms bit for bit."""
+from __future__ import annotations
+
+import torch
+
+from .. import extension
+from ..problem import Problem
+
+__all__ = ["reason", "propose"]
+
+
+def reason(problem: Problem) -> str | None:
+    if extension.cpu_ext is None:
+        return f"the C++ extension jebm_kernels._C is not built ({extension.cpu_error()})"
+    if problem.device.type != "cpu":
+        return f"tensors on {problem.device}; the cpu backend runs CPU tensors"
+    if problem.dtype != torch.float32:
+        return f"the cpu backend works in float32, got {problem.dtype}"
+    return None
+
+
+def propose(problem: Problem, x: list[torch.Tensor], g: list[torch.Tensor], k: int):
+    B, dims = problem.batch, list(problem.dims)
+    x = [t.contiguous() for t in x]
+    g = [t.contiguous() for t in g]
+    prop = [torch.empty(B, d) for d in dims]
+    noise = [torch.empty(B, d) for d in dims] if problem.mala else []
+    uniform = torch.empty(B) if problem.mala else None
+    seed, offset, _ = problem.noise_position(k)
+    extension.cpu_ext.multi_layer_update(
+        B, dims, [t.data_ptr() for t in x], [t.data_ptr() for t in g], [t.data_ptr() for t in prop],
+        [t.data_ptr() for t in noise], uniform.data_ptr() if uniform is not None else 0,
+        list(problem.h), list(problem.c), seed, offset, extension.threads())
+    return prop, noise, uniform
