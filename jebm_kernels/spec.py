@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activation_table import ACTIVATIONS  # the one table of activation names and codes
+
 __all__ = [
     "ACTIVATIONS", "activation", "neg_log_base", "posterior_energy", "MLPSpec", "GaussianSpec", "PriorSpec", "mlp_spec_from_sequential",
     "mlp_forward", "gaussian_params", "eps_to_z", "prior_energy",
 ]
-
-# name -> (torch module types, how to read its parameter)
-ACTIVATIONS = ("leaky_relu", "gelu", "gelu_tanh", "silu", "softplus", "tanh", "relu", "identity")
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,8 @@ class MLPSpec:
     """Linear layers with one activation between them, and ``out_activation`` after the last.
 
     ``weights[i]`` is [out, in] as in ``nn.Linear``; ``biases[i]`` is [out] or None.
-    ``act_param`` is LeakyReLU's negative slope, or Softplus's beta (its threshold is torch's 20).
+    ``act_param`` is LeakyReLU's negative slope, Softplus's beta (its threshold is torch's 20) or
+    ELU's alpha (``activation_table.py`` says which activation reads it).
     """
     weights: tuple[torch.Tensor, ...]
     biases: tuple[torch.Tensor | None, ...]
@@ -135,6 +135,7 @@ _SEQ_ACTS = {
     nn.SiLU: ("silu", lambda m: 0.0),
     nn.Tanh: ("tanh", lambda m: 0.0),
     nn.ReLU: ("relu", lambda m: 0.0),
+    nn.ELU: ("elu", lambda m: float(m.alpha)),
 }
 
 
@@ -182,6 +183,8 @@ def activation(h: torch.Tensor, name: str, param: float) -> torch.Tensor:
         return torch.tanh(h)
     if name == "relu":
         return torch.relu(h)
+    if name == "elu":
+        return F.elu(h, param)
     return h
 
 
