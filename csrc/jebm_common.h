@@ -1,7 +1,7 @@
 // Per-element math shared by every kernel: activation codes, each activation's value and
 // derivative exactly as torch defines them (forward of torch.nn.functional, backward of autograd),
 // and the limits the bindings enforce. Scalar, host and (under nvcc) device; the CPU kernels use
-// vectorised versions of the same formulas (chain_impl.h), tested against these and torch.
+// vectorised versions of the same formulas (activations_simd.h), tested against these and torch.
 #pragma once
 
 #include "philox.h"
