@@ -1,13 +1,14 @@
-// The activations of the CPU kernels on V lanes: each one's value and derivative exactly as
-// jebm_common.h's act_scalar defines them (torch's forward, autograd's derivative), built from
-// vector_math.h. act_rows applies one to a block's rows in place; activation() is the entry point
-// the bindings expose for tests. Adding an activation: one `if constexpr` branch and one switch case.
+// The activations of the CPU kernels on V lanes: each one's value and derivative as torch's CPU
+// kernels compute them (forward of torch.nn.functional, autograd's derivative) -- the formulas of
+// jebm_common.h's act_scalar, which follows torch's CUDA kernels where the two differ (ELU) --
+// built from vector_math.h. act_rows applies one to a block's rows in place; activation() is the
+// entry point the bindings expose for tests. Adding an activation: one `if constexpr` branch in
+// act_v and one case in act_rows.
 // Part of isa_kernels.h (uses simd.h, vector_math.h).
 #pragma once
 #ifndef JEBM_ISA_KERNELS
 #error "activations_simd.h is a layer of the CPU kernels: include isa_kernels.h (from a chain_<isa>.cpp)"
 #endif
-
 
 template <int ACT>
 JEBM_INLINE vf act_v(float p, vf a, vf& d) {
@@ -47,6 +48,12 @@ JEBM_INLINE vf act_v(float p, vf a, vf& d) {
         const vf t = vtanh(a);
         d = 1.0f - t * t;
         return t;
+    } else if constexpr (ACT == ACT_ELU) {
+        // torch's CPU kernels (cpu/Elu.h, elu_backward): a where a >= 0, else expm1(a) * alpha (so
+        // -0 stays -0 and NaN stays NaN); the derivative alpha * exp(a) where a <= 0, else 1
+        // (NaN: 1, as torch's)
+        d = sel(a <= 0.0f, p * vexp(a), splat(1.0f));
+        return sel(a >= 0.0f, a, vexpm1_neg(a) * p);
     } else {
         d = splat(1.0f);
         return a;
@@ -64,6 +71,7 @@ void act_rows_t(float p, float* buf, float* der, size_t n) {
 }
 
 // buf[n] <- act(buf), der[n] <- act'(buf); n a multiple of V.
+static_assert(ACT_COUNT == 9, "a new activation code: add its branch to act_v and its case here");
 void act_rows(int act, float p, float* buf, float* der, size_t n) {
     switch (act) {
     case ACT_LEAKY_RELU: act_rows_t<ACT_LEAKY_RELU>(p, buf, der, n); break;
@@ -73,6 +81,7 @@ void act_rows(int act, float p, float* buf, float* der, size_t n) {
     case ACT_SOFTPLUS: act_rows_t<ACT_SOFTPLUS>(p, buf, der, n); break;
     case ACT_TANH: act_rows_t<ACT_TANH>(p, buf, der, n); break;
     case ACT_RELU: act_rows_t<ACT_RELU>(p, buf, der, n); break;
+    case ACT_ELU: act_rows_t<ACT_ELU>(p, buf, der, n); break;
     default: act_rows_t<ACT_IDENTITY>(p, buf, der, n); break;
     }
 }

@@ -21,7 +21,7 @@ struct MLPDesc {
     const float* b[kMaxLinear];         // [sizes[i+1]] or nullptr
     int act;                            // between layers
     int out_act;                        // after the last layer
-    float act_param;                    // leaky slope / softplus beta
+    float act_param;                    // leaky slope / softplus beta / ELU alpha
 };
 
 // The energy: U(x) = sign * (sum_l f_l(z_l) + f_0(concat z)) + base(x) + decoder term + extra,

@@ -1,7 +1,7 @@
 // The noise of the CPU kernels: Philox4x32-10 on V counters at once, its uniforms, and the
-// Box-Muller normals of tl.randn(seed, offset), bit for bit the stream of philox.h (scalar) and
-// jebm_kernels/philox.py. Box-Muller's log and cos are evaluated in double and rounded once (below),
-// so the normals agree with any faithful logf/cosf to the last bit almost always.
+// Box-Muller normals of tl.randn(seed, offset): the stream of philox.h (scalar) and
+// jebm_kernels/philox.py, the words and uniforms bit for bit, the normals to the rounding of
+// log/cos (evaluated here in double and rounded once).
 // Part of isa_kernels.h (uses simd.h).
 #pragma once
 #ifndef JEBM_ISA_KERNELS

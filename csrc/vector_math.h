@@ -1,5 +1,5 @@
-// Float vector math of the CPU kernels (~1-2 ulp): exp, log, log1p, tanh, erf on V lanes, for the
-// activations and the inter-layer Gaussians. Cephes-style range reductions and polynomials; IEEE
+// Float vector math of the CPU kernels (~1-2 ulp): exp, expm1, log, log1p, tanh, erf on V lanes, for
+// the activations and the inter-layer Gaussians. Cephes-style range reductions and polynomials; IEEE
 // special values (inf, NaN, subnormals) handled explicitly, since no libm call can be vectorised here.
 // Part of isa_kernels.h (uses simd.h).
 #pragma once
@@ -7,21 +7,31 @@
 #error "vector_math.h is a layer of the CPU kernels: include isa_kernels.h (from a chain_<isa>.cpp)"
 #endif
 
-
-// exp: Cephes expf (range reduction by ln 2 in two parts, degree-6 polynomial); the 2^n scaling is
-// split in two so results down to the subnormal range round once; overflow gives inf, NaN stays.
-JEBM_INLINE vf vexp(vf x) {
-    const vf xc = sel(x > 88.7228317f, splat(88.7228317f), sel(x < -103.972084f, splat(-103.972084f), x));
-    const vf n = vround(xc * 1.44269504088896341f);
+// x = n ln 2 + r, |r| <= ln 2 / 2 (ln 2 in two parts, n an integer-valued float), and expm1(r) as
+// r + r^2 P(r): Cephes expf's reduction and degree-6 polynomial, shared by vexp and vexpm1_neg.
+JEBM_INLINE vf exp_reduce(vf xc, vf& n) {
+    n = vround(xc * 1.44269504088896341f);
     vf r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
+    return r;
+}
+JEBM_INLINE vf expm1_reduced(vf r) {
     vf p = splat(1.9875691500e-4f);
     p = vfma(p, r, splat(1.3981999507e-3f));
     p = vfma(p, r, splat(8.3334519073e-3f));
     p = vfma(p, r, splat(4.1665795894e-2f));
     p = vfma(p, r, splat(1.6666665459e-1f));
     p = vfma(p, r, splat(5.0000001201e-1f));
-    vf y = vfma(p, r * r, r) + 1.0f;
+    return vfma(p, r * r, r);
+}
+
+// exp: Cephes expf (range reduction by ln 2 in two parts, degree-6 polynomial); the 2^n scaling is
+// split in two so results down to the subnormal range round once; overflow gives inf, NaN stays.
+JEBM_INLINE vf vexp(vf x) {
+    const vf xc = sel(x > 88.7228317f, splat(88.7228317f), sel(x < -103.972084f, splat(-103.972084f), x));
+    vf n;
+    const vf r = exp_reduce(xc, n);
+    vf y = expm1_reduced(r) + 1.0f;
     const vi ni = __builtin_convertvector(n, vi);
     const vi n1 = ni >> 1;
     const vi n2 = ni - n1;
@@ -30,6 +40,19 @@ JEBM_INLINE vf vexp(vf x) {
     y = sel(x > 88.7228317f, splat(__builtin_inff()), y);
     y = sel(x < -103.972084f, splat(0.0f), y);
     return sel(x != x, x, y);
+}
+
+// expm1 for x <= 0 (ELU's negative side; x > 0 gives expm1(0) = 0, the caller selects there):
+// expm1(x) = 2^n expm1(r) + (2^n - 1) with exp_reduce's n and r. Both terms are exact (a power of
+// two times expm1(r); 2^n - 1 for n >= -24), so the sum rounds once: ~1 ulp, no cancellation
+// near 0 (n = 0: expm1(r) itself). Below -17.5, e^x is under half an ulp of 1: -1. NaN stays.
+JEBM_INLINE vf vexpm1_neg(vf x) {
+    const vf xc = sel(x > 0.0f, splat(0.0f), sel(x < -17.5f, splat(-17.5f), x));
+    vf n;
+    const vf em = expm1_reduced(exp_reduce(xc, n));
+    const vf two_n = (vf)((__builtin_convertvector(n, vi) + 127) << 23);
+    const vf y = em * two_n + (two_n - 1.0f);
+    return sel(x != x, x, sel(x < -17.5f, splat(-1.0f), y));
 }
 
 // log: Cephes logf (mantissa in [sqrt(1/2), sqrt(2)), degree-8 polynomial); subnormals are
