@@ -4,9 +4,11 @@
 // does not depend on torch's C++ ABI and one build serves any torch version. jebm_kernels/cpu.py
 // checks dtype, device, shape and contiguity of every tensor before it passes an address; this
 // file checks again everything it can see: sizes (non-negative, within limits, consistent with
-// each other), list lengths, null addresses, finite scalars, counter overflow. A bad argument
-// raises std::invalid_argument, which pybind11 turns into ValueError; a wrongly typed one is a
-// TypeError from pybind11's own conversion. Kernels run with the GIL released.
+// each other), list lengths, null addresses, finite scalars, counter overflow -- the checks it
+// shares with the CUDA bindings are binding_checks.h's, the tables it reports (act_codes, limits)
+// binding_tables.h's. A bad argument raises std::invalid_argument, which pybind11 turns into
+// ValueError; a wrongly typed one is a TypeError from pybind11's own conversion. Kernels run with
+// the GIL released.
 //
 // Instruction set: chosen once at import with __builtin_cpu_supports (AVX-512 F/DQ/BW/VL, else
 // AVX2+FMA, else the baseline build); the environment variable JEBM_ISA or set_isa() can pick a
@@ -100,6 +102,13 @@ T* addr_or_null(uint64_t p, const std::string& what) {
 constexpr int64_t kMaxThreads = 4096;
 int check_threads(int64_t n) { return (int)check_count(n, 1, kMaxThreads, "nthreads"); }
 
+// 2 sigma^2 as a float32 the kernels divide by: finite and not 0.
+float two_sigma_squared(double sigma, const std::string& what) {
+    const float den = finite_float(2 * sigma * sigma, "2 " + what + "^2");
+    if (den == 0.0f) bad(what + " too small for float32");
+    return den;
+}
+
 // sizes, weight addresses, bias addresses (0: none), activation, its parameter, output activation
 using MLPArg = std::tuple<std::vector<int64_t>, std::vector<uint64_t>, std::vector<uint64_t>, int64_t, double, int64_t>;
 
@@ -151,14 +160,10 @@ public:
         d.has_base = p.has_base;
         for (int l = 0; l < d.L && d.has_base; ++l) {
             d.base_on[l] = std::isinf(p.base_sigma[l]) ? 0 : 1;
-            d.base_den[l] = d.base_on[l] ? finite_float(2 * p.base_sigma[l] * p.base_sigma[l], "2 base_sigma^2") : 1.0f;
-            if (d.base_on[l] && d.base_den[l] == 0.0f) bad("base_sigma too small for float32");
+            d.base_den[l] = d.base_on[l] ? two_sigma_squared(p.base_sigma[l], "base_sigma") : 1.0f;
         }
         d.has_ps = p.has_prior_sigma;
-        for (int l = 0; l < d.L && d.has_ps; ++l) {
-            d.ps_den[l] = finite_float(2 * p.prior_sigma[l] * p.prior_sigma[l], "2 prior_sigma^2");
-            if (d.ps_den[l] == 0.0f) bad("prior_sigma too small for float32");
-        }
+        for (int l = 0; l < d.L && d.has_ps; ++l) d.ps_den[l] = two_sigma_squared(p.prior_sigma[l], "prior_sigma");
         d.decoder = (int)decoder;
         if (decoder != -1) {
             if (decoder < 0 || decoder >= d.n_mlps) bad("decoder: MLP index " + std::to_string(decoder) + " out of range");
@@ -166,8 +171,7 @@ public:
             if (m.sizes[0] != d.dims[0]) bad("the decoder must take z_1 (" + std::to_string(d.dims[0]) + " inputs)");
             d.P = m.sizes[m.n_layers];
             if (!(std::isfinite(sigma_x) && sigma_x > 0)) bad("sigma_x must be finite and > 0");
-            d.dec_den = finite_float(2 * sigma_x * sigma_x, "2 sigma_x^2");
-            if (d.dec_den == 0.0f) bad("sigma_x too small for float32");
+            d.dec_den = two_sigma_squared(sigma_x, "sigma_x");
         }
         model_ = ops_->pack(desc_.get());
         if (!model_) throw std::bad_alloc();

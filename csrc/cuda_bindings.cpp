@@ -8,9 +8,9 @@
 //
 // Validation happens before any address is handed to a kernel: sizes (non-negative, within
 // limits, consistent), list lengths, null and misaligned addresses, finite scalars, 64-bit counter
-// overflow, weight-buffer offsets against the buffer's length, and for every address
-// cudaPointerGetAttributes: it must be device (or managed) memory of the current device, so a CPU
-// tensor's address is refused instead of faulting. A bad argument raises ValueError (from
+// overflow (all shared with the CPU bindings: binding_checks.h), weight-buffer offsets against the
+// buffer's length, and for every address cudaPointerGetAttributes: it must be device (or managed)
+// memory of the current device, so a CPU tensor's address is refused instead of faulting. A bad argument raises ValueError (from
 // std::invalid_argument), a wrongly typed one TypeError (pybind11's conversion), a CUDA runtime
 // error RuntimeError with the runtime's message. jebm_kernels/cuda.py checks dtype, device, shape
 // and contiguity of every tensor first.

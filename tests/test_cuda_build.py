@@ -7,7 +7,9 @@ Without a GPU:
 2. The shared headers on the host: csrc/philox.h and jebm_common.h's scalar functions -- exactly
    what the kernels call -- compiled by g++ into tests/cuda_emulation/shared_headers_main.cpp and
    compared with jebm_kernels.philox (Philox words and uniforms bit for bit, normals to float
-   rounding of log/cos) and with torch's activations and autograd derivatives.
+   rounding of log/cos) and with torch's activations and autograd derivatives, every activation
+   of jebm_kernels/activation_table.py (the codes are csrc/generated/activation_codes.h, written
+   here by the generator setup.py runs).
 3. The kernels themselves, emulated: the unchanged source of cuda_prior_chain.cu and
    cuda_update.cu, with cuda_bindings.cpp, compiled by g++ against tests/cuda_emulation/
    cuda_runtime.h (each block's 256 threads are fibers; __syncthreads is a barrier; threads run in
@@ -17,7 +19,8 @@ Without a GPU:
    element: odd shapes (dims 1, 3, 17, 129, a 300-wide layer: several GEMM passes and chunks),
    4- and 8-chain blocks, more chain blocks than grid blocks, both spaces, the joint term, every
    activation, out-activations, no-bias layers, base_sigma with inf, prior_sigma, MALA decisions,
-   and the multi-layer update (its normals and uniforms against the reference stream).
+   and the multi-layer update (its normals and uniforms against the reference stream). ELU is also
+   driven through the binding directly on a prior written out in torch (tests/binding_reference.py).
    What emulation cannot show: warp-level timing, real memory-ordering bugs that a barrier does
    not cover, device libm rounding (expf/logf/cosf/erff differ from glibc by an ulp or two), and
    speed. Those need the GPU tests below.
