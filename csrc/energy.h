@@ -44,6 +44,14 @@ JEBM_INLINE vf sum_sq_rows(const float* p, int rows, int c) {
     return acc;
 }
 
+// An isotropic Gaussian term on one layer's rows: U += |x_l|^2 / den per chain (added to u[TC]),
+// dU/dx_l += 2 x_l / den (base_sigma and prior_sigma, den = 2 sigma^2).
+JEBM_INLINE void add_isotropic_gaussian(const float* xl, float* gl, int rows, float den, vf* u) {
+    const float two_over = 2.0f / den;
+    for (int c = 0; c < TC; ++c) u[c] = u[c] + sum_sq_rows(xl, rows, c) / den;
+    for (size_t i = 0; i < (size_t)rows * NB; i += V) st(gl + i, ld(gl + i) + ld(xl + i) * two_over);
+}
+
 // u[NB] = U(x), gx[D, NB] = dU/dx for one block; x is the sampled variable (z or eps).
 // ext_u [NB] and ext_g [d_1, NB] (the conv decoder's term from autograd) are optional.
 void eval_block(const Model& M, Work& W, const float* x, float* u, float* gx, const float* ext_u,
@@ -114,15 +122,9 @@ void eval_block(const Model& M, Work& W, const float* x, float* u, float* gx, co
             mlp_bwd(g, W.mw[gi], GO, gz + (size_t)M.off[l + 1] * NB);
         }
     } else if (!eps && d.has_base) {
-        for (int l = 0; l < L; ++l) {
-            if (!d.base_on[l]) continue;
-            const float den = d.base_den[l];
-            const float two_over = 2.0f / den;
-            const float* zl = z + (size_t)M.off[l] * NB;
-            float* gl = gz + (size_t)M.off[l] * NB;
-            for (int c = 0; c < TC; ++c) Ub[c] = Ub[c] + sum_sq_rows(zl, d.dims[l], c) / den;
-            for (size_t i = 0; i < (size_t)d.dims[l] * NB; i += V) st(gl + i, ld(gl + i) + ld(zl + i) * two_over);
-        }
+        for (int l = 0; l < L; ++l)
+            if (d.base_on[l])
+                add_isotropic_gaussian(z + (size_t)M.off[l] * NB, gz + (size_t)M.off[l] * NB, d.dims[l], d.base_den[l], Ub);
     } else if (eps) {
         for (int c = 0; c < TC; ++c) {
             vf acc = vf{};
@@ -178,14 +180,8 @@ void eval_block(const Model& M, Work& W, const float* x, float* u, float* gx, co
             st(gx + top + i, ld(gz + top + i) + ld(x + top + i));
     }
     if (d.has_ps) {
-        for (int l = 0; l < L; ++l) {
-            const float den = d.ps_den[l];
-            const float two_over = 2.0f / den;
-            const float* xl = x + (size_t)M.off[l] * NB;
-            float* gl = gx + (size_t)M.off[l] * NB;
-            for (int c = 0; c < TC; ++c) Uv[c] = Uv[c] + sum_sq_rows(xl, d.dims[l], c) / den;
-            for (size_t i = 0; i < (size_t)d.dims[l] * NB; i += V) st(gl + i, ld(gl + i) + ld(xl + i) * two_over);
-        }
+        for (int l = 0; l < L; ++l)
+            add_isotropic_gaussian(x + (size_t)M.off[l] * NB, gx + (size_t)M.off[l] * NB, d.dims[l], d.ps_den[l], Uv);
     }
     for (int c = 0; c < TC; ++c) st(u + c * V, Uv[c]);
 }
