@@ -430,13 +430,15 @@ def test_limits_are_the_ones_the_bindings_enforce():
 def test_whole_chain_through_the_binding_every_activation(act, space):
     """_C.Model.chain on a prior written out in torch (tests/binding_reference.py: odd widths, the
     joint term, the Gaussian in eps-space, every MLP with `act`) against the reference backend on
-    the same energy, on every instruction set; tolerance as test_cpu_backend.py."""
+    the same energy, on every instruction set; tolerance as test_cpu_backend.py. The FMA kernels
+    (avx512, avx2, avx2-narrow) agree bit for bit, as test_cpu_narrow.py requires."""
     from jebm_kernels import _C
     prior = HandPrior(act, space, seed=activation_table.CODES[act])
     B, K, s, tau = 7, 25, (0.3, 0.2), 0.9
     z = [torch.randn(B, d, generator=torch.Generator().manual_seed(1)) for d in prior.dims]
     ref, info = jk.langevin(prior.energy, z, n_steps=K, step_size=list(s), noise_scale=tau,
                             generator=(2 ** 63 + 5, 2 ** 32 - 9), backend="reference", return_info=True)
+    fma_results = {}
     for isa in _C.available_isas():
         with forced_isa(_C, isa):
             model = _C.Model(**prior.cpu_model_args())
@@ -448,6 +450,11 @@ def test_whole_chain_through_the_binding_every_activation(act, space):
         helpers.check_close(out, ref, f"{act}, {space}-space, {isa}", atol=2e-5, rtol=2e-5, who=f"_C ({isa})")
         assert_close_where(energy, torch.tensor(info["energy"]), atol=2e-5, rtol=2e-5, what=f"mean energy ({isa})")
         assert_close_where(gnorm, torch.tensor(info["grad_norm"]), atol=2e-5, rtol=2e-5, what=f"|grad U| ({isa})")
+        if isa != "generic":
+            fma_results[isa] = out
+    for isa, out in fma_results.items():
+        first = next(iter(fma_results))
+        assert all(torch.equal(a, b) for a, b in zip(out, fma_results[first])), f"{isa} and {first} differ"
 
 
 # ------------------------------------------------------------------------------ without the build
