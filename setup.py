@@ -1,7 +1,9 @@
 """Builds jebm and jebm_kernels; compiles csrc/ into jebm_kernels._C (CPU, OpenMP) where a C++
 compiler is found, and csrc/*.cu into jebm_kernels._cuda where a CUDA toolkit (nvcc) is found.
 A failed compile does not fail the install: jebm_kernels then warns once and uses the reference
-backend (no _C) or reports the cuda backend unavailable (no _cuda).
+backend (no _C) or reports the cuda backend unavailable (no _cuda). Before compiling, the build
+writes csrc/generated/activation_codes.h from jebm_kernels/activation_table.py (the one table of
+activation codes; csrc/generate_activation_codes.py, run with runpy: no torch needed).
 
 Environment:
   JEBM_BUILD_CPU=0     skip the CPU extension.
@@ -13,6 +15,7 @@ Environment:
 """
 import glob
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -21,11 +24,26 @@ from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 
+# csrc/generated/activation_codes.h: the activation codes, written from jebm_kernels/activation_table.py
+# before anything in csrc compiles (the generator is shared with the tests that compile csrc; it
+# executes the table with runpy, so this build needs no torch)
+GENERATOR = os.path.join("csrc", "generate_activation_codes.py")
+GENERATED = [os.path.join("csrc", "generated", "activation_codes.h")]
+# what csrc's objects depend on besides their sources: a change to any of them rebuilds the extensions
+HEADERS = sorted(glob.glob(os.path.join("csrc", "*.h")) + GENERATED
+                 + [GENERATOR, os.path.join("jebm_kernels", "activation_table.py")])
+
+
+def generate_headers():
+    runpy.run_path(GENERATOR)["write_header"](os.path.dirname(os.path.abspath(__file__)))
+
+
 class OptionalBuildExt(build_ext):
     """Build the extensions, but let the install succeed without them."""
 
     def run(self):
         try:
+            generate_headers()
             super().run()
         except Exception as exc:  # no compiler at all
             if any(getattr(e, "required", False) for e in self.extensions):
@@ -73,7 +91,7 @@ class OptionalBuildExt(build_ext):
         are reused (editable re-installs)."""
         tmp = os.path.abspath(os.path.join(self.build_temp, "cuda"))
         os.makedirs(tmp, exist_ok=True)
-        newest_header = max((os.path.getmtime(h) for h in glob.glob("csrc/*.h")), default=0)
+        newest_header = max((os.path.getmtime(h) for h in HEADERS if os.path.exists(h)), default=0)
         jobs = []
         for src in ext.cuda_sources:
             obj = os.path.join(tmp, os.path.basename(src)[:-3] + ".o")
@@ -109,7 +127,7 @@ def cpu_extension():
         "jebm_kernels._C",
         sources,
         include_dirs=["csrc"],
-        depends=sorted(glob.glob("csrc/*.h")),  # the kernels live in headers: rebuild when they change
+        depends=HEADERS,  # the kernels live in headers: rebuild when they change
         cxx_std=17,
         extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],
         extra_link_args=["-fopenmp"],
@@ -190,7 +208,7 @@ def cuda_extension():
         "jebm_kernels._cuda",
         ["csrc/cuda_bindings.cpp"],
         include_dirs=["csrc"],
-        depends=sorted(glob.glob("csrc/*.h")) + cu,
+        depends=HEADERS + cu,
         cxx_std=17,
         extra_compile_args=["-O2"],
         library_dirs=libdirs,

@@ -4,9 +4,11 @@
 // does not depend on torch's C++ ABI and one build serves any torch version. jebm_kernels/cpu.py
 // checks dtype, device, shape and contiguity of every tensor before it passes an address; this
 // file checks again everything it can see: sizes (non-negative, within limits, consistent with
-// each other), list lengths, null addresses, finite scalars, counter overflow. A bad argument
-// raises std::invalid_argument, which pybind11 turns into ValueError; a wrongly typed one is a
-// TypeError from pybind11's own conversion. Kernels run with the GIL released.
+// each other), list lengths, null addresses, finite scalars, counter overflow -- the checks it
+// shares with the CUDA bindings are binding_checks.h's, the tables it reports (act_codes, limits)
+// binding_tables.h's. A bad argument raises std::invalid_argument, which pybind11 turns into
+// ValueError; a wrongly typed one is a TypeError from pybind11's own conversion. Kernels run with
+// the GIL released.
 //
 // Instruction set: chosen once at import with __builtin_cpu_supports (AVX-512 F/DQ/BW/VL, else
 // AVX2+FMA, else the baseline build); the environment variable JEBM_ISA or set_isa() can pick a
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "binding_checks.h"
+#include "binding_tables.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -84,12 +87,11 @@ void init_isa() {
     g_isa = isa_by_name(usable_isas().front());
 }
 
-
+// A host address (no check can tell host memory from a wrong pointer: cpu.py passes only the
+// addresses of CPU tensors it has checked).
 template <class T>
 T* addr(uint64_t p, const std::string& what) {
-    if (p == 0) bad(what + " is a null address");
-    if (p % alignof(T) != 0) bad(what + " is not aligned for its element type");
-    return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
+    return aligned_address<T>(p, what);
 }
 
 template <class T>
@@ -97,11 +99,17 @@ T* addr_or_null(uint64_t p, const std::string& what) {
     return p == 0 ? nullptr : addr<T>(p, what);
 }
 
-int check_threads(int64_t n) { return (int)check_count(n, 1, 4096, "nthreads"); }
+constexpr int64_t kMaxThreads = 4096;
+int check_threads(int64_t n) { return (int)check_count(n, 1, kMaxThreads, "nthreads"); }
 
-// offset + n must stay within the 64-bit counter (as PhiloxGenerator.take checks).
-constexpr int64_t kMaxMatrix = int64_t(1) << 28;
+// 2 sigma^2 as a float32 the kernels divide by: finite and not 0.
+float two_sigma_squared(double sigma, const std::string& what) {
+    const float den = finite_float(2 * sigma * sigma, "2 " + what + "^2");
+    if (den == 0.0f) bad(what + " too small for float32");
+    return den;
+}
 
+// sizes, weight addresses, bias addresses (0: none), activation, its parameter, output activation
 using MLPArg = std::tuple<std::vector<int64_t>, std::vector<uint64_t>, std::vector<uint64_t>, int64_t, double, int64_t>;
 
 class Model {
@@ -113,96 +121,57 @@ public:
         : ops_(g_isa), desc_(new ModelDesc()) {
         ModelDesc& d = *desc_;
         std::memset(&d, 0, sizeof(ModelDesc));
-        d.L = (int)check_count((int64_t)dims.size(), 1, kMaxLatent, "number of latent layers");
-        D_ = 0;
-        for (int l = 0; l < d.L; ++l) {
-            d.dims[l] = (int)check_count(dims[l], 1, kMaxWidth, "latent dim " + std::to_string(l + 1));
-            D_ += d.dims[l];
-        }
-        if (D_ > kMaxWidth) bad("the latent dims add up to more than " + std::to_string(kMaxWidth));
         d.n_mlps = (int)check_count((int64_t)mlps.size(), 0, kMaxMLPs, "number of MLPs");
+        std::vector<CheckedMLP> checked;
         for (int i = 0; i < d.n_mlps; ++i) {
             const auto& [sizes, w, b, act, param, out_act] = mlps[i];
             const std::string nm = "MLP " + std::to_string(i);
+            const CheckedMLP& c = checked.emplace_back(check_mlp(sizes, act, param, out_act, nm));
             MLPDesc& m = d.mlps[i];
-            m.n_layers = (int)check_count((int64_t)sizes.size() - 1, 1, kMaxLinear, nm + ": number of Linear layers");
+            m.n_layers = c.n_layers;
             if ((int64_t)w.size() != m.n_layers || (int64_t)b.size() != m.n_layers)
                 bad(nm + ": needs one weight and one bias address (0 = no bias) per layer: " + std::to_string(m.n_layers) +
                     " layers, " + std::to_string(w.size()) + " weights, " + std::to_string(b.size()) + " biases");
-            for (int l = 0; l <= m.n_layers; ++l)
-                m.sizes[l] = (int)check_count(sizes[l], 1, kMaxWidth, nm + ": width " + std::to_string(l));
+            for (int l = 0; l <= m.n_layers; ++l) m.sizes[l] = c.sizes[l];
             for (int l = 0; l < m.n_layers; ++l) {
-                if ((int64_t)m.sizes[l] * m.sizes[l + 1] > kMaxMatrix) bad(nm + ": weight matrix too large");
                 m.w[l] = addr<const float>(w[l], nm + " weight " + std::to_string(l));
                 m.b[l] = addr_or_null<const float>(b[l], nm + " bias " + std::to_string(l));
             }
-            m.act = (int)check_count(act, 0, ACT_COUNT - 1, nm + ": activation code");
-            m.out_act = (int)check_count(out_act, 0, ACT_COUNT - 1, nm + ": output activation code");
-            m.act_param = finite_float(param, nm + ": activation parameter");
-            if ((m.act == ACT_SOFTPLUS || m.out_act == ACT_SOFTPLUS) && m.act_param == 0.0f)
-                bad(nm + ": softplus needs beta != 0");
+            m.act = c.act;
+            m.out_act = c.out_act;
+            m.act_param = c.param;
         }
-        auto mlp_index = [&](int64_t i, const std::string& what) -> const MLPDesc& {
-            if (i < 0 || i >= d.n_mlps) bad(what + ": MLP index " + std::to_string(i) + " out of range");
-            return d.mlps[i];
-        };
-        auto check_io = [&](const MLPDesc& m, int in, int out, const std::string& what) {
-            if (m.sizes[0] != in || m.sizes[m.n_layers] != out)
-                bad(what + " must map " + std::to_string(in) + " -> " + std::to_string(out) + ", got " +
-                    std::to_string(m.sizes[0]) + " -> " + std::to_string(m.sizes[m.n_layers]));
-        };
-        if ((int64_t)terms.size() != d.L) bad("need one layer term index (-1 = none) per latent layer");
+        const PriorLayout p = check_prior_layout(dims, checked, terms, joint, gauss, floors, space, energy_sign,
+                                                 base_sigma, prior_sigma);
+        d.L = p.L;
+        D_ = p.D;
         for (int l = 0; l < d.L; ++l) {
-            d.term[l] = (int)terms[l];
-            if (terms[l] != -1) check_io(mlp_index(terms[l], "layer term"), d.dims[l], 1, "layer term " + std::to_string(l + 1));
+            d.dims[l] = p.dims[l];
+            d.term[l] = p.term[l];
         }
-        d.joint = (int)joint;
-        if (joint != -1) check_io(mlp_index(joint, "joint term"), D_, 1, "the joint term");
-        if (!gauss.empty() && (int64_t)gauss.size() != d.L - 1)
-            bad("need L - 1 = " + std::to_string(d.L - 1) + " inter-layer Gaussians, got " + std::to_string(gauss.size()));
-        if (floors.size() != gauss.size()) bad("need one sigma floor per Gaussian");
-        d.n_gauss = (int)gauss.size();
+        d.joint = p.joint;
+        d.n_gauss = p.n_gauss;
         for (int l = 0; l < d.n_gauss; ++l) {
-            d.gauss[l] = (int)gauss[l];
-            check_io(mlp_index(gauss[l], "Gaussian"), d.dims[l + 1], 2 * d.dims[l], "Gaussian " + std::to_string(l + 1));
-            d.sigma_floor[l] = finite_float(floors[l], "sigma floor");
+            d.gauss[l] = p.gauss[l];
+            d.sigma_floor[l] = p.sigma_floor[l];
         }
-        d.space = (int)check_count(space, 0, 1, "space (0 = z, 1 = eps)");
-        d.energy_sign = finite_float(energy_sign, "energy_sign");
-        if (!base_sigma.empty()) {
-            if ((int64_t)base_sigma.size() != d.L) bad("base_sigma needs one value per layer");
-            if (d.n_gauss) bad("give either inter-layer Gaussians or base_sigma, not both");
-            if (d.space != 0) bad("base_sigma priors are sampled in z-space");
-            d.has_base = 1;
-            for (int l = 0; l < d.L; ++l) {
-                const double s = base_sigma[l];
-                if (!(s > 0)) bad("base_sigma must be > 0 (inf: no base term)");
-                d.base_on[l] = std::isinf(s) ? 0 : 1;
-                d.base_den[l] = d.base_on[l] ? finite_float(2 * s * s, "2 base_sigma^2") : 1.0f;
-                if (d.base_on[l] && d.base_den[l] == 0.0f) bad("base_sigma too small for float32");
-            }
-        } else if (d.n_gauss != d.L - 1) {
-            bad("need L - 1 inter-layer Gaussians (or base_sigma)");
+        d.space = p.space;
+        d.energy_sign = p.energy_sign;
+        d.has_base = p.has_base;
+        for (int l = 0; l < d.L && d.has_base; ++l) {
+            d.base_on[l] = std::isinf(p.base_sigma[l]) ? 0 : 1;
+            d.base_den[l] = d.base_on[l] ? two_sigma_squared(p.base_sigma[l], "base_sigma") : 1.0f;
         }
-        if (d.space == 1 && d.n_gauss != d.L - 1) bad("eps-space needs the inter-layer Gaussians");
-        if (!prior_sigma.empty()) {
-            if ((int64_t)prior_sigma.size() != d.L) bad("prior_sigma needs one value per layer");
-            d.has_ps = 1;
-            for (int l = 0; l < d.L; ++l) {
-                const double s = prior_sigma[l];
-                if (!(std::isfinite(s) && s > 0)) bad("prior_sigma must be finite and > 0");
-                d.ps_den[l] = finite_float(2 * s * s, "2 prior_sigma^2");
-                if (d.ps_den[l] == 0.0f) bad("prior_sigma too small for float32");
-            }
-        }
+        d.has_ps = p.has_prior_sigma;
+        for (int l = 0; l < d.L && d.has_ps; ++l) d.ps_den[l] = two_sigma_squared(p.prior_sigma[l], "prior_sigma");
         d.decoder = (int)decoder;
         if (decoder != -1) {
-            const MLPDesc& m = mlp_index(decoder, "decoder");
+            if (decoder < 0 || decoder >= d.n_mlps) bad("decoder: MLP index " + std::to_string(decoder) + " out of range");
+            const MLPDesc& m = d.mlps[decoder];
             if (m.sizes[0] != d.dims[0]) bad("the decoder must take z_1 (" + std::to_string(d.dims[0]) + " inputs)");
             d.P = m.sizes[m.n_layers];
             if (!(std::isfinite(sigma_x) && sigma_x > 0)) bad("sigma_x must be finite and > 0");
-            d.dec_den = finite_float(2 * sigma_x * sigma_x, "2 sigma_x^2");
-            if (d.dec_den == 0.0f) bad("sigma_x too small for float32");
+            d.dec_den = two_sigma_squared(sigma_x, "sigma_x");
         }
         model_ = ops_->pack(desc_.get());
         if (!model_) throw std::bad_alloc();
@@ -223,23 +192,9 @@ public:
         const ModelDesc& d = *desc_;
         ChainArgs a;
         std::memset(&a, 0, sizeof a);
-        a.B = check_count(B, 1, kMaxBatch, "batch B");
-        if (B * (int64_t)D_ > kMaxElems) bad("B * D too large");
+        check_chain_scalars(a, d.L, D_, B, K, h, c, mala_den, mala, seed, offset);
         set_layers(x, a.x, "x");
-        set_layers_out(out, a.out, "out");
-        a.K = check_count(K, 0, kMaxBatch, "n_steps K");
-        set_scalars(h, a.h, "h (s^2 / 2)");
-        set_scalars(c, a.c, "c (s tau)");
-        a.mala = mala ? 1 : 0;
-        if (mala) {
-            set_scalars(mala_den, a.mala_den, "mala_den (2 (s tau)^2)");
-            for (int l = 0; l < d.L; ++l)
-                if (!(a.mala_den[l] > 0)) bad("mala_den must be > 0");
-        }
-        a.seed = seed;
-        a.offset = offset;
-        a.stride = (uint64_t)B * (uint64_t)D_ + (mala ? (uint64_t)B : 0);
-        check_counters(offset, (unsigned __int128)a.stride * (uint64_t)K, "chain");
+        set_layers(out, a.out, "out");
         a.xobs = d.decoder >= 0 ? addr<const float>(xobs, "xobs") : nullptr;
         a.nthreads = check_threads(nthreads);
         float* e_out = addr_or_null<float>(energy_out, "energy_out");
@@ -292,15 +247,14 @@ public:
         const ModelDesc& d = *desc_;
         EvalArgs a;
         std::memset(&a, 0, sizeof a);
-        a.B = check_count(B, 1, kMaxBatch, "batch B");
-        if (B * (int64_t)D_ > kMaxElems) bad("B * D too large");
+        a.B = check_batch(B, D_);
         set_layers(x, a.x, "x");
         a.ext_u = addr_or_null<const float>(ext_u, "ext_u");
         a.ext_g = addr_or_null<const float>(ext_g, "ext_g");
         if ((a.ext_u == nullptr) != (a.ext_g == nullptr)) bad("give both ext_u and ext_g, or neither");
         a.xobs = d.decoder >= 0 ? addr<const float>(xobs, "xobs") : nullptr;
         a.u = addr<float>(u, "u");
-        set_layers_out(g, a.g, "g");
+        set_layers(g, a.g, "g");
         a.z1 = addr_or_null<float>(z1, "z1");
         a.nthreads = check_threads(nthreads);
         int rc;
@@ -314,8 +268,7 @@ public:
     void z1(int64_t B, const std::vector<uint64_t>& x, uint64_t z1, int64_t nthreads) {
         EvalArgs a;
         std::memset(&a, 0, sizeof a);
-        a.B = check_count(B, 1, kMaxBatch, "batch B");
-        if (B * (int64_t)D_ > kMaxElems) bad("B * D too large");
+        a.B = check_batch(B, D_);
         set_layers(x, a.x, "x");
         a.z1 = addr<float>(z1, "z1");
         a.only_z1 = 1;
@@ -357,20 +310,10 @@ private:
         return small_;
     }
 
-    void set_layers(const std::vector<uint64_t>& p, const float** dst, const std::string& what) const {
-        if ((int64_t)p.size() != desc_->L)
-            bad(what + ": need one address per latent layer (" + std::to_string(desc_->L) + "), got " + std::to_string(p.size()));
-        for (int l = 0; l < desc_->L; ++l) dst[l] = addr<const float>(p[l], what + "[" + std::to_string(l) + "]");
-    }
-    void set_layers_out(const std::vector<uint64_t>& p, float** dst, const std::string& what) const {
-        if ((int64_t)p.size() != desc_->L)
-            bad(what + ": need one address per latent layer (" + std::to_string(desc_->L) + "), got " + std::to_string(p.size()));
-        for (int l = 0; l < desc_->L; ++l) dst[l] = addr<float>(p[l], what + "[" + std::to_string(l) + "]");
-    }
-    void set_scalars(const std::vector<double>& v, float* dst, const std::string& what) const {
-        if ((int64_t)v.size() != desc_->L)
-            bad(what + ": need one value per latent layer (" + std::to_string(desc_->L) + "), got " + std::to_string(v.size()));
-        for (int l = 0; l < desc_->L; ++l) dst[l] = finite_float(v[l], what);
+    template <class T>
+    void set_layers(const std::vector<uint64_t>& p, T** dst, const std::string& what) const {
+        check_per_layer(p.size(), desc_->L, what, "address");
+        for (int l = 0; l < desc_->L; ++l) dst[l] = addr<T>(p[l], layer_name(what, l));
     }
 
     const IsaOps* ops_;
@@ -398,36 +341,14 @@ void multi_layer_update(int64_t B, const std::vector<int64_t>& dims, const std::
                         const std::vector<double>& c, uint64_t seed, uint64_t offset, int64_t nthreads) {
     UpdateArgs a;
     std::memset(&a, 0, sizeof a);
-    a.L = (int)check_count((int64_t)dims.size(), 1, kMaxLatent, "number of layers");
-    a.B = check_count(B, 1, kMaxBatch, "batch B");
-    int64_t D = 0;
+    check_update_scalars(a, B, dims, x, g, out, noise, uniform != 0, h, c, seed, offset);
     for (int l = 0; l < a.L; ++l) {
-        a.dims[l] = check_count(dims[l], 1, kMaxWidth, "dim " + std::to_string(l));
-        D += a.dims[l];
-    }
-    if (B * D > kMaxElems) bad("B * D too large");
-    auto count = [&](size_t n, const std::string& what) {
-        if ((int64_t)n != a.L) bad(what + ": need one per layer (" + std::to_string(a.L) + "), got " + std::to_string(n));
-    };
-    count(x.size(), "x");
-    count(g.size(), "g");
-    count(out.size(), "out");
-    count(h.size(), "h");
-    count(c.size(), "c");
-    if (!noise.empty()) count(noise.size(), "noise");
-    for (int l = 0; l < a.L; ++l) {
-        const std::string i = "[" + std::to_string(l) + "]";
-        a.x[l] = addr<const float>(x[l], "x" + i);
-        a.g[l] = addr<const float>(g[l], "g" + i);
-        a.out[l] = addr<float>(out[l], "out" + i);
-        a.noise[l] = noise.empty() ? nullptr : addr<float>(noise[l], "noise" + i);
-        a.h[l] = finite_float(h[l], "h");
-        a.c[l] = finite_float(c[l], "c");
+        a.x[l] = addr<const float>(x[l], layer_name("x", l));
+        a.g[l] = addr<const float>(g[l], layer_name("g", l));
+        a.out[l] = addr<float>(out[l], layer_name("out", l));
+        a.noise[l] = noise.empty() ? nullptr : addr<float>(noise[l], layer_name("noise", l));
     }
     a.uniform = addr_or_null<float>(uniform, "uniform");
-    a.seed = seed;
-    a.offset = offset;
-    check_counters(offset, (unsigned __int128)(B * D + (a.uniform ? B : 0)), "update");
     a.nthreads = check_threads(nthreads);
     const IsaOps* ops = g_isa;
     py::gil_scoped_release nogil;
@@ -435,15 +356,14 @@ void multi_layer_update(int64_t B, const std::vector<int64_t>& dims, const std::
 }
 
 void activation(int64_t act, double param, uint64_t in, int64_t n, uint64_t value, uint64_t deriv) {
-    check_count(act, 0, ACT_COUNT - 1, "activation code");
-    const float p = finite_float(param, "activation parameter");
-    if (act == ACT_SOFTPLUS && p == 0.0f) bad("softplus needs beta != 0");
+    const int code = check_activation_code(act, "activation code");
+    const float p = check_activation_param(code, code, param, "activation parameter");
     check_count(n, 0, kMaxElems, "n");
     if (n == 0) return;
     const float* i = addr<const float>(in, "in");
     float* v = addr<float>(value, "value");
     float* d = addr<float>(deriv, "deriv");
-    g_isa->activation((int)act, p, i, n, v, d);
+    g_isa->activation(code, p, i, n, v, d);
 }
 
 }  // namespace
@@ -467,18 +387,13 @@ PYBIND11_MODULE(_C, m) {
           "again re-enables the narrow kernels for small batches).");
     m.def("block_chains", []() { return g_isa->block_chains; }, "Chains per block in the fused kernels.");
     m.def("vector_width", []() { return g_isa->vector_width; });
-    m.def("act_codes", []() {
-        py::dict d;
-        d["identity"] = (int)ACT_IDENTITY;
-        d["leaky_relu"] = (int)ACT_LEAKY_RELU;
-        d["gelu"] = (int)ACT_GELU;
-        d["gelu_tanh"] = (int)ACT_GELU_TANH;
-        d["silu"] = (int)ACT_SILU;
-        d["softplus"] = (int)ACT_SOFTPLUS;
-        d["tanh"] = (int)ACT_TANH;
-        d["relu"] = (int)ACT_RELU;
+    m.def("act_codes", &activation_codes_dict,
+          "Activation name -> code (csrc/generated/activation_codes.h, from jebm_kernels/activation_table.py).");
+    m.def("limits", []() {
+        py::dict d = shared_limits_dict();
+        d["max_threads"] = (long long)kMaxThreads;
         return d;
-    });
+    }, "The sizes the kernels accept (inclusive maxima).");
     m.def("philox_randn",
           [](uint64_t seed, uint64_t offset, int64_t n, uint64_t out, int64_t nthreads) {
               philox_fill(seed, offset, n, out, nthreads, true);

@@ -1,4 +1,4 @@
-// The kernels of chain_impl.h for AVX2 + FMA: 8 floats per vector, blocks of 16 chains, a 6 x 2
+// The kernels of isa_kernels.h for AVX2 + FMA: 8 floats per vector, blocks of 16 chains, a 6 x 2
 // register tile (12 ymm accumulators). Chosen at run time by bindings.cpp.
 #include <math.h>
 #include <stdint.h>
@@ -18,7 +18,7 @@
 #define JEBM_TILE_R 6
 #define JEBM_TILE_C 2
 #define JEBM_ISA_NAME "avx2"
-#include "chain_impl.h"
+#include "isa_kernels.h"
 #pragma GCC pop_options
 
 namespace jebm {

@@ -1,4 +1,4 @@
-// The kernels of chain_impl.h with AVX2's FMA on 4-float vectors: blocks of 4 chains, a 12 x 1
+// The kernels of isa_kernels.h with AVX2's FMA on 4-float vectors: blocks of 4 chains, a 12 x 1
 // register tile (12 xmm accumulators). For small batches only: bindings.cpp runs a call with these
 // when the wide kernels would leave threads idle or most lanes empty (batch 8 on 2 threads is one
 // half-empty 16-chain block of avx2, but two full blocks here, one per thread). Every lane does the
@@ -22,7 +22,7 @@
 #define JEBM_TILE_R 12
 #define JEBM_TILE_C 1
 #define JEBM_ISA_NAME "avx2-narrow"
-#include "chain_impl.h"
+#include "isa_kernels.h"
 #pragma GCC pop_options
 
 namespace jebm {

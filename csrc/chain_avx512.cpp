@@ -1,4 +1,4 @@
-// The kernels of chain_impl.h for AVX-512 (F, DQ, BW, VL): 16 floats per vector, blocks of 32
+// The kernels of isa_kernels.h for AVX-512 (F, DQ, BW, VL): 16 floats per vector, blocks of 32
 // chains, a 12 x 2 register tile (24 zmm accumulators). Chosen at run time by bindings.cpp.
 #include <math.h>
 #include <stdint.h>
@@ -18,7 +18,7 @@
 #define JEBM_TILE_R 12
 #define JEBM_TILE_C 2
 #define JEBM_ISA_NAME "avx512"
-#include "chain_impl.h"
+#include "isa_kernels.h"
 #pragma GCC pop_options
 
 namespace jebm {

@@ -1,4 +1,4 @@
-// The kernels of chain_impl.h for the compiler's baseline (SSE2 on x86-64, whatever the target
+// The kernels of isa_kernels.h for the compiler's baseline (SSE2 on x86-64, whatever the target
 // offers elsewhere): 4 floats per vector, blocks of 8 chains, a 6 x 2 register tile, multiply and
 // add without FMA. Runs on any CPU; bindings.cpp uses it when neither AVX2 nor AVX-512 is there.
 #include <math.h>
@@ -18,7 +18,7 @@
 #define JEBM_TILE_R 6
 #define JEBM_TILE_C 2
 #define JEBM_ISA_NAME "generic"
-#include "chain_impl.h"
+#include "isa_kernels.h"
 
 namespace jebm {
 const IsaOps* isa_generic() { return &generic::kOps; }

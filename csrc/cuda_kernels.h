@@ -35,7 +35,7 @@ struct LinearDev {
     int64_t der_row;    // scratch row of act'(pre-activation), or -1 for identity
     int n_in, n_out;
     int act;            // jebm::Act code
-    float param;        // LeakyReLU slope / Softplus beta
+    float param;        // LeakyReLU slope / Softplus beta / ELU alpha
 };
 
 struct MLPDev {

@@ -2,7 +2,7 @@
 // forward and hand-written input-gradient of every MLP, noise and update -- in ONE launch.
 //
 // The same math, term by term and in the same order of float32 operations where it matters, as
-// the cpu backend (chain_impl.h: eval_block, chain_block) and the Triton kernel
+// the cpu backend (energy.h: eval_block, chain.h: chain_block) and the Triton kernel
 // (triton_prior_chain.py: _energy_grad, _propose, the MALA loop); see cuda_kernels.h for U.
 // The noise is philox.h's philox_normal / philox_uniform (tl.randn / tl.rand) at the problem.py
 // layout: step k, layer l, chain b, feature j draws counter

@@ -1,25 +1,15 @@
-// Per-element math shared by every kernel: activation codes, each activation's value and
-// derivative exactly as torch defines them (forward of torch.nn.functional, backward of autograd),
-// and the limits the bindings enforce. Scalar, host and (under nvcc) device; the CPU kernels use
-// vectorised versions of the same formulas (chain_impl.h), tested against these and torch.
+// Per-element math shared by every kernel: the activation codes (generated from the one table,
+// jebm_kernels/activation_table.py), each activation's value and derivative exactly as torch
+// defines them (forward of torch.nn.functional, backward of autograd), and the size limits the
+// bindings enforce. Scalar, host and (under nvcc) device: the CUDA kernels call act_scalar; the CPU
+// kernels use vectorised versions of the same formulas (activations_simd.h). Both are tested
+// against torch.
 #pragma once
 
+#include "generated/activation_codes.h"  // enum Act, kActivationNames: written by setup.py
 #include "philox.h"
 
 namespace jebm {
-
-// Activation codes; jebm_kernels/cpu.py maps spec.ACTIVATIONS names onto them.
-enum Act : int {
-    ACT_IDENTITY = 0,
-    ACT_LEAKY_RELU = 1,   // param: negative slope
-    ACT_GELU = 2,         // erf form
-    ACT_GELU_TANH = 3,    // tanh approximation
-    ACT_SILU = 4,
-    ACT_SOFTPLUS = 5,     // param: beta; threshold 20 as torch's default
-    ACT_TANH = 6,
-    ACT_RELU = 7,
-    ACT_COUNT = 8,
-};
 
 constexpr float kSoftplusThreshold = 20.0f;
 constexpr float kSqrt1_2 = 0.70710678118654752440f;
@@ -34,6 +24,7 @@ constexpr int kMaxMLPs = 64;          // MLPs in one model
 constexpr long long kMaxWidth = 1 << 20;   // any layer width, latent dim or pixel count
 
 // value = act(a); *deriv = d act / d a, as torch's autograd computes it.
+static_assert(ACT_COUNT == 9, "a new activation code: add its case here and in activations_simd.h");
 JEBM_HD float act_scalar(int act, float p, float a, float* deriv) {
     switch (act) {
     case ACT_LEAKY_RELU:
@@ -76,6 +67,13 @@ JEBM_HD float act_scalar(int act, float p, float a, float* deriv) {
         *deriv = 1.0f - t * t;
         return t;
     }
+    case ACT_ELU:
+        // torch's CUDA kernels (ActivationEluKernel.cu): a where a > 0, else expm1(a) * alpha; the
+        // derivative alpha * exp(a) where a <= 0 (elu_backward, is_result=false), else 1. (Torch's
+        // CPU kernel takes a >= 0 for the first branch: the two differ only in the sign of a zero
+        // result when alpha < 0.)
+        *deriv = a <= 0.0f ? p * expf(a) : 1.0f;
+        return a > 0.0f ? a : expm1f(a) * p;
     default:
         *deriv = 1.0f;
         return a;

@@ -1,5 +1,6 @@
 // The interface between bindings.cpp (validation, dispatch) and the kernel files compiled once per
-// instruction set (chain_avx512.cpp, chain_avx2.cpp, chain_generic.cpp, all from chain_impl.h).
+// instruction set (chain_avx512.cpp, chain_avx2.cpp, chain_avx2_narrow.cpp, chain_generic.cpp, all
+// from isa_kernels.h).
 //
 // Only plain structs with fixed-size arrays and raw pointers cross it: the ISA-specific
 // translation units instantiate no standard-library templates, so no inline function compiled for
@@ -20,11 +21,11 @@ struct MLPDesc {
     const float* b[kMaxLinear];         // [sizes[i+1]] or nullptr
     int act;                            // between layers
     int out_act;                        // after the last layer
-    float act_param;                    // leaky slope / softplus beta
+    float act_param;                    // leaky slope / softplus beta / ELU alpha
 };
 
 // The energy: U(x) = sign * (sum_l f_l(z_l) + f_0(concat z)) + base(x) + decoder term + extra,
-// z = x (z-space) or z = z(eps) (eps-space); see chain_impl.h for each term.
+// z = x (z-space) or z = z(eps) (eps-space); see energy.h for each term.
 struct ModelDesc {
     int L;
     int dims[kMaxLatent];

@@ -8,7 +8,7 @@
 //   and one normal by Box-Muller, in float32, in this order:
 //       sqrtf(-2 * logf(max(u1, 1e-7f))) * cosf(6.283185307179586f * u2).
 // The words and uniforms are exact everywhere; the normal is as exact as the logf/cosf of the
-// platform (the CPU kernels compute log and cos in double and round once, see chain_impl.h).
+// platform (the CPU kernels compute log and cos in double and round once, see philox_simd.h).
 //
 // Usable from host code and, later, CUDA device code: JEBM_HD is `static inline` on the host
 // (internal linkage: every translation unit, whatever its target ISA, keeps its own copy, so the

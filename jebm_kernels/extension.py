@@ -47,8 +47,8 @@ except (ImportError, AttributeError) as exc:  # AttributeError: a stale build wi
     _CUDA_LIMITS = {}
     _CUDA_ACTS = frozenset()
 
-# The C++ kernels' limits: from the extension where it reports them, else the values csrc has
-# always enforced (an older build).
+# The C++ kernels' limits (inclusive maxima): from the extension where it reports them
+# (``_C.limits()``, csrc/binding_tables.h), else the values csrc has always enforced (an older build).
 _CPU_DEFAULT_LIMITS = {"max_latent": 16, "max_linear_per_mlp": 16, "max_mlps": 64, "max_width": 1 << 20,
                        "max_batch": (1 << 31) - 1}
 _CPU_LIMITS = dict(_CPU_DEFAULT_LIMITS)

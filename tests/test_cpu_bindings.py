@@ -1,6 +1,8 @@
 """jebm_kernels._C called directly: garbage to every binding raises a Python exception and never
-crashes the interpreter; the small kernels match their Python definitions; without the extension
-jebm_kernels still imports, warns once and samples with the reference.
+crashes the interpreter; the small kernels match their Python definitions and every activation of
+jebm_kernels/activation_table.py matches torch's, alone and in a whole chain on every instruction
+set; act_codes() and limits() report the table and the limits the bindings enforce; without the
+extension jebm_kernels still imports, warns once and samples with the reference.
 
 The garbage cases run in a child interpreter (belt and braces: a segfault there fails the one
 case that caused it, reported by name, instead of killing the test run), then each case is
@@ -17,8 +19,11 @@ import pytest
 import torch
 
 import jebm_kernels as jk
+from jebm_kernels import activation_table
 from jebm_kernels import extension
 
+import helpers
+from binding_reference import ACTIVATIONS, TEST_PARAM, HandPrior, torch_activation
 from helpers import assert_close_where
 
 needs_ext = pytest.mark.skipif(extension.cpu_error() is not None,
@@ -109,7 +114,7 @@ def _garbage_cases():
         "model: address not an int": bad_mlp(0, ws=[1.5, base["mlps"][0][1][1]]),
         "model: activation code 99": bad_mlp(0, act=99),
         "model: activation code -1": bad_mlp(0, act=-1),
-        "model: output activation code 8": bad_mlp(0, out_act=8),
+        "model: output activation code past the table": bad_mlp(0, out_act=len(activation_table.CODES)),
         "model: NaN activation parameter": bad_mlp(0, param=float("nan")),
         "model: softplus beta 0": bad_mlp(0, act=5, param=0.0),
         "model: no Linear layer": bad_mlp(0, sizes=[3], ws=[], bs=[]),
@@ -251,7 +256,7 @@ def test_garbage_covers_every_binding():
     for fn in ("Model", "chain", "eval", "z1", "randn", "rand", "update", "activation", "set_isa"):
         assert fn.lower() in names.lower(), f"no garbage case for {fn}"
     public = {n for n in dir(_C) if not n.startswith("_")}
-    assert public == {"Model", "activation", "act_codes", "available_isas", "block_chains", "isa",
+    assert public == {"Model", "activation", "act_codes", "available_isas", "block_chains", "isa", "limits",
                       "multi_layer_update", "philox_rand", "philox_randn", "set_isa", "vector_width"}, \
         "a new binding needs garbage cases here"
 
@@ -304,20 +309,152 @@ def test_multi_layer_update_matches_the_formula():
         assert torch.equal(out[l], expected), f"layer {l}"
 
 
+class forced_isa:
+    """Runs the block on one instruction set's kernels, then restores the one before."""
+
+    def __init__(self, _C, isa):
+        self._C, self.isa, self.before = _C, isa, _C.isa()
+
+    def __enter__(self):
+        self._C.set_isa(self.isa)
+
+    def __exit__(self, *exc):
+        self._C.set_isa(self.before)
+
+
 @needs_ext
-@pytest.mark.parametrize("name", jk.spec.ACTIVATIONS)
+@pytest.mark.parametrize("name", ACTIVATIONS)
 def test_activation_value_and_derivative(name):
     from jebm_kernels import _C
-    param = {"leaky_relu": 0.2, "softplus": 1.5}.get(name, 0.0)
+    param = TEST_PARAM[name]
     x = torch.cat([torch.linspace(-25, 25, 20_001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 1e4])])
-    value, deriv = torch.empty_like(x), torch.empty_like(x)
-    _C.activation(_C.act_codes()[name], param, x.data_ptr(), x.numel(), value.data_ptr(), deriv.data_ptr())
     xd = x.double().requires_grad_(True)
-    ref = jk.spec.activation(xd, name, param)
+    ref = torch_activation(xd, name, param)
     (dref,) = torch.autograd.grad(ref.sum(), xd)
-    # float32 results of ~1-2 ulp, like torch's own float32 kernels
-    assert_close_where(value.double(), ref.detach(), atol=2e-6, rtol=4e-7, what=f"{name} value")
-    assert_close_where(deriv.double(), dref, atol=2e-6, rtol=4e-7, what=f"{name} derivative")
+    for isa in _C.available_isas():
+        value, deriv = torch.empty_like(x), torch.empty_like(x)
+        with forced_isa(_C, isa):
+            _C.activation(_C.act_codes()[name], param, x.data_ptr(), x.numel(), value.data_ptr(), deriv.data_ptr())
+        # float32 results of ~1-2 ulp, like torch's own float32 kernels
+        assert_close_where(value.double(), ref.detach(), atol=2e-6, rtol=4e-7, what=f"{name} value ({isa})")
+        assert_close_where(deriv.double(), dref, atol=2e-6, rtol=4e-7, what=f"{name} derivative ({isa})")
+
+
+@needs_ext
+def test_elu_within_one_ulp_of_torch_float32_and_its_signed_zeros():
+    """ELU's expm1 is ours (vector_math.h): within an ulp of torch's float32 F.elu and of the correctly
+    rounded value, over every 97th float in [-20, 0] (alpha 1: the ulps are expm1's own); torch's
+    branches: -0 stays -0, the derivative at 0 is alpha, at NaN 1."""
+    from jebm_kernels import _C
+    bits = torch.arange(0, (torch.tensor([-20.0]).view(torch.int32).item() & 0x7FFFFFFF) + 1, 97)
+    x = torch.cat([(bits - 2 ** 31).to(torch.int32).view(torch.float32),  # sign bit set: -0 .. -20
+                   torch.tensor([0.0, float("nan"), 3.0, 1e-30, 1e4, -1e4])])
+
+    def ordered(t):  # float32 -> integers in the order of the floats: ulp distances are differences
+        i = t.view(torch.int32).long()
+        return torch.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+    elu = activation_table.CODES["elu"]
+    for isa in _C.available_isas():
+        value, deriv = torch.empty_like(x), torch.empty_like(x)
+        with forced_isa(_C, isa):
+            _C.activation(elu, 1.0, x.data_ptr(), x.numel(), value.data_ptr(), deriv.data_ptr())
+        fin = ~x.isnan()
+        for what, ref in (("torch float32", torch.nn.functional.elu(x, 1.0)),
+                          ("correctly rounded", torch.nn.functional.elu(x.double(), 1.0).float())):
+            ulps = (ordered(value[fin]) - ordered(ref[fin])).abs()
+            assert int(ulps.max()) <= 1, f"ELU ({isa}) is {int(ulps.max())} ulp from {what}"
+        dref = torch.where(x <= 0, torch.exp(x.double()), torch.ones_like(x.double())).float()
+        dulps = (ordered(deriv[fin]) - ordered(dref[fin])).abs()
+        assert int(dulps.max()) <= 1, f"ELU derivative ({isa}) is {int(dulps.max())} ulp from exp(x)"
+        assert str(float(value[0])) == "-0.0" and float(deriv[0]) == 1.0  # x = -0: a >= 0 branch; deriv alpha
+        assert value[-5].isnan() and float(deriv[-5]) == 1.0
+
+
+@needs_ext
+def test_act_codes_are_the_activation_table():
+    """The extension was built from the current jebm_kernels/activation_table.py (setup.py
+    generates csrc/generated/activation_codes.h from it)."""
+    from jebm_kernels import _C
+    assert _C.act_codes() == activation_table.CODES
+
+
+@needs_ext
+def test_limits_are_the_ones_the_bindings_enforce():
+    """Every limit cpu.py needs, each the largest value a binding accepts: one more is refused."""
+    from jebm_kernels import _C
+    lim = _C.limits()
+    assert {"max_latent", "max_linear_per_mlp", "max_mlps", "max_width", "max_batch", "max_steps", "max_matrix",
+            "max_elements", "max_threads"} <= set(lim)
+    keep = []
+
+    def buf(n):
+        keep.append(torch.zeros(max(n, 1)))
+        return keep[-1].data_ptr()
+
+    def mlp(sizes):
+        return (sizes, [buf(i * o) for i, o in zip(sizes, sizes[1:])], [0] * (len(sizes) - 1), 0, 0.0, 0)
+
+    def model(L=1, n_linear=1, n_mlps=1, width=1):
+        mlps = [mlp([width] + [1] * n_linear)] + [mlp([1, 1])] * (n_mlps - 1)
+        return _C.Model(dims=[width] + [1] * (L - 1), mlps=mlps, terms=[0] + [-1] * (L - 1), joint=-1, gaussians=[],
+                        sigma_floors=[], space=0, energy_sign=-1.0, base_sigma=[1.0] * L, prior_sigma=[],
+                        decoder=-1, sigma_x=1.0)
+
+    for key, make in (("max_latent", lambda n: model(L=n)), ("max_linear_per_mlp", lambda n: model(n_linear=n)),
+                      ("max_mlps", lambda n: model(n_mlps=n)), ("max_width", lambda n: model(width=n))):
+        make(lim[key])
+        with pytest.raises(ValueError):
+            make(lim[key] + 1)
+    with pytest.raises(ValueError, match="weight matrix too large"):  # refused before its address is read
+        _C.Model(dims=[16384], mlps=[([16384, lim["max_matrix"] // 16384 + 1], [buf(1)], [0], 0, 0.0, 0)],
+                 terms=[-1], joint=-1, gaussians=[], sigma_floors=[], space=0, energy_sign=-1.0, base_sigma=[1.0],
+                 prior_sigma=[], decoder=-1, sigma_x=1.0)
+    m = model(width=1024)
+    x = [buf(1024)]
+    chain = dict(B=1, x=x, out=x, K=1, h=[0.1], c=[0.1], mala_den=[], mala=False, seed=1, offset=0, xobs=0,
+                 energy_out=0, gnorm_out=0, accept_out=0, accept_record=0, nthreads=1)
+    m.chain(**chain)
+    for key, over in (("max_batch", "B"), ("max_steps", "K"), ("max_threads", "nthreads")):
+        with pytest.raises(ValueError):
+            m.chain(**(chain | {over: lim[key] + 1}))
+    # refused before any address is read: B = max_batch is allowed, B * 1024 floats are not
+    with pytest.raises(ValueError, match="B \\* D too large"):
+        m.chain(**(chain | {"B": lim["max_batch"]}))
+    assert lim["max_batch"] * 1024 > lim["max_elements"]
+
+
+@needs_ext
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("space", ["z", "eps"])
+def test_whole_chain_through_the_binding_every_activation(act, space):
+    """_C.Model.chain on a prior written out in torch (tests/binding_reference.py: odd widths, the
+    joint term, the Gaussian in eps-space, every MLP with `act`) against the reference backend on
+    the same energy, on every instruction set; tolerance as test_cpu_backend.py. The FMA kernels
+    (avx512, avx2, avx2-narrow) agree bit for bit, as test_cpu_narrow.py requires."""
+    from jebm_kernels import _C
+    prior = HandPrior(act, space, seed=activation_table.CODES[act])
+    B, K, s, tau = 7, 25, (0.3, 0.2), 0.9
+    z = [torch.randn(B, d, generator=torch.Generator().manual_seed(1)) for d in prior.dims]
+    ref, info = jk.langevin(prior.energy, z, n_steps=K, step_size=list(s), noise_scale=tau,
+                            generator=(2 ** 63 + 5, 2 ** 32 - 9), backend="reference", return_info=True)
+    fma_results = {}
+    for isa in _C.available_isas():
+        with forced_isa(_C, isa):
+            model = _C.Model(**prior.cpu_model_args())
+            out = [torch.empty_like(t) for t in z]
+            energy, gnorm = torch.empty(K), torch.empty(K)
+            model.chain(B, [t.data_ptr() for t in z], [t.data_ptr() for t in out], K, [v * v / 2 for v in s],
+                        [v * tau for v in s], [], False, info["seed"], info["offset"], 0, energy.data_ptr(),
+                        gnorm.data_ptr(), 0, 0, 2)
+        helpers.check_close(out, ref, f"{act}, {space}-space, {isa}", atol=2e-5, rtol=2e-5, who=f"_C ({isa})")
+        assert_close_where(energy, torch.tensor(info["energy"]), atol=2e-5, rtol=2e-5, what=f"mean energy ({isa})")
+        assert_close_where(gnorm, torch.tensor(info["grad_norm"]), atol=2e-5, rtol=2e-5, what=f"|grad U| ({isa})")
+        if isa != "generic":
+            fma_results[isa] = out
+    for isa, out in fma_results.items():
+        first = next(iter(fma_results))
+        assert all(torch.equal(a, b) for a, b in zip(out, fma_results[first])), f"{isa} and {first} differ"
 
 
 # ------------------------------------------------------------------------------ without the build

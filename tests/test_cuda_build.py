@@ -7,7 +7,9 @@ Without a GPU:
 2. The shared headers on the host: csrc/philox.h and jebm_common.h's scalar functions -- exactly
    what the kernels call -- compiled by g++ into tests/cuda_emulation/shared_headers_main.cpp and
    compared with jebm_kernels.philox (Philox words and uniforms bit for bit, normals to float
-   rounding of log/cos) and with torch's activations and autograd derivatives.
+   rounding of log/cos) and with torch's activations and autograd derivatives, every activation
+   of jebm_kernels/activation_table.py (the codes are csrc/generated/activation_codes.h, written
+   here by the generator setup.py runs).
 3. The kernels themselves, emulated: the unchanged source of cuda_prior_chain.cu and
    cuda_update.cu, with cuda_bindings.cpp, compiled by g++ against tests/cuda_emulation/
    cuda_runtime.h (each block's 256 threads are fibers; __syncthreads is a barrier; threads run in
@@ -17,7 +19,8 @@ Without a GPU:
    element: odd shapes (dims 1, 3, 17, 129, a 300-wide layer: several GEMM passes and chunks),
    4- and 8-chain blocks, more chain blocks than grid blocks, both spaces, the joint term, every
    activation, out-activations, no-bias layers, base_sigma with inf, prior_sigma, MALA decisions,
-   and the multi-layer update (its normals and uniforms against the reference stream).
+   and the multi-layer update (its normals and uniforms against the reference stream). ELU is also
+   driven through the binding directly on a prior written out in torch (tests/binding_reference.py).
    What emulation cannot show: warp-level timing, real memory-ordering bugs that a barrier does
    not cover, device libm rounding (expf/logf/cosf/erff differ from glibc by an ulp or two), and
    speed. Those need the GPU tests below.
@@ -39,6 +42,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -53,16 +57,17 @@ from torch import nn
 import jebm_kernels as jk
 import functools
 
+from jebm_kernels import activation_table
 from jebm_kernels import extension
 from jebm_kernels.chain import autograd_energy_and_grad, run_chain
-from jebm_kernels.prior_chain import cuda as prior_chain_cuda
-from jebm_kernels.problem import info_from_stats
-from jebm_kernels.update import cuda as update_cuda
 from jebm_kernels.philox import philox_rand, philox_randint4x, philox_randn
-from jebm_kernels.problem import make_problem
+from jebm_kernels.prior_chain import cuda as prior_chain_cuda
+from jebm_kernels.problem import info_from_stats, make_problem
+from jebm_kernels.spec import ACTIVATIONS, GaussianSpec, PriorSpec
+from jebm_kernels.update import cuda as update_cuda
 from jebm_kernels.update.reference import propose as reference_proposal
-from jebm_kernels.spec import ACTIVATIONS, GaussianSpec, PriorSpec, activation
 
+import binding_reference
 import helpers
 from helpers import assert_close_where, make_mlp, make_prior, reference_mala_trace, start
 
@@ -74,7 +79,6 @@ CU_FILES = sorted(glob.glob(os.path.join(CSRC, "*.cu")))
 ARCHS = ("80", "90")
 ATOL = RTOL = 2e-5
 MARGIN = 1e-3
-ACT_PARAM = {"leaky_relu": 0.2, "softplus": 1.5}
 GPU = torch.cuda.is_available() and extension.cuda_error() is None
 
 
@@ -118,8 +122,13 @@ def _run_all(cmds):
     return [(c, p.returncode, out) for c, p in procs for out in [p.communicate()[0]]]
 
 
+# csrc/generated/activation_codes.h, written from jebm_kernels/activation_table.py by the generator
+# setup.py runs (the builds here compile csrc without setup.py)
+write_generated_headers = runpy.run_path(os.path.join(CSRC, "generate_activation_codes.py"))["write_header"]
+
+
 def _headers():
-    return glob.glob(os.path.join(CSRC, "*.h"))
+    return glob.glob(os.path.join(CSRC, "*.h")) + glob.glob(os.path.join(CSRC, "generated", "*.h"))
 
 
 def build_nvcc():
@@ -188,6 +197,7 @@ def builds():
     """Every build, started at once (they overlap on the cores); each test waits for its own."""
     if CXX is None:
         pytest.skip("no C++ compiler (g++/c++) on PATH")
+    write_generated_headers(ROOT)
     pool = ThreadPoolExecutor(max_workers=3)
     futures = {"headers": pool.submit(build_header_program), "emulator": pool.submit(build_emulator)}
     if NVCC:
@@ -224,21 +234,40 @@ def test_shared_philox_header_on_the_host(builds, seed, offset, n):
     assert float((normal - ref).abs().max()) <= 2e-6
 
 
-@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("act", binding_reference.ACTIVATIONS)
 def test_shared_activation_header_on_the_host(builds, act):
     exe = builds["headers"].result()
-    codes = {"identity": 0, "leaky_relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4, "softplus": 5, "tanh": 6, "relu": 7}
-    param = ACT_PARAM.get(act, 0.0)
+    param = binding_reference.TEST_PARAM[act]
     a = torch.cat([torch.linspace(-25, 25, 20_001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 1e4])])
-    raw = subprocess.run([exe, "act", str(codes[act]), repr(param), str(a.numel())], input=a.numpy().tobytes(),
-                         capture_output=True, check=True).stdout
+    raw = subprocess.run([exe, "act", str(activation_table.CODES[act]), repr(param), str(a.numel())],
+                         input=a.numpy().tobytes(), capture_output=True, check=True).stdout
     vd = torch.from_numpy(np.frombuffer(raw, dtype="<f4").reshape(-1, 2).copy()).double()
     leaf = a.double().requires_grad_(True)
-    y = activation(leaf, act, param)
+    y = binding_reference.torch_activation(leaf, act, param)
     (g,) = torch.autograd.grad(y.sum(), leaf)
     # against torch in float64: float32 results of ~1-2 ulp (test_cpu_bindings.py's bound)
     assert_close_where(vd[:, 0], y.detach(), atol=2e-6, rtol=4e-7, what=f"{act} value")
     assert_close_where(vd[:, 1], g, atol=2e-6, rtol=4e-7, what=f"{act} derivative")
+
+
+def test_act_codes_and_limits_of_the_cuda_bindings(emu):
+    """The CUDA bindings (emulated here, and the real module where it is built) report the codes of
+    jebm_kernels/activation_table.py and the same shared limits as _C."""
+    modules = [emu]
+    if extension.cuda_error() is None:
+        from jebm_kernels import _cuda
+        modules.append(_cuda)
+    for m in modules:
+        assert m.act_codes() == activation_table.CODES
+        lim = m.limits()
+        assert {"max_latent", "max_linear_per_mlp", "max_mlps", "max_linear_total", "max_width", "max_batch",
+                "max_steps", "chains_per_block", "threads"} <= set(lim)
+        try:
+            from jebm_kernels import _C
+        except ImportError:
+            continue
+        shared = set(lim) & set(_C.limits())
+        assert {k: lim[k] for k in shared} == {k: _C.limits()[k] for k in shared}
 
 
 # ---------------------------------------------------------------------------- nvcc, both archs
@@ -424,22 +453,48 @@ def test_emulated_prior_chain_odd_shapes(emu, monkeypatch, dims, B, sms, space, 
 
 
 def test_emulated_every_activation_and_out_activation(emu, monkeypatch):
-    """Each activation as the hidden one of some MLP, and three as output activations, in two
-    short chains (one per space) that share the cost of the emulation."""
+    """Each activation as the hidden one of some MLP, and output activations, in short chains of
+    four activations each (the spaces alternate) that share the cost of the emulation."""
     monkeypatch.setenv("JEBM_EMU_SMS", "1")
     gen = torch.Generator().manual_seed(9)
     acts = list(ACTIVATIONS)
-    for space, chunk, outs in (("z", acts[:4], ("tanh", "identity")), ("eps", acts[4:], ("softplus", "gelu_tanh"))):
+    chunks = [(acts[i:i + 4] + acts)[:4] for i in range(0, len(acts), 4)]  # the last one topped up
+    outs = [("tanh", "identity"), ("softplus", "gelu_tanh")]
+    for i, chunk in enumerate(chunks):
+        space, out_acts = ("z", "eps")[i % 2], outs[i % 2]
         dims = (3, 17)
-        terms = (make_mlp([3, 12, 12, 1], chunk[0], out_act=outs[0], gen=gen, bias=False),
-                 make_mlp([17, 12, 1], chunk[1], out_act=outs[1], gen=gen))
+        terms = (make_mlp([3, 12, 12, 1], chunk[0], out_act=out_acts[0], gen=gen, bias=False),
+                 make_mlp([17, 12, 1], chunk[1], out_act=out_acts[1], gen=gen))
         joint = make_mlp([20, 9, 1], chunk[2], gen=gen)
         gauss = (GaussianSpec(make_mlp([17, 10, 6], chunk[3], gen=gen, gain=0.5), 0.01),)
         spec = PriorSpec(dims, terms, joint, gauss, space=space, energy_sign=-1.0)
         ref, ref_info, out, info = run_emulated(emu, jk.PriorEnergy(spec), start(3, dims), n_steps=3,
                                                 step_size=[0.3, 0.2])
-        check_close(out, ref, f"activations {chunk}, outputs {outs}, {space}")
+        check_close(out, ref, f"activations {chunk}, outputs {out_acts}, {space}")
         helpers.check_info(info, ref_info)
+
+
+@pytest.mark.parametrize("space", ["z", "eps"])
+def test_emulated_elu_chain_through_the_binding(emu, monkeypatch, space):
+    """ELU in every MLP of a prior written out in torch (tests/binding_reference.py: odd widths, the
+    joint term, the Gaussian in eps-space), the emulated kernel driven through the binding directly,
+    against the reference backend on the same energy: ELU end to end without the Python backends."""
+    monkeypatch.setenv("JEBM_EMU_SMS", "1")
+    prior = binding_reference.HandPrior("elu", space, seed=8)
+    B, K, s, tau = 5, 4, (0.3, 0.2), 0.9
+    z = start(B, prior.dims)
+    ref, info = jk.langevin(prior.energy, z, n_steps=K, step_size=list(s), noise_scale=tau,
+                            generator=(2**63 + 977, 2**32 - 3), backend="reference", return_info=True)
+    args, weights = prior.cuda_model_args()
+    model = emu.Model(**args)
+    _, _, _, nbytes = model.plan(B)
+    workspace = torch.zeros(nbytes // 4 + 4)
+    out = [torch.empty_like(t) for t in z]
+    model.chain(B, [t.data_ptr() for t in z], [t.data_ptr() for t in out], K, [v * v / 2 for v in s],
+                [v * tau for v in s], [], False, info["seed"], info["offset"], workspace.data_ptr(), nbytes, 0, 0, 0,
+                0)
+    del weights
+    check_close(out, ref, f"ELU, {space}-space, through the emulated binding")
 
 
 def test_emulated_base_sigma_inf_joint_only_prior_sigma_and_sequential(emu, monkeypatch):

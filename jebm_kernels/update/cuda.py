@@ -39,7 +39,7 @@ def reason(problem: Problem) -> str | None:
         return f"the cuda backend works in float32, got {problem.dtype}"
     if len(problem.dims) > limits["max_latent"]:
         return f"{len(problem.dims)} latent layers; the kernels take at most {limits['max_latent']}"
-    if problem.batch >= 1 << 31 or any(d > limits["max_width"] for d in problem.dims):
+    if problem.batch > limits.get("max_batch", (1 << 31) - 1) or any(d > limits["max_width"] for d in problem.dims):
         return "batch or latent dims beyond the cuda kernels' limits"
     for name, values in (("s^2/2", problem.h), ("s*tau", problem.c)):
         for v in values:
