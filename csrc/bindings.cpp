@@ -1,7 +1,7 @@
 // jebm_kernels._C: pybind11 bindings for the CPU kernels.
 //
 // Every binding takes raw addresses (Python ints) and sizes, never torch tensors, so the module
-// does not depend on torch's C++ ABI and one build serves any torch version. jebm_kernels/cpu.py
+// does not depend on torch's C++ ABI and one build serves any torch version. jebm_kernels/prior_chain/cpu.py and update/cpu.py
 // checks dtype, device, shape and contiguity of every tensor before it passes an address; this
 // file checks again everything it can see: sizes (non-negative, within limits, consistent with
 // each other), list lengths, null addresses, finite scalars, counter overflow -- the checks it

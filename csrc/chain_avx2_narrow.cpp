@@ -3,7 +3,7 @@
 // when the wide kernels would leave threads idle or most lanes empty (batch 8 on 2 threads is one
 // half-empty 16-chain block of avx2, but two full blocks here, one per thread). Every lane does the
 // same operations in the same order as in avx2/avx512 (FMA included), so the results are
-// bitwise those of the wide kernels (tests/test_cpu_backend.py checks it).
+// bitwise those of the wide kernels (tests/test_cpu_isa.py checks it).
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

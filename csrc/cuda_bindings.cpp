@@ -12,7 +12,7 @@
 // buffer's length, and for every address cudaPointerGetAttributes: it must be device (or managed)
 // memory of the current device, so a CPU tensor's address is refused instead of faulting. A bad argument raises ValueError (from
 // std::invalid_argument), a wrongly typed one TypeError (pybind11's conversion), a CUDA runtime
-// error RuntimeError with the runtime's message. jebm_kernels/cuda.py checks dtype, device, shape
+// error RuntimeError with the runtime's message. jebm_kernels/prior_chain/cuda.py and update/cuda.py check dtype, device, shape
 // and contiguity of every tensor first.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

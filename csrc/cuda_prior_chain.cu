@@ -3,7 +3,7 @@
 //
 // The same math, term by term and in the same order of float32 operations where it matters, as
 // the cpu backend (energy.h: eval_block, chain.h: chain_block) and the Triton kernel
-// (triton_prior_chain.py: _energy_grad, _propose, the MALA loop); see cuda_kernels.h for U.
+// (jebm_kernels/prior_chain/triton.py: _energy_grad, _propose, the MALA loop); see cuda_kernels.h for U.
 // The noise is philox.h's philox_normal / philox_uniform (tl.randn / tl.rand) at the problem.py
 // layout: step k, layer l, chain b, feature j draws counter
 //     offset + k * stride + B * (d_1 + ... + d_{l-1}) + b * d_l + j,

@@ -3,7 +3,7 @@
 //     out_l = (x_l - h_l * g_l) + c_l * xi_l,   h_l = s_l^2 / 2,  c_l = s_l * tau,
 //     xi = tl.randn(seed, offset + B * (d_1 + ... + d_{l-1}) + i)    (the problem.py layout)
 //
-// The same operation as triton_update.py and the cpu backend's multi_layer_update: grid
+// The same operation as jebm_kernels/update/triton.py and the cpu backend's multi_layer_update: grid
 // (blocks, L + 1), axis y picks the layer, the extra row L draws the B MALA uniforms
 // tl.rand(seed, offset + B * D + b). Optionally the normals are written out (MALA's proposal
 // density needs them). Every normal and uniform comes from philox.h, the header that
@@ -16,7 +16,7 @@
 // every layer and the uniforms in one launch, where the reference runs ~130 element-wise torch ops
 // of noise and update per step. No host sync. Seed and offset are 64-bit kernel arguments, or, for
 // CUDA graphs (which capture arguments by value), read from a device int64 [seed, offset] tensor
-// that the caller advances between replays (as triton_update.py's PHILOX_FROM_PTR); the kernel's
+// that the caller advances between replays (as update/triton.py's PHILOX_FROM_PTR); the kernel's
 // own `offset` argument is then added to that base.
 #include <cuda_runtime.h>
 

@@ -430,8 +430,8 @@ def test_limits_are_the_ones_the_bindings_enforce():
 def test_whole_chain_through_the_binding_every_activation(act, space):
     """_C.Model.chain on a prior written out in torch (tests/binding_reference.py: odd widths, the
     joint term, the Gaussian in eps-space, every MLP with `act`) against the reference backend on
-    the same energy, on every instruction set; tolerance as test_cpu_backend.py. The FMA kernels
-    (avx512, avx2, avx2-narrow) agree bit for bit, as test_cpu_narrow.py requires."""
+    the same energy, on every instruction set; tolerance as test_prior_chain.py. The FMA kernels
+    (avx512, avx2, avx2-narrow) agree bit for bit, as test_cpu_isa.py requires."""
     from jebm_kernels import _C
     prior = HandPrior(act, space, seed=activation_table.CODES[act])
     B, K, s, tau = 7, 25, (0.3, 0.2), 0.9

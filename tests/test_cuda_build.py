@@ -1,7 +1,5 @@
-"""The CUDA backend (csrc/*.cu, jebm_kernels._cuda, jebm_kernels/cuda.py), checked every way a
-machine without a GPU allows, plus the GPU parity tests that run where there is one.
+"""The CUDA sources (csrc/*.cu, jebm_kernels._cuda), checked every way a machine without a GPU allows.
 
-Without a GPU:
 1. nvcc compiles every .cu file for sm_80 and sm_90 (the flags setup.py uses; skipped, with a
    message, where nvcc is absent).
 2. The shared headers on the host: csrc/philox.h and jebm_common.h's scalar functions -- exactly
@@ -9,210 +7,54 @@ Without a GPU:
    compared with jebm_kernels.philox (Philox words and uniforms bit for bit, normals to float
    rounding of log/cos) and with torch's activations and autograd derivatives, every activation
    of jebm_kernels/activation_table.py (the codes are csrc/generated/activation_codes.h, written
-   here by the generator setup.py runs).
-3. The kernels themselves, emulated: the unchanged source of cuda_prior_chain.cu and
-   cuda_update.cu, with cuda_bindings.cpp, compiled by g++ against tests/cuda_emulation/
-   cuda_runtime.h (each block's 256 threads are fibers; __syncthreads is a barrier; threads run in
-   a freshly shuffled order between barriers so a missing barrier shows as a wrong result; a
-   barrier not every thread reaches aborts). jebm_kernels/cuda.py drives that module exactly as it
-   drives the real one, on CPU tensors, and the chains are compared with the reference element by
-   element: odd shapes (dims 1, 3, 17, 129, a 300-wide layer: several GEMM passes and chunks),
-   4- and 8-chain blocks, more chain blocks than grid blocks, both spaces, the joint term, every
-   activation, out-activations, no-bias layers, base_sigma with inf, prior_sigma, MALA decisions,
-   and the multi-layer update (its normals and uniforms against the reference stream). ELU is also
-   driven through the binding directly on a prior written out in torch (tests/binding_reference.py).
+   by the generator setup.py runs).
+3. The kernels emulated on the host (tests/cuda_emulation: the unchanged sources compiled by g++
+   against cuda_runtime.h; each block's 256 threads are fibers; __syncthreads is a barrier; threads
+   run in a freshly shuffled order between barriers so a missing barrier shows as a wrong result; a
+   barrier not every thread reaches aborts). Here: the launch plans (4- and 8-chain blocks, more
+   chain blocks than grid blocks, a 300-wide layer: two GEMM passes and input chunks). The op tests
+   (test_prior_chain.py, test_posterior_chain.py, test_update.py) run the same emulated module as
+   their "cuda" backend wherever there is no GPU, and the real one where there is.
    What emulation cannot show: warp-level timing, real memory-ordering bugs that a barrier does
    not cover, device libm rounding (expf/logf/cosf/erff differ from glibc by an ulp or two), and
-   speed. Those need the GPU tests below.
+   speed. Those need a GPU.
 4. The bindings refuse garbage with ValueError/TypeError before any address is used; the real
    module without a GPU raises RuntimeError with the CUDA runtime's message; the backend reports
    itself unavailable and langevin(backend="cuda") says why.
 
-With a GPU (skipped here): the cuda backend against the reference on the device.
-
 Cost: the compiles (nvcc for two architectures ~25-40 s of CPU, the emulated module ~20 s) run
-concurrently and are cached under build/test-cuda/<hash of sources and tools>; the emulated
-chains are short (3-8 steps, a few blocks: ~0.05-0.15 s per block and step).
+concurrently and are cached under build/test-cuda/<hash of sources and tools> (conftest.py's
+cuda_builds fixture, cuda_emulation/builds.py).
 
-Tolerance |cuda - reference| <= 2e-5 + 2e-5 |reference| and the MALA margin: as
-test_cpu_backend.py explains (float32 rounding only; a wrong term fails by orders of magnitude).
+Tolerance |cuda - reference| <= 2e-5 + 2e-5 |reference|: as test_prior_chain.py explains.
 """
-import glob
-import hashlib
-import importlib.util
 import math
 import os
-import runpy
-import shutil
 import subprocess
-import sys
-import sysconfig
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import jebm_kernels as jk
-import functools
-
-from jebm_kernels import activation_table
-from jebm_kernels import extension
-from jebm_kernels.chain import autograd_energy_and_grad, run_chain
+from jebm_kernels import activation_table, extension
 from jebm_kernels.philox import philox_rand, philox_randint4x, philox_randn
-from jebm_kernels.prior_chain import cuda as prior_chain_cuda
-from jebm_kernels.problem import info_from_stats, make_problem
-from jebm_kernels.spec import ACTIVATIONS, GaussianSpec, PriorSpec
-from jebm_kernels.update import cuda as update_cuda
-from jebm_kernels.update.reference import propose as reference_proposal
 
 import binding_reference
 import helpers
-from helpers import assert_close_where, make_mlp, make_prior, reference_mala_trace, start
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-CSRC = os.path.join(ROOT, "csrc")
-EMU = os.path.join(HERE, "cuda_emulation")
-CU_FILES = sorted(glob.glob(os.path.join(CSRC, "*.cu")))
-ARCHS = ("80", "90")
-ATOL = RTOL = 2e-5
-MARGIN = 1e-3
-GPU = torch.cuda.is_available() and extension.cuda_error() is None
-
-
-def find_nvcc():
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
-        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-            return os.path.join(home, "bin", "nvcc")
-    return shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
-
-
-NVCC = find_nvcc()
-CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-
-
-# ------------------------------------------------------------------------------------- the builds
-
-def _version(tool):
-    try:
-        return subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _cache_dir(kind, files, tools):
-    h = hashlib.sha256(kind.encode())
-    for f in sorted(files):
-        h.update(f.encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read())
-    for t in tools:
-        h.update(_version(t).encode())
-    h.update(sys.version.encode())
-    d = os.path.join(ROOT, "build", "test-cuda", f"{kind}-{h.hexdigest()[:16]}")
-    os.makedirs(d, exist_ok=True)
-    return d
-
-
-def _run_all(cmds):
-    """Runs the commands concurrently; returns [(cmd, returncode, output)]."""
-    procs = [(c, subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)) for c in cmds]
-    return [(c, p.returncode, out) for c, p in procs for out in [p.communicate()[0]]]
-
-
-# csrc/generated/activation_codes.h, written from jebm_kernels/activation_table.py by the generator
-# setup.py runs (the builds here compile csrc without setup.py)
-write_generated_headers = runpy.run_path(os.path.join(CSRC, "generate_activation_codes.py"))["write_header"]
-
-
-def _headers():
-    return glob.glob(os.path.join(CSRC, "*.h")) + glob.glob(os.path.join(CSRC, "generated", "*.h"))
-
-
-def build_nvcc():
-    """nvcc -c of every .cu for sm_80 and sm_90, one call per file (--threads: both archs at once)."""
-    d = _cache_dir("nvcc", CU_FILES + _headers(), [NVCC])
-    marker = os.path.join(d, "ok")
-    if os.path.exists(marker):
-        with open(marker) as fh:
-            return fh.read()
-    cmds = [[NVCC, "-c", f, "-o", os.path.join(d, os.path.basename(f) + ".o"), "-O3", "-std=c++17", "--fmad=false",
-             "--threads", "0", "-Xcompiler", "-fPIC", "-I" + CSRC, "-Xptxas", "-v",
-             *[f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]] for f in CU_FILES]
-    results = _run_all(cmds)
-    failed = [f"{' '.join(c)}\n{out}" for c, rc, out in results if rc]
-    if failed:
-        raise AssertionError("nvcc failed:\n" + "\n".join(failed))
-    log = "\n".join(out for _, _, out in results)
-    with open(marker, "w") as fh:
-        fh.write(log)
-    return log
-
-
-def build_emulator():
-    """The extension module _cuda with the kernels run on the host (tests/cuda_emulation)."""
-    sources = [os.path.join(CSRC, n) for n in ("cuda_prior_chain.cu", "cuda_update.cu", "cuda_bindings.cpp")]
-    sources.append(os.path.join(EMU, "emulated_device.cpp"))
-    d = _cache_dir("emulator", sources + _headers() + [os.path.join(EMU, "cuda_runtime.h")], [CXX])
-    so = os.path.join(d, "_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
-    if os.path.exists(so):
-        return so
-    pybind11 = pytest.importorskip("pybind11", reason="pybind11 (the test extra) compiles the emulated bindings")
-    inc = ["-I" + EMU, "-I" + CSRC, "-I" + sysconfig.get_paths()["include"], "-I" + pybind11.get_include()]
-    cmds, objs = [], []
-    for src in sources:
-        obj = os.path.join(d, os.path.basename(src) + ".o")
-        objs.append(obj)
-        lang = ["-x", "c++"] if src.endswith(".cu") else []
-        # the kernels at -O1 (they run), the pybind11 bindings at -O0 (they compile 3x faster)
-        opt = "-O0" if src.endswith("bindings.cpp") else "-O1"
-        cmds.append([CXX, opt, "-std=c++17", "-fPIC", "-fvisibility=hidden", "-c", *inc, *lang, src, "-o", obj])
-    failed = [f"{' '.join(c)}\n{out}" for c, rc, out in _run_all(cmds) if rc]
-    if failed:
-        raise AssertionError("building the emulated module failed:\n" + "\n".join(failed))
-    tmp = so + ".tmp"
-    r = subprocess.run([CXX, "-shared", *objs, "-o", tmp], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    os.replace(tmp, so)
-    return so
-
-
-def build_header_program():
-    src = os.path.join(EMU, "shared_headers_main.cpp")
-    d = _cache_dir("headers", [src] + _headers(), [CXX])
-    exe = os.path.join(d, "shared_headers")
-    if not os.path.exists(exe):
-        # -ffp-contract=off: as the CPU extension and nvcc --fmad=false, no implicit FMA
-        r = subprocess.run([CXX, "-O2", "-std=c++17", "-ffp-contract=off", "-I" + CSRC, src, "-o", exe + ".tmp"],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout + r.stderr
-        os.replace(exe + ".tmp", exe)
-    return exe
+from backend_runners import ATOL, RTOL, EmulatedCudaRunner
+from cuda_emulation.builds import ARCHS, CU_FILES, NVCC
+from helpers import assert_close_where, make_prior, start
 
 
 @pytest.fixture(scope="module")
-def builds():
-    """Every build, started at once (they overlap on the cores); each test waits for its own."""
-    if CXX is None:
-        pytest.skip("no C++ compiler (g++/c++) on PATH")
-    write_generated_headers(ROOT)
-    pool = ThreadPoolExecutor(max_workers=3)
-    futures = {"headers": pool.submit(build_header_program), "emulator": pool.submit(build_emulator)}
-    if NVCC:
-        futures["nvcc"] = pool.submit(build_nvcc)
-    yield futures
-    pool.shutdown(wait=True)
+def builds(cuda_builds):
+    return cuda_builds
 
 
 @pytest.fixture(scope="module")
-def emu(builds):
-    so = builds["emulator"].result()
-    spec = importlib.util.spec_from_file_location("_cuda", so)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def emu(cuda_emu):
+    return cuda_emu
 
 
 # ------------------------------------------------------------------------- the shared headers
@@ -415,26 +257,6 @@ def test_bindings_refuse_garbage_before_touching_an_address(emu):
 
 # ------------------------------------------------------------------------- emulated kernels
 
-def run_emulated(emu, energy, z, *, hybrid=False, accept_record=None, **kw):
-    kw.setdefault("generator", (2**63 + 977, 2**32 - 3))  # seed past 2^63, counter low word wraps
-    kw.setdefault("noise_scale", 1.0)
-    kw.setdefault("prior_sigma", None)
-    kw.setdefault("mala", False)
-    ref, ref_info = jk.langevin(energy, z, backend="reference", return_info=True, **kw)
-    problem, _ = make_problem(energy, z, return_info=True, **kw)
-    if hybrid:
-        out, stats = run_chain(problem, autograd_energy_and_grad(problem), functools.partial(update_cuda.propose, ext=emu))
-    else:
-        assert prior_chain_cuda.kernel_reason(problem) is None, prior_chain_cuda.kernel_reason(problem)
-        out, stats = prior_chain_cuda.run(problem, accept_record=accept_record, ext=emu)
-    info = info_from_stats(problem, stats)
-    return ref, ref_info, problem.restructure(out), info
-
-
-def check_close(out, ref, what):
-    helpers.check_close(out, ref, what, atol=ATOL, rtol=RTOL, who="cuda (emulated)")
-
-
 @pytest.mark.parametrize("dims,B,sms,space,joint,hidden", [
     ((1,), 1, 1, "z", False, (7,)),              # 4-chain block, 3 rows of padding
     ((129,), 7, 1, "z", True, (40, 33)),         # 8-chain block (B > 4 x SMs), one chain of padding
@@ -442,271 +264,13 @@ def check_close(out, ref, what):
     ((17, 300), 5, 4, "z", False, (300,)),       # 300 wide: two GEMM passes and two input chunks
     ((17, 100, 1), 3, 2, "eps", True, (20,)),    # three layers, a 1-wide top
 ])
-def test_emulated_prior_chain_odd_shapes(emu, monkeypatch, dims, B, sms, space, joint, hidden):
+def test_emulated_launch_plans(emu, monkeypatch, dims, B, sms, space, joint, hidden):
     monkeypatch.setenv("JEBM_EMU_SMS", str(sms))
     spec = make_prior(dims, hidden=hidden, space=space, joint=joint, seed=len(dims) + B, gauss_hidden=(19,))
-    steps = [0.3 / (1 + l) for l in range(len(dims))]
-    ref, ref_info, out, info = run_emulated(emu, jk.PriorEnergy(spec), start(B, dims), n_steps=4, step_size=steps,
-                                            noise_scale=0.9)
-    check_close(out, ref, f"dims {dims} B={B} {space} joint={joint}")
+    kw = dict(n_steps=4, step_size=[0.3 / (1 + l) for l in range(len(dims))], noise_scale=0.9, prior_sigma=None,
+              mala=False, generator=(2**63 + 977, 2**32 - 3), return_info=True)
+    ref, ref_info = jk.langevin(jk.PriorEnergy(spec), start(B, dims), backend="reference", **kw)
+    out, info = EmulatedCudaRunner(emu).langevin(jk.PriorEnergy(spec), start(B, dims), **kw)
+    helpers.check_close(out, ref, f"dims {dims} B={B} {space} joint={joint}", atol=ATOL, rtol=RTOL,
+                        who="cuda (emulated)")
     helpers.check_info(info, ref_info)
-
-
-def test_emulated_every_activation_and_out_activation(emu, monkeypatch):
-    """Each activation as the hidden one of some MLP, and output activations, in short chains of
-    four activations each (the spaces alternate) that share the cost of the emulation."""
-    monkeypatch.setenv("JEBM_EMU_SMS", "1")
-    gen = torch.Generator().manual_seed(9)
-    acts = list(ACTIVATIONS)
-    chunks = [(acts[i:i + 4] + acts)[:4] for i in range(0, len(acts), 4)]  # the last one topped up
-    outs = [("tanh", "identity"), ("softplus", "gelu_tanh")]
-    for i, chunk in enumerate(chunks):
-        space, out_acts = ("z", "eps")[i % 2], outs[i % 2]
-        dims = (3, 17)
-        terms = (make_mlp([3, 12, 12, 1], chunk[0], out_act=out_acts[0], gen=gen, bias=False),
-                 make_mlp([17, 12, 1], chunk[1], out_act=out_acts[1], gen=gen))
-        joint = make_mlp([20, 9, 1], chunk[2], gen=gen)
-        gauss = (GaussianSpec(make_mlp([17, 10, 6], chunk[3], gen=gen, gain=0.5), 0.01),)
-        spec = PriorSpec(dims, terms, joint, gauss, space=space, energy_sign=-1.0)
-        ref, ref_info, out, info = run_emulated(emu, jk.PriorEnergy(spec), start(3, dims), n_steps=3,
-                                                step_size=[0.3, 0.2])
-        check_close(out, ref, f"activations {chunk}, outputs {out_acts}, {space}")
-        helpers.check_info(info, ref_info)
-
-
-@pytest.mark.parametrize("space", ["z", "eps"])
-def test_emulated_elu_chain_through_the_binding(emu, monkeypatch, space):
-    """ELU in every MLP of a prior written out in torch (tests/binding_reference.py: odd widths, the
-    joint term, the Gaussian in eps-space), the emulated kernel driven through the binding directly,
-    against the reference backend on the same energy: ELU end to end without the Python backends."""
-    monkeypatch.setenv("JEBM_EMU_SMS", "1")
-    prior = binding_reference.HandPrior("elu", space, seed=8)
-    B, K, s, tau = 5, 4, (0.3, 0.2), 0.9
-    z = start(B, prior.dims)
-    ref, info = jk.langevin(prior.energy, z, n_steps=K, step_size=list(s), noise_scale=tau,
-                            generator=(2**63 + 977, 2**32 - 3), backend="reference", return_info=True)
-    args, weights = prior.cuda_model_args()
-    model = emu.Model(**args)
-    _, _, _, nbytes = model.plan(B)
-    workspace = torch.zeros(nbytes // 4 + 4)
-    out = [torch.empty_like(t) for t in z]
-    model.chain(B, [t.data_ptr() for t in z], [t.data_ptr() for t in out], K, [v * v / 2 for v in s],
-                [v * tau for v in s], [], False, info["seed"], info["offset"], workspace.data_ptr(), nbytes, 0, 0, 0,
-                0)
-    del weights
-    check_close(out, ref, f"ELU, {space}-space, through the emulated binding")
-
-
-def test_emulated_base_sigma_inf_joint_only_prior_sigma_and_sequential(emu, monkeypatch):
-    monkeypatch.setenv("JEBM_EMU_SMS", "1")
-    gen = torch.Generator().manual_seed(4)
-    spec = PriorSpec((5, 4), (None, None), joint_term=make_mlp([9, 16, 1], "gelu", gen=gen),
-                     energy_sign=1.0, base_sigma=(2.0, math.inf))
-    ref, _, out, _ = run_emulated(emu, jk.PriorEnergy(spec), start(7, (5, 4)), n_steps=4, step_size=0.2,
-                                  prior_sigma=[1.0, 3.0])
-    check_close(out, ref, "joint term only, base_sigma (2, inf), prior_sigma (1, 3)")
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(20, 30), nn.SiLU(), nn.Linear(30, 30), nn.SiLU(), nn.Linear(30, 1))
-    ref, ref_info, out, info = run_emulated(emu, net, torch.randn(6, 20), n_steps=4, step_size=0.4, prior_sigma=1.0)
-    check_close(out, ref, "LEBM-style nn.Sequential with prior_sigma")
-    helpers.check_info(info, ref_info)
-
-
-def test_emulated_prior_chain_reads_seed_and_offset_from_memory(emu, monkeypatch):
-    """The graph-safe form: seed and base offset from a tensor, the problem's offset added."""
-    monkeypatch.setenv("JEBM_EMU_SMS", "1")
-    spec = make_prior((3, 1), hidden=(9,), space="eps", seed=3, gauss_hidden=(7,))
-    z = start(1, spec.dims)
-    seed, offset = 2**64 - 2, 2**33 + 5
-    kw = dict(n_steps=4, step_size=0.3, noise_scale=1.0, prior_sigma=None, mala=True, return_info=False)
-    ref = jk.langevin(jk.PriorEnergy(spec), z, generator=(seed, offset), backend="reference", **kw)
-    problem, _ = make_problem(jk.PriorEnergy(spec), z, generator=(12345, 100), **kw)  # another seed
-    philox = torch.tensor([seed - 2**64, offset - 100], dtype=torch.int64)
-    problem.philox = philox
-    out, _ = prior_chain_cuda.run(problem, ext=emu)
-    check_close(out, ref, "eps-space (3, 1), B=1, MALA, seed and offset from memory")
-
-
-def test_emulated_mala_decisions_match_except_at_the_threshold(emu, monkeypatch):
-    monkeypatch.setenv("JEBM_EMU_SMS", "1")
-    spec = make_prior((3, 17), hidden=(16,), space="eps", seed=17, gauss_hidden=(12,))
-    energy = jk.PriorEnergy(spec)
-    B, K = 9, 8
-    z = start(B, spec.dims)
-    kw = dict(n_steps=K, step_size=0.9, noise_scale=1.0, prior_sigma=None, mala=True, return_info=True)
-    problem, _ = make_problem(energy, z, generator=(99, 0), **kw)
-    ref_x, ref_dec, ref_margin = reference_mala_trace(problem)
-    record = torch.zeros(K, B, dtype=torch.uint8)
-    problem, _ = make_problem(energy, z, generator=(99, 0), **kw)
-    out, stats = prior_chain_cuda.run(problem, accept_record=record, ext=emu)
-    rate = float(ref_dec.float().mean())
-    assert 0.2 < rate < 0.95, f"accept rate {rate}: choose a step size that makes decisions matter"
-    dec = record.bool()
-    diverged = torch.zeros(B, dtype=torch.bool)
-    for k in range(K):
-        differ = (dec[k] != ref_dec[k]) & ~diverged
-        if differ.any():
-            assert float(ref_margin[k][differ].max()) < MARGIN, f"step {k}: a decision differs away from the threshold"
-            diverged |= differ
-    assert int(diverged.sum()) <= 1
-    for l, (a, b) in enumerate(zip(out, ref_x)):
-        assert_close_where(a[~diverged], b[~diverged], atol=ATOL, rtol=RTOL, what=f"MALA layer {l + 1}")
-    acc = stats[:, 2].float()
-    assert torch.allclose(acc, dec.float().mean(1)), "per-step accept rates are the recorded decisions' means"
-    print(f"emulated MALA: accept rate {rate:.2f}, threshold flips {int(diverged.sum())}")
-
-
-def test_emulated_multi_layer_update_draws_the_reference_stream(emu):
-    B, dims = 5, [3, 17]
-    gen = torch.Generator().manual_seed(2)
-    x = [torch.randn(B, d, generator=gen) for d in dims]
-    g = [torch.randn(B, d, generator=gen) for d in dims]
-    energy = lambda zs: sum((t ** 2).sum(-1) for t in zs)  # noqa: E731 (only the problem's layout matters)
-    problem, _ = make_problem(energy, x, n_steps=3, step_size=[0.3, 0.2], noise_scale=0.7, prior_sigma=None,
-                              generator=(2**64 - 5, 2**32 - 40), mala=True, return_info=False)
-    for k in range(problem.n_steps):
-        ref_prop, ref_noise, ref_uniform = reference_proposal(problem, x, g, k)
-        out = [torch.empty(B, d) for d in dims]
-        noise = [torch.empty(B, d) for d in dims]
-        uniform = torch.empty(B)
-        emu.multi_layer_update(B, dims, [t.data_ptr() for t in x], [t.data_ptr() for t in g],
-                               [t.data_ptr() for t in out], [t.data_ptr() for t in noise], uniform.data_ptr(),
-                               [s * s / 2 for s in problem.step_sizes], [s * 0.7 for s in problem.step_sizes],
-                               problem.seed, problem.offset + k * problem.stride, 0, 0)
-        assert torch.equal(uniform, ref_uniform), "MALA uniforms are tl.rand at offset + B*D + b"
-        for l in range(len(dims)):
-            assert_close_where(noise[l], ref_noise[l], atol=2e-6, what=f"step {k} normals, layer {l + 1}")
-            assert_close_where(out[l], ref_prop[l], atol=4e-6, rtol=1e-6, what=f"step {k} move, layer {l + 1}")
-    # the graph-safe form: seed and base offset read from memory, the argument added
-    philox = torch.tensor([problem.seed - 2**64, problem.offset - 7], dtype=torch.int64)
-    again = [torch.empty(B, d) for d in dims]
-    emu.multi_layer_update(B, dims, [t.data_ptr() for t in x], [t.data_ptr() for t in g],
-                           [t.data_ptr() for t in again], [], 0, [s * s / 2 for s in problem.step_sizes],
-                           [s * 0.7 for s in problem.step_sizes], 0, 7, philox.data_ptr(), 0)
-    ref_prop, _, _ = reference_proposal(problem, x, g, 0)
-    for l in range(len(dims)):
-        assert_close_where(again[l], ref_prop[l], atol=4e-6, rtol=1e-6, what=f"seed from memory, layer {l + 1}")
-
-
-def test_emulated_hybrid_chain_for_any_energy_with_mala(emu):
-    """A non-fusable energy: autograd gradients, the emulated update kernel for every move."""
-    w = torch.randn(4, 4, generator=torch.Generator().manual_seed(3)) * 0.3
-
-    def energy(zs):
-        a, b = zs
-        return 0.5 * (a ** 2).sum(-1) + torch.cosh(b @ w[:3, :3]).sum(-1) + (a[:, :3] * b).sum(-1) * 0.1
-
-    z = start(6, (4, 3))
-    ref, ref_info, out, info = run_emulated(emu, energy, z, hybrid=True, n_steps=6, step_size=0.5, mala=True)
-    check_close(out, ref, "hybrid chain (autograd + emulated update), MALA")
-    assert info["accept"] == ref_info["accept"]
-
-
-# ------------------------------------------------------------------------------- on a GPU
-
-needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and the built jebm_kernels._cuda "
-                               f"(GPU: {torch.cuda.is_available()}, extension: {extension.cuda_error() or 'built'})")
-
-
-def to_cuda(spec: PriorSpec) -> PriorSpec:
-    def mv(m):
-        return None if m is None else type(m)(tuple(w.cuda() for w in m.weights),
-                                               tuple(None if b is None else b.cuda() for b in m.biases),
-                                               m.activation, m.act_param, m.out_activation)
-    return PriorSpec(spec.dims, tuple(mv(t) for t in spec.layer_terms), mv(spec.joint_term),
-                     tuple(GaussianSpec(mv(g.mlp), g.sigma_floor) for g in spec.gaussians),
-                     spec.space, spec.energy_sign, spec.base_sigma)
-
-
-def run_gpu(energy, z, **kw):
-    kw.setdefault("generator", (2**63 + 977, 2**32 - 3))
-    ref, ref_info = jk.langevin(energy, z, backend="reference", return_info=True, **kw)
-    out, info = jk.langevin(energy, z, backend="cuda", return_info=True, **kw)
-    assert info["backend"] == "cuda"
-    return ref, ref_info, out, info
-
-
-def gpu_close(out, ref, what):
-    helpers.check_close(out, ref, what, atol=ATOL, rtol=RTOL, who="cuda")
-
-
-@needs_gpu
-@pytest.mark.parametrize("dims,B,space,joint", [
-    ((1,), 1, "z", False), ((129,), 7, "z", True), ((3, 17), 100, "z", True), ((3, 17), 7, "eps", False),
-    ((17, 100, 1), 7, "eps", True), ((100, 3), 1, "eps", True), ((129, 17, 3), 100, "eps", False),
-])
-def test_gpu_odd_shapes_both_spaces(dims, B, space, joint):
-    spec = to_cuda(make_prior(dims, hidden=(40, 33), space=space, joint=joint, seed=len(dims) + B))
-    z = [t.cuda() for t in start(B, dims)]
-    ref, ref_info, out, info = run_gpu(jk.PriorEnergy(spec), z, n_steps=60,
-                                       step_size=[0.3 / (1 + l) for l in range(len(dims))], noise_scale=0.9)
-    gpu_close(out, ref, f"GPU dims {dims} B={B} {space} joint={joint}")
-    helpers.check_info(info, ref_info)
-
-
-@needs_gpu
-@pytest.mark.parametrize("act", ACTIVATIONS)
-def test_gpu_every_activation(act):
-    spec = to_cuda(make_prior((3, 17), hidden=(24, 24), act=act, seed=ACTIVATIONS.index(act)))
-    z = [t.cuda() for t in start(7, spec.dims)]
-    ref, ref_info, out, info = run_gpu(jk.PriorEnergy(spec), z, n_steps=40, step_size=[0.3, 0.2])
-    gpu_close(out, ref, f"GPU activation {act}")
-    helpers.check_info(info, ref_info)
-
-
-@needs_gpu
-def test_gpu_cvpr_prior_and_auto_picks_cuda():
-    gen = torch.Generator().manual_seed(11)
-    spec = to_cuda(PriorSpec((128, 100), (make_mlp([128, 200, 200, 200, 1], gen=gen),
-                                          make_mlp([100, 100, 100, 1], gen=gen)),
-                             gaussians=(GaussianSpec(make_mlp([100, 200, 200, 200, 200, 256], gen=gen, gain=0.5),
-                                                     0.01),)))
-    z = [t.cuda() for t in start(100, spec.dims)]
-    ref, ref_info, out, info = run_gpu(jk.PriorEnergy(spec), z, n_steps=60, step_size=0.4)
-    gpu_close(out, ref, "GPU CVPR prior B=100")
-    helpers.check_info(info, ref_info)
-    _, info = jk.langevin(jk.PriorEnergy(spec), z, n_steps=2, step_size=0.4, return_info=True)
-    assert info["backend"] == "cuda"
-
-
-@needs_gpu
-@pytest.mark.parametrize("dims,B,space", [((17,), 100, "z"), ((3, 17), 100, "eps"), ((129,), 7, "z")])
-def test_gpu_mala_decisions_match_except_at_the_threshold(dims, B, space):
-    spec = to_cuda(make_prior(dims, hidden=(32, 32), space=space, seed=B))
-    energy = jk.PriorEnergy(spec)
-    z = [t.cuda() for t in start(B, dims)]
-    K = 60
-    kw = dict(n_steps=K, step_size=1.0 if B == 100 else 0.8, noise_scale=1.0, prior_sigma=None, mala=True,
-              return_info=True)
-    problem, _ = make_problem(energy, z, generator=(99, 0), **kw)
-    ref_x, ref_dec, ref_margin = reference_mala_trace(problem)
-    problem, _ = make_problem(energy, z, generator=(99, 0), **kw)
-    record = torch.zeros(K, B, dtype=torch.uint8, device="cuda")
-    with torch.cuda.device(problem.device):
-        out, _ = prior_chain_cuda.run(problem, accept_record=record)
-    dec = record.bool()
-    diverged = torch.zeros(B, dtype=torch.bool, device="cuda")
-    for k in range(K):
-        differ = (dec[k] != ref_dec[k]) & ~diverged
-        if differ.any():
-            assert float(ref_margin[k][differ].max()) < MARGIN
-            diverged |= differ
-    assert int(diverged.sum()) <= max(1, B // 10)
-    for l, (a, b) in enumerate(zip(out, ref_x)):
-        assert_close_where(a[~diverged], b[~diverged], atol=ATOL, rtol=RTOL, what=f"GPU MALA layer {l + 1}")
-
-
-@needs_gpu
-@pytest.mark.parametrize("mala", [False, True])
-def test_gpu_hybrid_posterior_conv_decoder(mala):
-    torch.manual_seed(4)
-    spec = to_cuda(make_prior((6, 4), hidden=(20,), space="eps", seed=9))
-    dec = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Unflatten(1, (2, 4, 4)),
-                        nn.ConvTranspose2d(2, 1, 4, stride=2, padding=1), nn.Tanh()).cuda()
-    x_obs = torch.rand(7, 1, 8, 8, device="cuda") * 2 - 1
-    energy = jk.PosteriorEnergy(spec, dec, x_obs, 0.3)
-    z = [t.cuda() for t in start(7, spec.dims)]
-    ref, ref_info, out, info = run_gpu(energy, z, n_steps=30, step_size=0.05, mala=mala)
-    gpu_close(out, ref, f"GPU posterior, conv decoder, mala={mala}")
-    if mala:
-        assert info["accept"] == ref_info["accept"]

@@ -2,7 +2,7 @@
 checks (torch.library.opcheck), torch.compile(fullgraph=True) of a module that calls them, and the
 ops' results against the reference backend with the same Philox noise.
 
-Tolerance against the reference: 2e-5 + 2e-5 |ref|, as in test_cpu_backend.py (the ops run the
+Tolerance against the reference: 2e-5 + 2e-5 |ref|, as in test_prior_chain.py (the ops run the
 cpu backend's C++ chain; see there for the measured differences and why). Compiled against eager
 is exact (torch.equal): the compiled graph calls the same op on the same inputs, and the torch ops
 around it are element-wise ops inductor does not reorder.

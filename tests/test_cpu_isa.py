@@ -1,10 +1,13 @@
-"""The narrow (4-float AVX2) CPU kernels that small batches run on are bitwise the wide ones.
+"""The CPU kernels' instruction sets and threads (csrc/isa_kernels.h): every ISA this CPU has
+(``JEBM_ISA`` / ``_C.set_isa``) runs the same chains.
 
-bindings.cpp runs a call on the narrow kernels when a small batch would leave threads idle on the
-wide ones (batch 8 on 2 threads). Each chain lane does the same float operations in the same order
-at any vector width (FMA included), so the two must agree to the last bit, not just to the
-reference tolerance; the reference parity of the narrow kernels themselves is covered by
-test_cpu_backend.py's loop over every available instruction set.
+- The narrow (4-float AVX2) kernels that small batches run on are bitwise the wide ones.
+  bindings.cpp runs a call on the narrow kernels when a small batch would leave threads idle on
+  the wide ones (batch 8 on 2 threads). Each chain lane does the same float operations in the same
+  order at any vector width (FMA included), so the two must agree to the last bit.
+- Every available ISA (generic without FMA included) agrees with the others to the reference
+  tolerance, and a chain does not depend on the thread count.
+The parity of the default ISA with the reference is test_prior_chain.py's.
 """
 import pytest
 import torch
@@ -12,7 +15,8 @@ import torch
 import jebm_kernels as jk
 from jebm_kernels import extension
 
-from helpers import make_prior, start
+from helpers import assert_close_where, make_prior, start
+from jebm_kernels.spec import ACTIVATIONS
 
 pytestmark = pytest.mark.skipif(extension.cpu_error() is not None,
                                 reason=f"the C++ extension is not built: {extension.cpu_error()}")
@@ -23,7 +27,7 @@ def _isas():
     return _C, _C.available_isas()
 
 
-@pytest.mark.parametrize("act", ["leaky_relu", "gelu", "gelu_tanh", "silu", "softplus", "tanh", "relu"])
+@pytest.mark.parametrize("act", [a for a in ACTIVATIONS if a != "identity"])
 @pytest.mark.parametrize("space,mala,joint", [("z", False, False), ("eps", True, True)])
 def test_narrow_kernels_equal_the_wide_ones_bitwise(act, space, mala, joint):
     _C, isas = _isas()
@@ -70,3 +74,31 @@ def test_small_batches_give_the_same_chains_under_the_automatic_choice():
     for x, y, r in zip(auto, again, ref):
         assert torch.equal(x, y)
         torch.testing.assert_close(x, r, atol=2e-5, rtol=2e-5)
+
+
+def test_threads_and_instruction_sets_do_not_change_a_chain():
+    """Each chain's arithmetic is the same whatever the thread count; the generic build (no FMA)
+    differs from the SIMD ones only by rounding."""
+    spec = make_prior((17, 3), hidden=(33,), space="eps", joint=True)
+    z = start(50, spec.dims)
+    kw = dict(n_steps=20, step_size=0.3, generator=(5, 0), backend="cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = jk.langevin(jk.PriorEnergy(spec), z, **kw)
+        torch.set_num_threads(max(2, threads))
+        two = jk.langevin(jk.PriorEnergy(spec), z, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+    _C, isas = _isas()
+    best = _C.isa()
+    try:
+        for name in isas:
+            _C.set_isa(name)
+            other = jk.langevin(jk.PriorEnergy(spec), z, **kw)
+            for a, b in zip(other, one):
+                assert_close_where(a, b, atol=2e-5, rtol=2e-5, what=f"isa {name}")
+    finally:
+        _C.set_isa(best)

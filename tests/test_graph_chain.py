@@ -6,7 +6,7 @@ Without a GPU the same chains run eagerly on CPU tensors, through the ops' C++ k
 the Triton kernels under TRITON_INTERPRET=1; consecutive calls must equal the reference at
 consecutive noise positions. The capture/replay tests need a GPU and skip without one.
 
-Tolerance against the reference: 2e-5 + 2e-5 |ref| (test_cpu_backend.py explains it). For the
+Tolerance against the reference: 2e-5 + 2e-5 |ref| (test_prior_chain.py explains it). For the
 posterior through a conv decoder the gradient is autograd's in both, so only the update's rounding
 (and, for a fused prior, the GEMMs') differs.
 """
