@@ -240,6 +240,8 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "triton>=3.0", "pybind11>=2.12"],
         "bench": ["pytest-benchmark>=4", "torchebm"],
         "tensorboard": ["tensorboard"],
+        # jebm_kernels.diagnostics: ESS and R-hat (tested with 0.23; ArviZ 1.0 moved them to arviz-stats)
+        "diagnostics": ["arviz>=0.20,<1"],
     },
     entry_points={"console_scripts": ["jebm=jebm.cli:main"]},
     ext_modules=cpu_extension() + cuda_extension(),
