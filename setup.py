@@ -236,8 +236,10 @@ setup(
         "matplotlib>=3.6",     # training curves, benchmark plots
     ],
     extras_require={
-        # pybind11: tests/test_cuda_build.py compiles the CUDA bindings against its host emulation
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "triton>=3.0", "pybind11>=2.12"],
+        # pybind11: tests/test_cuda_build.py compiles the CUDA bindings against its host emulation;
+        # arviz: tests/test_diagnostics.py checks jebm_kernels.diagnostics' ESS and R-hat
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "triton>=3.0", "pybind11>=2.12",
+                 "arviz>=0.20,<1"],
         "bench": ["pytest-benchmark>=4", "torchebm"],
         "tensorboard": ["tensorboard"],
         # jebm_kernels.diagnostics: ESS and R-hat (tested with 0.23; ArviZ 1.0 moved them to arviz-stats)

@@ -5,7 +5,7 @@ Public API: ``langevin`` (the sampler), ``LangevinSampler`` (torchebm-style clas
 descriptions in ``spec`` and ``PriorEnergy`` / ``PosteriorEnergy``, ``available_backends`` and
 ``BACKENDS``; ``GraphSafeChain`` (a chain CUDA graphs can capture and replay with fresh noise) and
 ``ops`` (the fused kernels as ``torch.ops.jebm.*`` custom ops, ``FusedPriorChain`` for
-torch.compile). ARCHITECTURE.md maps the modules behind them.
+torch.compile); ``diagnostics`` (ESS, split and nested R-hat of a trajectory). ARCHITECTURE.md maps the modules behind them.
 """
 from .dispatch import PRIORITY as _PRIORITY, available_backends
 from .energies import PosteriorEnergy, PriorEnergy
@@ -13,6 +13,7 @@ from .philox import PhiloxGenerator, philox_rand, philox_randn
 from .sampler import langevin
 from .spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential
 from .torchebm_compat import LangevinSampler
+from . import diagnostics
 from . import ops  # registers torch.ops.jebm.prior_chain / multi_layer_update
 from .graph_chain import GraphSafeChain
 from .ops import FusedPriorChain
@@ -21,7 +22,7 @@ __all__ = [
     "langevin", "LangevinSampler", "available_backends", "BACKENDS",
     "philox_randn", "philox_rand", "PhiloxGenerator",
     "MLPSpec", "GaussianSpec", "PriorSpec", "mlp_spec_from_sequential", "PriorEnergy", "PosteriorEnergy",
-    "GraphSafeChain", "FusedPriorChain", "ops",
+    "GraphSafeChain", "FusedPriorChain", "ops", "diagnostics",
 ]
 __version__ = "0.1.0"
 
