@@ -7,13 +7,13 @@
   f_1 MLP 128-200-200-200-1, f_2 MLP 100-100-100-1, LeakyReLU(0.2); p(z_1 | z_2) MLP
   100-200-200-200-200-256; z-space, energy_sign -1, step 0.4.
 - ``iccv``: the ICCV 2023 five-layer prior as jebm's ``"iccv-svhn"`` preset defines it (read from
-  ``jebm.presets`` when jebm is importable, else the copy below, which matches it): d = (64, 32,
-  16, 8, 4); layer energies with two hidden layers (200 wide for the two bottom layers, 100
+  ``jebm.train.presets``, so the benchmark follows the model): d = (64, 32, 16, 8, 4); layer energies with two hidden layers (200 wide for the two bottom layers, 100
   above); the joint term f_0 on concat(z) (124 -> 200 -> 200 -> 1); four Gaussians with two hidden
   layers of 200; LeakyReLU(0.2); eps-space; step 0.4.
 
-Every chain runs K = 60 steps (the papers' prior chain) at batch 8, 100 and 1000.
-``JEBM_BENCH_QUICK=1`` shrinks this to batch 8 and K = 5 (an end-to-end check of the suite).
+The suite in ``benchmarks/`` runs every chain for K = 60 steps (the papers' prior chain) at batch
+8, 100 and 1000; ``JEBM_BENCH_QUICK=1`` shrinks this to batch 8 and K = 5 (an end-to-end check of
+the suite). ``jebm bench`` chooses its own (``jebm.bench.quick``).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from torch import nn
 
 import jebm_kernels as jk
 from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential, prior_energy
+
+from ..train.presets import resolve_config
 
 __all__ = ["QUICK", "BATCHES", "N_STEPS", "CONFIG_NAMES", "CONFIG_TITLES", "Case", "make_case",
            "WEIGHT_SEED", "START_SEED", "NOISE_SEED"]
@@ -46,25 +48,13 @@ NOISE_SEED = 20230601  # Philox seed of the Langevin noise (offset 0): every cal
 STEP_SIZE = 0.4
 LEAK = 0.2
 
-# The architectures of jebm's presets, copied so the suite also runs without jebm; ``_preset``
-# prefers the live preset, so the benchmark follows the model if the preset changes.
-_CVPR_FALLBACK = dict(dims=[128, 100], ebm_hidden=[[200, 200, 200], [100, 100]], joint_hidden=None,
-                      gauss_hidden=[[200, 200, 200, 200]], space="z")
-_ICCV_FALLBACK = dict(dims=[64, 32, 16, 8, 4],
-                      ebm_hidden=[[200, 200], [200, 200], [100, 100], [100, 100], [100, 100]],
-                      joint_hidden=[200, 200], gauss_hidden=[[200, 200]] * 4, space="eps")
+_ARCH_KEYS = ("dims", "ebm_hidden", "joint_hidden", "gauss_hidden", "space")
 
 
-def _preset(name: str, fallback: dict) -> tuple[dict, str]:
+def _preset(name: str) -> tuple[dict, str]:
     """(architecture, where it came from) of a jebm preset."""
-    try:
-        from jebm.presets import PRESETS
-    except Exception:  # jebm absent or broken: the copy above
-        return dict(fallback), "benchmarks/configs.py (jebm not importable)"
-    p = PRESETS.get(name)
-    if p is None:
-        return dict(fallback), f"benchmarks/configs.py (jebm has no preset {name!r})"
-    return {k: p.get(k, fallback[k]) for k in fallback}, f"jebm.presets.PRESETS[{name!r}]"
+    cfg = resolve_config(name)
+    return {k: cfg[k] for k in _ARCH_KEYS}, f"jebm.train.presets.PRESETS[{name!r}]"
 
 
 def _per_module(widths, n: int) -> list[list[int]]:
@@ -196,10 +186,9 @@ def make_case(config: str, batch: int, n_steps: int = N_STEPS) -> Case:
         flops_spec = PriorSpec(dims=(100,), layer_terms=(mlp,), energy_sign=1.0, base_sigma=(1.0,))
         z0 = _with_seed(START_SEED, lambda: torch.randn(batch, 100))
         return Case("lebm", batch, n_steps, net, z0, STEP_SIZE, 1.0, flops_spec,
-                    "benchmarks/configs.py (the LEBM energy MLP)", net=net)
+                    "jebm/bench/configs.py (the LEBM energy MLP)", net=net)
     if config in ("cvpr", "iccv"):
-        preset, fallback = ("cvpr-cifar10", _CVPR_FALLBACK) if config == "cvpr" else ("iccv-svhn", _ICCV_FALLBACK)
-        arch, source = _preset(preset, fallback)
+        arch, source = _preset("cvpr-cifar10" if config == "cvpr" else "iccv-svhn")
         spec = _with_seed(WEIGHT_SEED, lambda: _prior_spec(arch))
         z0 = _with_seed(START_SEED, lambda: [torch.randn(batch, d) for d in spec.dims])
         return Case(config, batch, n_steps, jk.PriorEnergy(spec), z0, STEP_SIZE, None, spec, source)

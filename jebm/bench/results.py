@@ -1,10 +1,15 @@
-"""Turn the benchmark suite's JSON into BENCHMARKS.md's results section, the plot, and the targets.
+"""Turn a benchmark JSON into BENCHMARKS.md's results section, the plot, and the targets.
 
     python -m benchmarks.report .benchmarks/latest.json [--stat min|median] [--no-check]
         [--markdown BENCHMARKS.md] [--plot benchmarks/prior_chain.png] [--no-write]
 
+(``main`` here; ``benchmarks/report.py`` in the repository is its entry point, with the repository's
+BENCHMARKS.md and plot as the defaults.) ``jebm report`` uses the row, table and target functions
+for its benchmark section.
+
 Reads pytest-benchmark's ``--benchmark-json`` output (plus the ``"jebm"`` key that
-``benchmarks/conftest.py`` adds: FMA peak, matmul rate, machine, skips), then
+``benchmarks/conftest.py`` adds: FMA peak, matmul rate, machine, skips), or the JSON of ``jebm
+bench`` (``jebm.bench.quick``, the same layout), then
 - prints and writes the results (machine, command, prior-chain table, training-iteration table,
   targets, what was not measured) between the ``<!-- results:start -->`` and
   ``<!-- results:end -->`` markers of BENCHMARKS.md (appended if the markers are missing);
@@ -25,11 +30,7 @@ import json
 import math
 import os
 from pathlib import Path
-import sys
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MARKDOWN = ROOT / "BENCHMARKS.md"
-DEFAULT_PLOT = ROOT / "benchmarks" / "prior_chain.png"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 COMMAND = ('pip install -e ".[test,bench]" && python -m pytest benchmarks '
@@ -385,13 +386,16 @@ def plot(prows: list[dict], path: Path, data: dict, stat: str) -> None:
     os.replace(tmp, path)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", help="pytest-benchmark JSON (--benchmark-json) of the benchmarks/ suite")
+def main(argv=None, *, default_markdown=Path("BENCHMARKS.md"), default_plot=Path("benchmarks/prior_chain.png"),
+         prog: str = "python -m benchmarks.report") -> int:
+    """The command: print the results, write the markdown section and the plot, check the targets."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", help="pytest-benchmark JSON (--benchmark-json) of the benchmarks/ suite, or jebm bench's")
     ap.add_argument("--stat", choices=("min", "median", "mean"), default="min",
                     help="timing statistic over each benchmark's rounds (default: min)")
-    ap.add_argument("--markdown", type=Path, default=DEFAULT_MARKDOWN, help="file whose results section is replaced")
-    ap.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="PNG of time per chain vs batch")
+    ap.add_argument("--markdown", type=Path, default=Path(default_markdown),
+                    help="file whose results section is replaced")
+    ap.add_argument("--plot", type=Path, default=Path(default_plot), help="PNG of time per chain vs batch")
     ap.add_argument("--no-write", action="store_true", help="print only; write neither the markdown nor the plot")
     ap.add_argument("--no-check", action="store_true", help="exit 0 even if a target fails")
     args = ap.parse_args(argv)
@@ -420,6 +424,3 @@ def main(argv=None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """A small classifier trained on a run's own data set, whose features give an offline Frechet
-distance (``jebm.fid.classifier_fd``) on every labelled data set, the 8x8 digits included, where
+distance (``jebm.evaluate.frechet.classifier_fd``) on every labelled data set, the 8x8 digits included, where
 Inception's 299 x 299 features say little and need weights the user may not have.
 
 Architecture (any image size, 1 or 3 channels): three 3x3 convolutions (32, 64 and 128 channels,
@@ -20,6 +20,10 @@ import time
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from ..data import load_dataset
+from ..train.checkpoint import save_checkpoint
+from .inception import file_sha256
 
 __all__ = ["SmallClassifier", "train_classifier", "save_classifier", "load_classifier", "ensure_classifier",
            "CLASSIFIER_NAME", "DEFAULT_STEPS"]
@@ -95,7 +99,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, steps: int =
 
 
 def save_classifier(clf: SmallClassifier, path, info: dict) -> Path:
-    from .checkpoint import save_checkpoint  # the same atomic write as the run's checkpoint
+    # the same atomic write as the run's checkpoint
     return save_checkpoint({"format": _FORMAT, "arch": clf.arch, "state_dict": clf.state_dict(), "info": info},
                            path)
 
@@ -117,8 +121,6 @@ def load_classifier(path) -> tuple[SmallClassifier, dict]:
 def ensure_classifier(run_dir, cfg: dict, *, data_root=None, steps: int = DEFAULT_STEPS, seed: int = 0):
     """The run's classifier: loaded from ``run_dir/classifier.pt``, or trained on the run's training
     data and saved there first. Returns (classifier, info); info has the file's SHA-256."""
-    from .data import load_dataset
-    from .inception import file_sha256
     path = Path(run_dir) / CLASSIFIER_NAME
     root = data_root if data_root is not None else cfg["data_root"]
     want = {"dataset": cfg["dataset"], "exclude_class": cfg["exclude_class"]}

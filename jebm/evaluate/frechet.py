@@ -7,10 +7,10 @@ set of features, and report the Frechet distance between the two Gaussians,
     d^2 = ||mu_g - mu_t||^2 + Tr(Sigma_g + Sigma_t - 2 (Sigma_g Sigma_t)^(1/2)).
 
 Two feature spaces share that code:
-- ``fid``: Inception-v3's pool3 features (``jebm.inception``) from a weights file the user gives;
+- ``fid``: Inception-v3's pool3 features (``jebm.evaluate.inception``) from a weights file the user gives;
   nothing is downloaded. With pytorch-fid's weights the numbers follow the published protocol.
 - ``classifier_fd``: the features of a small classifier trained on the run's own data set and
-  saved with the run (``jebm.classifier``); works offline on every labelled data set, digits
+  saved with the run (``jebm.evaluate.classifier``); works offline on every labelled data set, digits
   included. Its values are comparable between runs on the same data set and classifier only.
 
 Images go through the features as they would be saved: clamped to [-1, 1] and rounded to the 256
@@ -31,6 +31,13 @@ import time
 
 import numpy as np
 import torch
+
+import jebm_kernels as jk
+
+from ..data import load_dataset
+from ..model import SamplingSettings
+from .classifier import DEFAULT_STEPS, ensure_classifier
+from .inception import file_sha256, load_inception
 
 __all__ = ["frechet_distance", "frechet_distance_to_features", "feature_statistics", "quantize", "generate_images",
            "extract_features", "cached_statistics", "images_digest", "fid", "classifier_fd", "image_quality",
@@ -114,14 +121,16 @@ def images_digest(images: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def generate_images(model, n: int, *, seed: int = 0, backend: str = "auto", batch_size: int = 500):
-    """Yield ``n`` model samples g(z_1), z ~ p(z) by prior Langevin, in batches (a fixed Philox stream)."""
-    import jebm_kernels as jk
+def generate_images(model, n: int, *, seed: int = 0, backend: str = "auto", batch_size: int = 500,
+                    sampling: SamplingSettings | None = None):
+    """Yield ``n`` model samples g(z_1), z ~ p(z) by prior Langevin, in batches (a fixed Philox
+    stream), with the prior chain of ``sampling`` (a loaded run's; default: the model's own)."""
     _check_n(n)
+    sampling = SamplingSettings.from_config(model.config) if sampling is None else sampling
     g = jk.PhiloxGenerator(seed ^ _SEED_XOR)
     model.eval()
     for i in range(0, n, batch_size):
-        yield model.generate(min(batch_size, n - i), generator=g, backend=backend)
+        yield model.generate(min(batch_size, n - i), generator=g, backend=backend, **sampling.prior())
 
 
 @torch.no_grad()
@@ -179,10 +188,9 @@ def _training_subset(train_images: torch.Tensor, n_train):
 
 def fid(model, train_images: torch.Tensor, weights, *, n: int = DEFAULT_N, n_train: int | None = None,
         dataset: str = "data", cache_dir=None, seed: int = 0, backend: str = "auto", batch_size: int = 50,
-        device="cpu") -> dict:
+        device="cpu", sampling: SamplingSettings | None = None) -> dict:
     """FID of ``n`` samples of ``model`` against ``train_images`` (all of them, or the first
     ``n_train``), with the Inception-v3 weights file ``weights``. Returns a dict for eval.json."""
-    from .inception import file_sha256, load_inception
     _check_n(n)
     t0 = time.perf_counter()
     net = load_inception(weights, device=device)
@@ -195,8 +203,8 @@ def fid(model, train_images: torch.Tensor, weights, *, n: int = DEFAULT_N, n_tra
     path = cache / f"{dataset}-{digest[:12]}-{wsha[:12]}-n{train.shape[0]}.npz"
     mu_t, s_t, was_cached = cached_statistics(
         path, key, lambda: extract_features(net, train, batch_size=batch_size, device=device))
-    feats = extract_features(net, generate_images(model, n, seed=seed, backend=backend), batch_size=batch_size,
-                             device=device)
+    feats = extract_features(net, generate_images(model, n, seed=seed, backend=backend, sampling=sampling),
+                             batch_size=batch_size, device=device)
     return {"fid": frechet_distance_to_features(feats, mu_t, s_t), "n_samples": n, "n_train": int(train.shape[0]),
             "weights": str(weights), "weights_sha256": wsha,
             "inception": "pytorch-fid FID variant" if net.fid else "torchvision ImageNet variant",
@@ -206,8 +214,8 @@ def fid(model, train_images: torch.Tensor, weights, *, n: int = DEFAULT_N, n_tra
 
 def classifier_fd(model, train_images: torch.Tensor, classifier, *, n: int = DEFAULT_N, n_train: int | None = None,
                   stats_path=None, classifier_sha: str = "", seed: int = 0, backend: str = "auto",
-                  batch_size: int = 500) -> dict:
-    """Frechet distance in the feature space of ``classifier`` (a ``jebm.classifier.SmallClassifier``)
+                  batch_size: int = 500, sampling: SamplingSettings | None = None) -> dict:
+    """Frechet distance in the feature space of ``classifier`` (a ``jebm.evaluate.classifier.SmallClassifier``)
     between ``n`` model samples and the training images; statistics cached at ``stats_path``."""
     _check_n(n)
     t0 = time.perf_counter()
@@ -224,8 +232,8 @@ def classifier_fd(model, train_images: torch.Tensor, classifier, *, n: int = DEF
     else:
         mu_t, s_t, was_cached = cached_statistics(
             Path(stats_path), key, lambda: extract_features(fn, train, batch_size=batch_size, device=device))
-    feats = extract_features(fn, generate_images(model, n, seed=seed, backend=backend), batch_size=batch_size,
-                             device=device)
+    feats = extract_features(fn, generate_images(model, n, seed=seed, backend=backend, sampling=sampling),
+                             batch_size=batch_size, device=device)
     return {"fd": frechet_distance_to_features(feats, mu_t, s_t), "n_samples": n, "n_train": int(train.shape[0]),
             "feature_dim": int(mu_t.shape[0]), "train_statistics": None if stats_path is None else str(stats_path),
             "train_statistics_cached": was_cached, "seed": seed, "seconds": time.perf_counter() - t0}
@@ -235,9 +243,9 @@ def image_quality(run, *, fid_weights=None, classifier: bool = False, n: int = D
                   cache_dir=None, classifier_steps: int | None = None, seed: int = 0, backend: str = "auto",
                   data_root=None) -> dict:
     """What ``jebm eval --fid-weights PATH / --classifier-fd`` adds to eval.json: ``{"fid": ...}``
-    and/or ``{"classifier_fd": ...}`` for a loaded ``jebm.training.Run``. The classifier is
-    trained on first use and saved in the run folder with its statistics."""
-    from .data import load_dataset
+    and/or ``{"classifier_fd": ...}`` for a loaded ``jebm.train.run.Run`` (sampled with its
+    ``Run.sampling``). The classifier is trained on first use and saved in the run folder with its
+    statistics."""
     _check_n(n)
     if n_train is not None:
         _check_n(n_train, "n_train")
@@ -251,15 +259,14 @@ def image_quality(run, *, fid_weights=None, classifier: bool = False, n: int = D
     if fid_weights is not None:
         name = cfg["dataset"] if cfg["exclude_class"] is None else f"{cfg['dataset']}-without{cfg['exclude_class']}"
         out["fid"] = fid(run.model, train.images, fid_weights, n=n, n_train=n_train, dataset=name,
-                         cache_dir=cache_dir, seed=seed, backend=backend, device=device)
+                         cache_dir=cache_dir, seed=seed, backend=backend, device=device, sampling=run.sampling)
     if classifier:
-        from .classifier import DEFAULT_STEPS, ensure_classifier
         clf, info = ensure_classifier(run_dir, cfg, data_root=root, seed=seed,
                                       steps=classifier_steps if classifier_steps is not None else DEFAULT_STEPS)
         clf = clf.to(device)
         stats = run_dir / "classifier_stats.npz"
         res = classifier_fd(run.model, train.images, clf, n=n, n_train=n_train, stats_path=stats,
-                            classifier_sha=info["sha256"], seed=seed, backend=backend)
+                            classifier_sha=info["sha256"], seed=seed, backend=backend, sampling=run.sampling)
         # A scale to read it against: the held-out test images scored the same way (what the data
         # itself gets; with fewer images than n the estimate is biased upwards).
         test = load_dataset(cfg["dataset"], root, split="test", exclude_class=cfg["exclude_class"])

@@ -16,8 +16,9 @@ makes it, never dropped silently:
    ``jebm eval --outlier --out runs/outlier`` puts it beside ``runs/<run>``);
 5. the learned posterior step sizes: ``metrics.jsonl`` keys ``step_size_post_l1``,
    ``step_size_post_l2``, ... (one per latent layer), their curve and final values;
-6. the benchmark table of ``benchmarks/report.py`` (machine, prior chain, training iteration,
-   targets, plot), from ``benchmarks=`` (``--benchmarks``) or else the newest readable
+6. the benchmark tables of ``jebm.bench.results`` (machine, prior chain, training iteration,
+   targets, plot) from a JSON of the pytest-benchmark suite in ``benchmarks/`` or of ``jebm bench``
+   (the same layout), given as ``benchmarks=`` (``--benchmarks``) or else the newest readable
    ``.benchmarks/*.json`` in the current folder or the repository jebm is installed from;
 7. whether TensorBoard events were written.
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import importlib.util
 import io
 import json
 import math
@@ -34,6 +34,10 @@ import os
 from pathlib import Path
 import re
 import tempfile
+
+from ..bench import results as br
+from ..train.metrics_log import read_metrics
+from .json_io import read_json as _read_json
 
 __all__ = ["write_report", "find_outlier_json", "find_benchmark_json", "STEP_SIZE_PREFIX"]
 
@@ -82,27 +86,11 @@ def _fmt(v) -> str:
     return _e(v)
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _read_metrics(path: Path) -> list[dict]:
-    lines = []
+    """The metrics.jsonl lines that are objects with an int ``iter`` (what the sections plot)."""
     if not path.is_file():
-        return lines
-    for raw in path.read_text().splitlines():
-        raw = raw.strip()
-        if raw:
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill mid-write
-            if isinstance(obj, dict) and isinstance(obj.get("iter"), int):
-                lines.append(obj)
-    return lines
+        return []
+    return [l for l in read_metrics(path) if isinstance(l, dict) and isinstance(l.get("iter"), int)]
 
 
 def _plot_png(series: dict[str, list[tuple[float, float]]], *, cols: int = 4, title: str | None = None,
@@ -368,7 +356,8 @@ def _section_step_sizes(lines: list[dict], cfg: dict | None) -> str:
 
 
 def find_benchmark_json(benchmarks=None) -> tuple[Path | None, list[str]]:
-    """(the benchmark JSON to use or None, notes on what was looked at)."""
+    """(the benchmark JSON to use or None, notes on what was looked at): the pytest-benchmark
+    JSON of ``benchmarks/`` or the output of ``jebm bench`` (both have a ``benchmarks`` list)."""
     if benchmarks is not None:
         p = Path(benchmarks)
         data = _read_json(p) if p.is_file() else None
@@ -391,19 +380,8 @@ def find_benchmark_json(benchmarks=None) -> tuple[Path | None, list[str]]:
 
 
 def _repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def _load_benchmark_report(json_path: Path):
-    """benchmarks/report.py (the table code) from the repository the JSON or jebm lives in."""
-    for root in dict.fromkeys([json_path.resolve().parent.parent, _repo_root()]):
-        f = root / "benchmarks" / "report.py"
-        if f.is_file():
-            spec = importlib.util.spec_from_file_location("_jebm_benchmarks_report", f)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            return mod
-    return None
+    """The folder holding the jebm package (a clone's root, or site-packages when installed)."""
+    return Path(__file__).resolve().parents[2]
 
 
 _MD_TABLE_SEP = re.compile(r"^\|[\s|:-]+\|$")
@@ -429,29 +407,28 @@ def _section_benchmarks(benchmarks) -> str:
     out = ["<h2 id=bench>Benchmarks</h2>"]
     path, notes = find_benchmark_json(benchmarks)
     if path is None:
-        out.append(_missing("No benchmark data: " + "; ".join(_e(n) for n in notes) + ". Run the suite "
+        out.append(_missing("No benchmark data: " + "; ".join(_e(n) for n in notes) + ". Run <code>jebm bench"
+                            "</code> (a short benchmark from the installed package; it writes "
+                            "<code>.benchmarks/jebm-bench.json</code>) or the full suite "
                             "(<code>python -m pytest benchmarks --benchmark-json=.benchmarks/latest.json</code>, see "
-                            "BENCHMARKS.md) and pass <code>--benchmarks PATH</code> or run <code>jebm report</code> "
-                            "from the repository root."))
+                            "BENCHMARKS.md), then pass <code>--benchmarks PATH</code> or run <code>jebm report</code> "
+                            "from the folder holding <code>.benchmarks/</code>."))
         return "".join(out)
     data = _read_json(path)
-    br = _load_benchmark_report(path)
-    if br is None:
-        out.append(_missing(f"<code>{_e(path)}</code> found, but not <code>benchmarks/report.py</code> (the table "
-                            "code) beside it or beside jebm; the raw timings follow."))
-        rows = [[_e(b.get("name")), f"{1e3 * b['stats']['min']:.3g}", f"{1e3 * b['stats']['median']:.3g}",
-                 str(b["stats"].get("rounds"))] for b in data["benchmarks"]]
-        out.append(_table(["benchmark", "min ms", "median ms", "rounds"], rows, num_cols=(1, 2, 3)))
-        return "".join(out)
     stat = "min"
     prows, trows = br.prior_rows(data, stat), br.train_rows(data, stat)
     info = data.get("jebm", {})
     when = str(data.get("datetime", ""))[:19].replace("T", " ")
-    out.append(f"<p class=note>From <code>{_e(path)}</code> (run of {_e(when)} UTC), tables by "
-               f"<code>benchmarks/report.py</code>; times are the <code>{stat}</code> over each benchmark's rounds, "
+    source = "<code>jebm bench</code>" if info.get("source") == "jebm bench" else "the benchmarks/ suite"
+    out.append(f"<p class=note>From <code>{_e(path)}</code> ({source}, run of {_e(when)} UTC), tables by "
+               f"<code>jebm.bench.results</code>; times are the <code>{stat}</code> over each benchmark's rounds, "
                f"K = {_e(info.get('n_steps', '?'))} Langevin steps per chain.</p>")
     if info.get("quick"):
         out.append(_missing("QUICK RUN (JEBM_BENCH_QUICK=1): batch 8 and K = 5 only; not the benchmark figures."))
+    if info.get("source") == "jebm bench":
+        out.append(_missing(f"A short <code>jebm bench</code> run (batches {_e(info.get('batches'))}, about "
+                            f"{_e(info.get('budget_s'))} s of timed calls per case, no FMA-peak measurement): a quick "
+                            "look at this machine, not the figures of BENCHMARKS.md."))
     out.append("<h3>Machine</h3><ul>" + "".join(f"<li>{_md_inline(l[2:])}</li>" for l in br.machine_lines(data))
                + "</ul>")
     out.append("<h3>Prior chain</h3>")

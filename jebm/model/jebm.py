@@ -7,8 +7,8 @@ Math (DESIGN.md section 1), layers l = 1..L, z_1 next to the image:
     U(z) = -F(z) - log p_beta(z),  U(z | x) = U(z) + ||x - g(z_1)||^2 / (2 sigma_x^2)
     eps-space: U(eps) = -F(z(eps)) + ||eps||^2 / 2.
 
-Every MLP is an ``nn.Sequential`` of Linear and LeakyReLU(0.2) layers ending in a Linear, so
-``jebm_kernels.mlp_spec_from_sequential`` reads it and ``prior_spec`` hands the whole prior
+Every MLP is an ``nn.Sequential`` of Linear and LeakyReLU(0.2) layers ending in a Linear
+(``jebm.model.blocks.mlp``), so ``jebm_kernels.mlp_spec_from_sequential`` reads it and ``prior_spec`` hands the whole prior
 (weights and structure) to the sampler; a fused backend can then run the chain without calling
 back into Python. All Langevin sampling goes through ``jebm_kernels.langevin``.
 
@@ -20,7 +20,6 @@ the Langevin noise, so a run is reproducible from one (seed, offset).
 from __future__ import annotations
 
 from dataclasses import replace
-import math
 
 import torch
 from torch import nn
@@ -28,64 +27,15 @@ from torch import nn
 import jebm_kernels as jk
 from jebm_kernels.spec import eps_to_z, gaussian_params, neg_log_base
 
-from .presets import normalize_hidden
+from .blocks import LOG_2PI, ConvDecoder, mlp, randn_layers
+from .config import ReadOnlyConfig, normalize_hidden
 
-__all__ = ["JEBM", "ConvDecoder", "InferenceModel", "mlp", "randn_layers", "MODEL_KEYS"]
-
-LEAK = 0.2
-LOG_2PI = math.log(2 * math.pi)
+__all__ = ["JEBM", "MODEL_KEYS"]
 
 # The config keys the model reads (architecture and default sampler settings).
 MODEL_KEYS = ("dims", "ebm", "ebm_hidden", "joint_hidden", "gauss_hidden", "decoder", "dec_hidden", "ngf",
               "sigma_x", "sigma_floor", "space", "prior_steps", "prior_step_size", "post_steps",
               "post_step_size", "noise_scale")
-
-
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear, LeakyReLU(0.2), ..., Linear: the family jebm_kernels can fuse (no trailing act)."""
-    mods: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        if i:
-            mods.append(nn.LeakyReLU(LEAK))
-        mods.append(nn.Linear(sizes[i], sizes[i + 1]))
-    return nn.Sequential(*mods)
-
-
-def randn_layers(n: int, dims, generator=None, *, device=None, dtype=torch.float32) -> list[torch.Tensor]:
-    """Standard normals [n, d_l] per layer. A PhiloxGenerator draws them from its stream (and
-    advances it), so chain starts are part of the same reproducible noise as the Langevin steps."""
-    dims = [int(d) for d in dims]
-    if isinstance(generator, jk.PhiloxGenerator):
-        total = n * sum(dims)
-        flat = jk.philox_randn(generator.seed, generator.take(total), total, device=device).to(dtype)
-        return [c.reshape(n, d) for c, d in zip(flat.split([n * d for d in dims]), dims)]
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError("generator must be a jebm_kernels.PhiloxGenerator, a torch.Generator or None; "
-                        f"got {type(generator).__name__}")
-    return [torch.randn(n, d, generator=generator, device=device, dtype=dtype) for d in dims]
-
-
-class ConvDecoder(nn.Module):
-    """Transposed convolutions z_1 -> [C, H, W] in [-1, 1] (the LEBM / CVPR CIFAR-10 generator:
-    a kernel of H/4 to an H/4 map of ngf*16 channels, two stride-2 upsamplings, a 3x3 output).
-    H = W = 32 gives the papers' shapes; any square size divisible by 4 works."""
-
-    def __init__(self, z_dim: int, image_shape, ngf: int = 64):
-        super().__init__()
-        C, H, W = image_shape
-        if H != W or H % 4:
-            raise ValueError(f"the conv decoder needs square images with a side divisible by 4, got {H}x{W}; "
-                             "use decoder='mlp'")
-        self.z_dim = z_dim
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(z_dim, ngf * 16, H // 4, 1, 0), nn.LeakyReLU(LEAK),
-            nn.ConvTranspose2d(ngf * 16, ngf * 8, 4, 2, 1), nn.LeakyReLU(LEAK),
-            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1), nn.LeakyReLU(LEAK),
-            nn.ConvTranspose2d(ngf * 4, C, 3, 1, 1), nn.Tanh(),
-        )
-
-    def forward(self, z1: torch.Tensor) -> torch.Tensor:
-        return self.net(z1.reshape(z1.shape[0], self.z_dim, 1, 1))
 
 
 class JEBM(nn.Module):
@@ -101,6 +51,10 @@ class JEBM(nn.Module):
         decoder: "mlp" (tanh output) or "conv" (transposed convolutions).
         Sampler defaults (used when a sampling method is called without them): ``space``,
         ``prior_steps``, ``prior_step_size``, ``post_steps``, ``post_step_size``, ``noise_scale``.
+
+    ``config`` records these arguments and is read-only (``jebm.model.config.ReadOnlyConfig``): a
+    trainer or a loaded run passes its own ``SamplingSettings`` to every sampling call instead of
+    changing the defaults.
     """
 
     def __init__(self, image_shape, dims=(16, 8), *, ebm: bool = True, ebm_hidden=(64, 64), joint_hidden=None,
@@ -122,7 +76,8 @@ class JEBM(nn.Module):
         self.dims = tuple(dims)
         self.sigma_x = float(sigma_x)
         self.sigma_floor = float(sigma_floor)
-        self.config = dict(
+        # Read-only from here on: whoever samples passes its own settings (jebm.model.sampling).
+        self.config = ReadOnlyConfig(
             dims=list(dims), ebm=bool(ebm), ebm_hidden=normalize_hidden(list(ebm_hidden), L, "ebm_hidden"),
             joint_hidden=None if joint_hidden is None else [int(w) for w in joint_hidden],
             gauss_hidden=normalize_hidden(list(gauss_hidden), L - 1, "gauss_hidden") if L > 1 else [],
@@ -153,7 +108,7 @@ class JEBM(nn.Module):
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: dict, image_shape) -> "JEBM":
-        """Build from a run config (``jebm.presets.resolve_config``) or a model's ``config``."""
+        """Build from a run config (``jebm.train.presets.resolve_config``) or a model's ``config``."""
         return cls(image_shape, **{k: cfg[k] for k in MODEL_KEYS})
 
     @property
@@ -400,61 +355,6 @@ class JEBM(nn.Module):
         p = self._param()
         if x.dtype != p.dtype or x.device != p.device:
             raise TypeError(f"images are {x.dtype} on {x.device} but the model is {p.dtype} on {p.device}")
-
-
-class InferenceModel(nn.Module):
-    """q_phi(z | x) for the variational scheme: bottom-up features h(x), then top-down
-    q(z_L | x) = N(mu, sigma^2) from h, q(z_l | z_{l+1}, x) from concat(h, z_{l+1}),
-    reparameterised (z = mu + sigma * eps), sigma = softplus(raw) + 1e-3.
-
-    The encoder is an MLP on flattened pixels, or (``encoder="conv"``) the CVPR code's conv
-    stack (3x3, then two stride-2 4x4 convolutions) for 32x32 images."""
-
-    SIGMA_FLOOR = 1e-3
-
-    def __init__(self, image_shape, dims, *, hidden=(256, 256), head_hidden=(128,), encoder: str = "mlp",
-                 nif: int = 32):
-        super().__init__()
-        C, H, W = image_shape
-        self.dims = tuple(int(d) for d in dims)
-        hidden = [int(h) for h in hidden]
-        if encoder == "mlp":
-            self.features = nn.Sequential(nn.Flatten(), mlp([C * H * W, *hidden]), nn.LeakyReLU(LEAK))
-        elif encoder == "conv":
-            if H % 4 or W % 4:
-                raise ValueError(f"the conv encoder needs H and W divisible by 4, got {H}x{W}")
-            self.features = nn.Sequential(
-                nn.Conv2d(C, nif * 4, 3, 1, 1), nn.LeakyReLU(LEAK),
-                nn.Conv2d(nif * 4, nif * 8, 4, 2, 1), nn.LeakyReLU(LEAK),
-                nn.Conv2d(nif * 8, nif * 16, 4, 2, 1), nn.LeakyReLU(LEAK),
-                nn.Flatten(), mlp([nif * 16 * (H // 4) * (W // 4), *hidden]), nn.LeakyReLU(LEAK))
-        else:
-            raise ValueError(f"encoder must be 'mlp' or 'conv', got {encoder!r}")
-        h = hidden[-1]
-        L = len(self.dims)
-        self.top = mlp([h, *head_hidden, 2 * self.dims[-1]])
-        self.heads = nn.ModuleList(mlp([h + self.dims[l + 1], *head_hidden, 2 * self.dims[l]]) for l in range(L - 1))
-
-    def _dist(self, out):
-        mu, raw = out.chunk(2, dim=-1)
-        return mu, nn.functional.softplus(raw) + self.SIGMA_FLOOR
-
-    def forward(self, x: torch.Tensor, noise: list[torch.Tensor] | None = None):
-        """(z list [B, d_l], log q(z | x) [B]). ``noise`` (standard normals per layer) makes the
-        draw reproducible; None draws with torch's default generator. With noise of zeros the
-        result is the top-down chain of means."""
-        h = self.features(x)
-        L = len(self.dims)
-        if noise is None:
-            noise = [torch.randn(x.shape[0], d, dtype=x.dtype, device=x.device) for d in self.dims]
-        z: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
-        log_q = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for l in reversed(range(L)):
-            out = self.top(h) if l == L - 1 else self.heads[l](torch.cat([h, z[l + 1]], dim=-1))
-            mu, sigma = self._dist(out)
-            z[l] = mu + sigma * noise[l]
-            log_q = log_q - (0.5 * noise[l].pow(2) + torch.log(sigma) + 0.5 * LOG_2PI).sum(-1)
-        return z, log_q
 
 
 def _check_count(n) -> None:

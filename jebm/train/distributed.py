@@ -3,8 +3,9 @@
 Each process (rank) holds a replica of the model and trains on its share of every global batch:
 - process group: gloo for CPU runs, nccl for CUDA runs (one GPU per process, ``cuda:LOCAL_RANK``),
   read from the variables torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT);
-- data: ``DistributedBatchSampler`` gives rank r the r-th contiguous slice of the global batch that
-  a one-process run would draw at the same iteration (``batch_size`` stays the GLOBAL batch);
+- data: ``jebm.train.data_order.DistributedBatchSampler`` gives rank r the r-th contiguous slice of
+  the global batch that a one-process run would draw at the same iteration (``batch_size`` stays
+  the GLOBAL batch);
 - gradients: the model and the trainer's modules are one ``DistributedDataParallel`` module; its
   forward runs the trainer's ``loss`` (chains and losses) and the trainer's single backward pass
   averages every gradient over the ranks, so each rank's Adam takes the same step;
@@ -26,7 +27,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistContext", "setup", "teardown", "rank_seed", "DistributedBatchSampler", "make_step",
+from .trainer import first_non_finite
+
+__all__ = ["DistContext", "setup", "teardown", "rank_seed", "make_step",
            "mean_over_ranks", "gather_objects", "barrier", "check_replicas_agree"]
 
 _MASK64 = (1 << 64) - 1
@@ -100,42 +103,6 @@ def rank_seed(seed: int, rank: int) -> int:
     return z ^ (z >> 31)
 
 
-class DistributedBatchSampler(torch.utils.data.Sampler):
-    """This rank's indices for each iteration: a torch.utils.data sampler (usable as a
-    DataLoader's ``batch_sampler``) over the iteration-indexed data order of ``jebm.train``.
-
-    The global batch of iteration ``it`` is ``jebm.training.batch_indices(n, batch_size, seed, it)``
-    (epoch e visits a permutation seeded by (seed, e)); rank r takes its r-th contiguous slice, so
-    the ranks together see exactly what one process sees. The order needs no state besides
-    (seed, it), which is how a checkpoint holds it."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1,
-                 start: int = 0, stop: int | None = None):
-        global_batch = min(batch_size, n)
-        if global_batch % world_size:
-            raise ValueError(f"batch_size {global_batch} (the global batch) does not split evenly over "
-                             f"{world_size} processes: choose a multiple of {world_size}")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.local = global_batch // world_size
-        self.start, self.stop = start, stop
-
-    def batch(self, it: int) -> torch.Tensor:
-        from .training import batch_indices
-        return batch_indices(self.n, self.batch_size, self.seed, it)[self.rank * self.local:(self.rank + 1) * self.local]
-
-    def __iter__(self):
-        it = self.start
-        while self.stop is None or it < self.stop:
-            yield self.batch(it).tolist()
-            it += 1
-
-    def __len__(self) -> int:
-        if self.stop is None:
-            raise TypeError("an open-ended DistributedBatchSampler has no length")
-        return max(0, self.stop - self.start)
-
-
 class _Replica(nn.Module):
     """The modules a data-parallel step trains, as one module for DDP. Its forward runs the
     trainer's ``loss``: the trainers compute their losses through model methods (decode, F,
@@ -154,7 +121,6 @@ def make_step(trainer, ctx: DistContext, device: torch.device):
     own step in one process; under torchrun a DDP step whose metrics are averaged over ranks."""
     if not ctx.enabled:
         return trainer.step
-    from .trainer_base import first_non_finite
     replica = _Replica({"model": trainer.model, **trainer.modules()})
     ddp = nn.parallel.DistributedDataParallel(replica, device_ids=[device.index] if device.type == "cuda" else None)
 

@@ -1,4 +1,4 @@
-"""``jebm.train``: the training loop shared by both schemes.
+"""``jebm.train(...)``: the training loop shared by both schemes.
 
 What a run writes into its folder (``out_dir``):
 - ``config.json``: the resolved run config;
@@ -6,7 +6,7 @@ What a run writes into its folder (``out_dir``):
   event lines carry ``diverged`` or ``rollback``;
 - ``checkpoint.pt``: written atomically every ``ckpt_every`` iterations (``checkpoint_every``,
   ``--checkpoint-every``), at the start and at the end; the checkpoint it replaces is kept as
-  ``checkpoint.prev.pt`` and both carry a digest checked on load (``jebm.checkpoint``);
+  ``checkpoint.prev.pt`` and both carry a digest checked on load (``jebm.train.checkpoint``);
 - ``samples.png`` / ``reconstructions.png`` (and ``*_<iter>.png`` every ``sample_every``
   iterations), ``loss_curves.png``.
 
@@ -15,20 +15,21 @@ global RNG); all sampling noise (chain starts, Langevin steps, q's reparameteris
 one ``jebm_kernels.PhiloxGenerator`` per rank; the data order of epoch e is a permutation drawn
 from a generator seeded by (seed, e). A checkpoint holds the model, every trainer module and
 optimiser, the persistent chains, every rank's Philox (seed, offset) and global RNG states
-(``jebm.rng_state``), the data order (seed and next iteration) and the rollback state.
+(``jebm.train.rng_state``), the data order (seed and next iteration) and the rollback state.
 ``resume=True`` continues from the newest checkpoint that verifies, so a run killed at any moment,
 mid-write included, and resumed ends with the same parameters as an uninterrupted run: bit for bit
 on the CPU (the reference and cpu backends are deterministic; tests/test_crash_resume.py), on
 CUDA as far as the kernels used are deterministic.
 
-Distributed: under ``torchrun`` the run is data-parallel (``jebm.distributed``); ``batch_size``
+Distributed: under ``torchrun`` the run is data-parallel (``jebm.train.distributed``); ``batch_size``
 is the global batch, rank 0 writes every file.
 
 Divergence: when a loss or energy is NaN or inf no update is applied and the run raises
 ``TrainingDiverged`` naming the iteration; checkpoints are only ever written from finite
 parameters, so the one on disk is the last good state. With ``rollback_retries=N`` (off: 0) the
 run instead reloads that state, multiplies the learning rates by ``rollback_lr_factor`` and the
-Langevin step sizes by ``rollback_step_factor`` and retries, up to N times; each rollback is a
+trainer's Langevin step sizes (``Trainer.sampling``; the model's config is never changed) by
+``rollback_step_factor`` and retries, up to N times; each rollback is a
 ``metrics.jsonl`` line ``{"iter": <reloaded iteration>, "rollback": k, "diverged_at": ...,
 "lr_scale": ..., "step_scale": ...}`` and later lines carry the scales.
 """
@@ -45,19 +46,18 @@ import torch
 
 import jebm_kernels as jk
 
+from ..evaluate.images import save_grid, save_rows
 from . import distributed as dp
 from . import rng_state
-from .checkpoint import (CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint, newest_good_checkpoint,
-                         remove_stale_temporaries, save_checkpoint)
-from .model import JEBM
+from .build import build_model, load_training_data
+from .checkpoint import (CHECKPOINT_NAME, PREVIOUS_NAME, newest_good_checkpoint, remove_stale_temporaries,
+                         save_checkpoint)
+from .data_order import DistributedBatchSampler
+from .metrics_log import MetricsLog, plot_curves, read_metrics
 from .presets import resolve_config, upgrade_config
 from .run_state import RunState
-from .tb import TBWriter
-from .trainer_mle import MLETrainer
-from .trainer_variational import VariationalTrainer, build_inference_model
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "load_run", "Run", "make_trainer", "build_model",
-           "batch_indices"]
+__all__ = ["train", "TrainResult", "TrainingDiverged"]
 
 # Keys that may differ between a run and its resumption (they do not change the math).
 _RESUMABLE_CHANGES = ("iters", "backend", "device", "log_every", "ckpt_every", "sample_every", "data_root",
@@ -95,75 +95,8 @@ class TrainResult:
     rank: int = 0                   # this process's rank (only rank 0 wrote the files)
 
 
-@dataclass
-class Run:
-    """A trained run loaded back: the model, the scheme's extra modules, config and checkpoint."""
-    model: JEBM
-    config: dict
-    iteration: int
-    checkpoint: Path
-    infer: torch.nn.Module | None
-
-
-def make_trainer(model: JEBM, cfg: dict):
-    if cfg["scheme"] == "mle":
-        return MLETrainer(model, cfg)
-    return VariationalTrainer(model, cfg)
-
-
-def batch_indices(n: int, batch_size: int, seed: int, it: int) -> torch.Tensor:
-    """Indices of iteration ``it``'s batch (0-based): epoch e = it // batches-per-epoch visits a
-    permutation seeded by (seed, e); incomplete last batches are dropped."""
-    b = min(batch_size, n)
-    per_epoch = n // b
-    epoch, k = divmod(it, per_epoch)
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
-    return torch.randperm(n, generator=g)[k * b:(k + 1) * b]
-
-
 def _params_finite(modules) -> bool:
     return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
-
-
-def _json_default(o):
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def load_run(path, *, map_location="cpu") -> Run:
-    """Load a run folder (its newest good checkpoint) or checkpoint file into a model (eval mode)
-    plus its inference model."""
-    if Path(path).is_dir():
-        ckpt, ckpt_file, _ = newest_good_checkpoint(path, map_location=map_location)
-    else:
-        ckpt, ckpt_file = load_checkpoint(path, map_location=map_location), Path(path)
-    cfg = upgrade_config(ckpt["config"])
-    model = JEBM.from_config(cfg, tuple(ckpt["image_shape"]))
-    model.load_state_dict(ckpt["model"])
-    if "step_sizes" in ckpt.get("modules", {}):
-        # A learn_step_size run: its posterior chains use the learned per-layer step sizes (jebm.short_run).
-        model.config["post_step_size"] = [float(v) for v in ckpt["modules"]["step_sizes"]["log_step"].exp().tolist()]
-    infer = None
-    if "infer" in ckpt.get("modules", {}):
-        infer = build_inference_model(cfg, model.image_shape)
-        infer.load_state_dict(ckpt["modules"]["infer"])
-    return Run(model.eval(), cfg, int(ckpt["iteration"]), ckpt_file, infer)
-
-
-def _load_data(cfg):
-    from .data import load_dataset
-    return load_dataset(cfg["dataset"], cfg["data_root"], split="train", exclude_class=cfg["exclude_class"])
-
-
-def build_model(cfg: dict, image_shape, device) -> tuple[JEBM, object]:
-    """A fresh run's model and trainer, initialised from ``cfg["seed"]`` without disturbing the
-    caller's global torch RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg["seed"])
-        model = JEBM.from_config(cfg, image_shape).to(device)
-        trainer = make_trainer(model, cfg)
-    return model, trainer
 
 
 def train(dataset: str | None = None, scheme: str | None = None, iters: int | None = None, out_dir=None,
@@ -184,14 +117,14 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
         resume: continue the run in ``out_dir`` from its newest good checkpoint. Arguments left as
             None are taken from the checkpoint; ones given must match it (except iters, backend,
             logging, checkpointing and rollback settings).
-        preset: "default", "cvpr-cifar10" or "iccv-svhn" (``jebm.presets.PRESETS``).
+        preset: "default", "cvpr-cifar10" or "iccv-svhn" (``jebm.train.presets.PRESETS``).
         data_root: path for the data sets that read one.
         progress: show a tqdm progress bar with live losses.
         checkpoint_every: write a checkpoint every N iterations (the config key ``ckpt_every``).
-        **overrides: any run-config key (``jebm.presets.RUN_KEYS``), e.g. ``dims=[32, 16]``,
+        **overrides: any run-config key (``jebm.train.presets.RUN_KEYS``), e.g. ``dims=[32, 16]``,
             ``rollback_retries=3``.
 
-    Under ``torchrun`` (WORLD_SIZE > 1) the run is data-parallel: see ``jebm.distributed``.
+    Under ``torchrun`` (WORLD_SIZE > 1) the run is data-parallel: see ``jebm.train.distributed``.
 
     Raises:
         TrainingDiverged: a loss or energy became NaN/inf (the last good checkpoint is kept) and no
@@ -243,42 +176,14 @@ def train(dataset: str | None = None, scheme: str | None = None, iters: int | No
         dp.teardown(ctx)
 
 
-class _MetricsLog:
-    """metrics.jsonl, written by rank 0 only; ``truncate`` drops lines past an iteration. Its
-    TensorBoard twin ``tb`` (``jebm.tb``; a no-op without the tensorboard package) follows it."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled, self.file = path, enabled, None
-        self.tb = TBWriter(path.parent if enabled else None)
-
-    def truncate(self, done: int) -> None:
-        if self.enabled:
-            self.close()
-            _truncate_metrics(self.path, done)
-            self.file = open(self.path, "a")
-            self.tb.open(resume_from=done)
-
-    def write(self, line: dict) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(_jsonable(line)) + "\n")
-            self.file.flush()
-            self.tb.scalars(line)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        self.tb.close()
-
-
 def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, device, progress: bool,
          start_wall) -> TrainResult:
     ckpt_path = run_dir / CHECKPOINT_NAME
-    data = _load_data(cfg)
+    data = load_training_data(cfg)
     images = data.images.to(device)
     model, trainer = build_model(cfg, data.shape, device)
     state = RunState(cfg, model, trainer, ctx, device, data.shape, images.shape[0])
-    sampler = dp.DistributedBatchSampler(images.shape[0], cfg["batch_size"], cfg["seed"], rank=ctx.rank,
+    sampler = DistributedBatchSampler(images.shape[0], cfg["batch_size"], cfg["seed"], rank=ctx.rank,
                                          world_size=ctx.world_size)
     done = 0
     if ckpt is not None:
@@ -295,7 +200,7 @@ def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, de
             # checkpoint.pt is damaged: set it aside, or the next write would rotate it over the good one
             os.replace(ckpt_path, ckpt_path.with_name(CHECKPOINT_NAME + ".damaged"))
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    log = _MetricsLog(run_dir / "metrics.jsonl", ctx.is_main)
+    log = MetricsLog(run_dir / "metrics.jsonl", ctx.is_main)
     log.truncate(done)
 
     last_good = {"iteration": done, "path": ckpt_path if ckpt is not None else None}
@@ -386,9 +291,9 @@ def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, de
             log.tb.images(it, pngs)
         else:
             pngs = {"samples": run_dir / "samples.png", "reconstructions": run_dir / "reconstructions.png"}
-        _plot_curves(_read_metrics(run_dir / "metrics.jsonl"), run_dir / "loss_curves.png")
+        plot_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "loss_curves.png")
     dp.barrier(ctx)
-    all_lines = [l for l in _read_metrics(run_dir / "metrics.jsonl") if "sec_per_iter" in l]
+    all_lines = [l for l in read_metrics(run_dir / "metrics.jsonl") if "sec_per_iter" in l]
     last = all_lines[-1] if all_lines else {}
     tail = all_lines[-10:]
     recent = {k: sum(l[k] for l in tail) / len(tail) for k in last
@@ -406,51 +311,20 @@ def _bar_keys(values: dict) -> list[str]:
     return [k for k in keys if k in values]
 
 
-def _jsonable(d: dict) -> dict:
-    # JSON has no NaN/inf; write them as strings so the file stays parseable by strict readers.
-    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in d.items()}
-
-
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, disable=not enabled, desc="jebm train", dynamic_ncols=True,
                 unit="it")
 
 
-def _truncate_metrics(path: Path, done: int) -> None:
-    """Drop lines past the checkpoint's iteration: a run killed after logging iteration k but before
-    checkpointing it repeats those iterations on resume, and must not log them twice."""
-    if not path.exists():
-        return
-    keep = [l for l in _read_metrics(path) if int(l.get("iter", 0)) <= done]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(l) + "\n" for l in keep))
-    os.replace(tmp, path)
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    lines = []
-    for raw in path.read_text().splitlines():
-        raw = raw.strip()
-        if raw:
-            try:
-                lines.append(json.loads(raw))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill mid-write
-    return lines
-
-
 def _snapshot(model, trainer, fixed_x, cfg, run_dir: Path, suffix: str, snap_seed: int) -> dict:
     """samples<suffix>.png and reconstructions<suffix>.png from a fixed Philox stream (the same
     noise at every snapshot, so snapshots show the model changing, not the noise)."""
-    from .images import save_grid, save_rows
     g = jk.PhiloxGenerator(snap_seed)
     was_training = model.training
     model.eval()
     try:
-        samples = model.generate(cfg["n_samples"], generator=g, backend=cfg["backend"])
+        samples = model.generate(cfg["n_samples"], generator=g, backend=cfg["backend"], **trainer.sampling.prior())
         z = trainer.posterior(fixed_x, generator=g, backend=cfg["backend"])
         with torch.no_grad():
             recon = model.decode(z[0])
@@ -463,24 +337,3 @@ def _snapshot(model, trainer, fixed_x, cfg, run_dir: Path, suffix: str, snap_see
     return {"samples": s, "reconstructions": r}
 
 
-def _plot_curves(lines: list[dict], path: Path) -> None:
-    """loss_curves.png: every loss/energy metric against the iteration."""
-    keys = [k for k in ("loss_recon", "neg_elbo", "kl", "loss_beta", "loss_ebm", "F_pos", "F_neg")
-            if any(isinstance(l.get(k), (int, float)) for l in lines)]
-    if not lines or not keys:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.6), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        pts = [(l["iter"], l[k]) for l in lines if isinstance(l.get(k), (int, float))]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel("iteration", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)

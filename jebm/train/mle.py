@@ -13,7 +13,7 @@ The Gaussian-prior baseline (no EBM) has p(z) = p_beta(z) exactly normalised: th
 E_{p_beta}[grad log p_beta] is zero in expectation, so it is left out and no prior chain is run;
 beta then minimises -mean log p_beta(z+) (alternating back-propagation, Han et al. 2017).
 
-With ``learn_step_size=True`` z+ comes from ``jebm.short_run.LearnedPosterior`` instead: the same
+With ``learn_step_size=True`` z+ comes from ``jebm.train.short_run.LearnedPosterior`` instead: the same
 chain from noise (same Philox draws), with one learned step size per layer, run differentiably on
 the reference math; its step sizes take a gradient step on the KL bound every iteration, and their
 values are logged as ``step_size_post_l1``, ``step_size_post_l2``, ...
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from .model import JEBM
-from .trainer_base import PriorChains, Trainer, first_non_finite  # noqa: F401  (re-exported)
+from ..model import JEBM
+from .trainer import Trainer
 
-__all__ = ["MLETrainer", "PriorChains", "first_non_finite"]
+__all__ = ["MLETrainer"]
 
 
 class MLETrainer(Trainer):
@@ -41,8 +41,8 @@ class MLETrainer(Trainer):
     def posterior(self, x, *, generator, backend):
         """z-space posterior samples for x (posterior Langevin from noise, learned step sizes if any)."""
         if self.short_run is not None:
-            return self.short_run.posterior(x, generator=generator, backend=backend)
-        return self.model.sample_posterior(x, generator=generator, backend=backend)
+            return self.short_run.posterior(x, self.sampling, generator=generator, backend=backend)
+        return self.model.sample_posterior(x, generator=generator, backend=backend, **self.sampling.posterior())
 
     def loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
         """Sample the chains and compute the iteration's losses: (metric values as floats, one
@@ -50,10 +50,10 @@ class MLETrainer(Trainer):
         model, sx2 = self.model, 2 * self.model.sigma_x ** 2
         post_metrics = {}
         if self.short_run is not None:
-            z_pos, post_metrics = self.short_run.sample(x, generator=generator)
+            z_pos, post_metrics = self.short_run.sample(x, self.sampling, generator=generator)
         else:
-            z_pos = model.sample_posterior(x, generator=generator, backend=backend)
-        z_neg = self.prior_chains.sample(model, x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
+            z_pos = model.sample_posterior(x, generator=generator, backend=backend, **self.sampling.posterior())
+        z_neg = self.sample_prior(x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
 
         recon = model.decode(z_pos[0])
         sq = (x - recon).reshape(x.shape[0], -1).pow(2).sum(-1)

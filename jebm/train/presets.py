@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import copy
 import math
-from numbers import Integral, Real
 
-__all__ = ["PRESETS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config", "normalize_hidden",
+import jebm_kernels as jk
+
+from ..model.config import is_int as _is_int, is_real as _is_real, normalize_hidden, widths as _widths
+
+__all__ = ["PRESETS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config",
            "describe_presets"]
 
 # Every key a run config has, with the "default" preset's value.
@@ -64,7 +67,7 @@ _BASE = dict(
     post_step_size=0.1,
     noise_scale=1.0,
     persistent_prior=False,  # True: the negative-phase prior chains continue across iterations
-    # learned short-run posterior step sizes (jebm.short_run; Nijkamp et al., ECCV 2020)
+    # learned short-run posterior step sizes (jebm.train.short_run; Nijkamp et al., ECCV 2020)
     learn_step_size=False,   # True: one posterior step size per layer, learned (post_step_size is the start)
     lr_step_size=0.02,       # Adam learning rate of the log step sizes
     entropy_estimator="series", # log|det Jacobian| per step: "series" (Hutchinson) or "exact" (Hessian, small D)
@@ -131,14 +134,6 @@ def describe_presets() -> str:
     return ", ".join(PRESETS)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool)
-
-
 def _int(cfg, key, lo):
     v = cfg[key]
     if not _is_int(v) or v < lo:
@@ -151,22 +146,6 @@ def _pos_float(cfg, key, allow_zero=False):
     if not _is_real(v) or not math.isfinite(v) or (v < 0 if allow_zero else v <= 0):
         raise ValueError(f"{key} must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
     cfg[key] = float(v)
-
-
-def _widths(value, key) -> list[int]:
-    if not isinstance(value, (list, tuple)) or not all(_is_int(w) and w > 0 for w in value):
-        raise ValueError(f"{key} must be a list of positive ints (hidden widths), got {value!r}")
-    return [int(w) for w in value]
-
-
-def normalize_hidden(value, n: int, key: str) -> list[list[int]]:
-    """One list of hidden widths per module: a flat list is shared by all ``n``; a list of lists
-    must have exactly ``n`` entries."""
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
-        if len(value) != n:
-            raise ValueError(f"{key} gives {len(value)} width lists but the model needs {n} (one per module)")
-        return [_widths(v, key) for v in value]
-    return [_widths(value, key) for _ in range(n)]
 
 
 def _per_layer(cfg, key, L):
@@ -275,9 +254,8 @@ def validate_config(cfg: dict) -> dict:
         raise ValueError(f"scheme must be 'mle' or 'variational', got {cfg['scheme']!r}")
     if not isinstance(cfg["backend"], str):
         raise TypeError(f"backend must be a string, got {type(cfg['backend']).__name__}")
-    from jebm_kernels.backends import PRIORITY
-    if cfg["backend"] != "auto" and cfg["backend"] not in PRIORITY:
-        raise ValueError(f"backend must be 'auto' or one of {PRIORITY}, got {cfg['backend']!r}")
+    if cfg["backend"] != "auto" and cfg["backend"] not in jk.BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {jk.BACKENDS}, got {cfg['backend']!r}")
     if not isinstance(cfg["device"], str):
         raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(cfg['device']).__name__}")
     try:

@@ -1,12 +1,14 @@
 """The state of a training run that a checkpoint holds, and the way back into it.
 
 ``RunState`` ties a run's model, trainer, Philox stream and rollback scales together:
-- ``to_checkpoint(iteration)``: the dict ``jebm.checkpoint.save_checkpoint`` writes. Under torchrun
+- ``to_checkpoint(iteration)``: the dict ``jebm.train.checkpoint.save_checkpoint`` writes. Under torchrun
   it is collective: every rank's Philox (seed, offset), global RNG states and persistent chains
   are gathered to rank 0 (``ranks``); the model and optimisers are the same on every rank.
 - ``restore(ckpt)``: puts every part back, this rank's own parts from ``ckpt["ranks"]``.
 - ``scale_down(lr_factor, step_factor)``: a rollback's smaller learning rates and Langevin step
-  sizes, applied on top of the base values of the config (so they survive a resume).
+  sizes, applied on top of the base values of the config (so they survive a resume): the
+  optimisers' learning rates and the trainer's sampling settings (``Trainer.scale_step_sizes``);
+  the model's config is never changed.
 """
 from __future__ import annotations
 
@@ -20,8 +22,6 @@ from .checkpoint import FORMAT_VERSION
 
 __all__ = ["RunState"]
 
-_STEP_KEYS = ("prior_step_size", "post_step_size")
-
 
 def _to_cpu(v):
     if torch.is_tensor(v):
@@ -33,10 +33,6 @@ def _to_cpu(v):
     return v
 
 
-def _scaled(value, factor: float):
-    return [float(s) * factor for s in value] if isinstance(value, (list, tuple)) else float(value) * factor
-
-
 class RunState:
     def __init__(self, cfg: dict, model, trainer, ctx: dp.DistContext, device: torch.device, image_shape, n_data: int):
         self.cfg, self.model, self.trainer, self.ctx, self.device = cfg, model, trainer, ctx, device
@@ -45,7 +41,6 @@ class RunState:
         self.rng = None  # this rank's global RNG states to continue from (None: seed them)
         self.rollback = {"count": 0, "lr_scale": 1.0, "step_scale": 1.0}
         self._base_lrs = {n: [g["lr"] for g in o.param_groups] for n, o in trainer.optimizers().items()}
-        self._base_steps = {k: model.config[k] for k in _STEP_KEYS}
 
     def modules(self) -> list:
         return [self.model, *self.trainer.modules().values()]
@@ -74,7 +69,7 @@ class RunState:
             "rng": ranks[0]["rng"],
             "world_size": self.ctx.world_size,
             # The data order is a function of these: batch_indices(n, batch_size, seed, it), rank r
-            # taking the r-th slice of each global batch (jebm.distributed.DistributedBatchSampler).
+            # taking the r-th slice of each global batch (jebm.train.data_order.DistributedBatchSampler).
             "data_order": {"n": self.n_data, "batch_size": cfg["batch_size"], "seed": cfg["seed"],
                            "next_iteration": iteration, "world_size": self.ctx.world_size},
             "rollback": dict(self.rollback),
@@ -132,5 +127,4 @@ class RunState:
         for name, opt in self.trainer.optimizers().items():
             for group, base in zip(opt.param_groups, self._base_lrs[name]):
                 group["lr"] = base * self.rollback["lr_scale"]
-        for key in _STEP_KEYS:
-            self.model.config[key] = _scaled(self._base_steps[key], self.rollback["step_scale"])
+        self.trainer.scale_step_sizes(self.rollback["step_scale"])

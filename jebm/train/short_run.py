@@ -4,7 +4,7 @@ The chain. Posterior Langevin in the model's sampling space v (z or eps, DESIGN.
 one step size s_l = exp(log_s_l) per latent layer (positive by construction), h_l = s_l^2 / 2:
     v_{k+1} = v_k - h * grad U(v_k | x) + s * tau * xi_k,      k = 0 .. K-1.
 xi_k are the Philox normals of the shared stream, laid out exactly as the reference backend lays
-them out (``jebm_kernels.reference.step_noise`` on the same ``Problem``): given the same generator
+them out (``jebm_kernels.problem.Problem.step_noise``, what the reference backend draws): given the same generator
 state and step sizes, ``short_run_chain`` reproduces ``jk.langevin(..., backend="reference")`` to
 rounding, and a run stays reproducible from its (seed, offset).
 
@@ -65,15 +65,12 @@ import torch
 from torch import nn
 
 import jebm_kernels as jk
-from jebm_kernels.philox import philox_rand
-from jebm_kernels.problem import make_problem
-from jebm_kernels.reference import step_noise
+from jebm_kernels.problem import make_problem, step_constants
 
-from .model import JEBM, randn_layers
+from ..model import JEBM, SamplingSettings, randn_layers
 
 __all__ = ["ESTIMATORS", "StepSizes", "ShortRunResult", "short_run_chain", "log_abs_det_step",
-           "LearnedPosterior", "warn_fused_fallback", "step_size_metrics", "posterior_objective",
-           "learned_step_sizes", "compare_step_sizes"]
+           "LearnedPosterior", "warn_fused_fallback", "step_size_metrics"]
 
 ESTIMATORS = ("exact", "series")
 
@@ -175,8 +172,8 @@ def short_run_chain(energy, start: list[torch.Tensor], step_sizes: torch.Tensor,
     probe_base = stream.take(n_steps * n_probes * B * D) if estimator == "series" else 0
     s = step_sizes.to(dtype=dtype, device=device)
     s_cols = torch.cat([s[l].expand(d) for l, d in enumerate(dims)])
-    h_cols = s_cols * s_cols / 2
     tau = problem.noise_scale
+    h_cols, _ = step_constants(s_cols, tau)
 
     def call(v):
         u = energy(v)
@@ -191,13 +188,15 @@ def short_run_chain(energy, start: list[torch.Tensor], step_sizes: torch.Tensor,
             g = torch.autograd.grad(call(v).sum(), v, create_graph=True)
             probes = None
             if estimator == "series":
-                u01 = philox_rand(problem.seed, probe_base + k * n_probes * B * D, n_probes * B * D, device=device)
+                u01 = jk.philox_rand(problem.seed, probe_base + k * n_probes * B * D, n_probes * B * D, device=device)
                 probes = torch.where(u01 < 0.5, -1.0, 1.0).to(dtype).reshape(n_probes, B, D)
             ld = log_abs_det_step(g, v, h_cols if differentiable else h_cols.detach(), estimator=estimator,
                                   probes=probes, n_terms=n_terms, keep_graph=differentiable)
             logdet = logdet + ld
-            noise, _ = step_noise(problem, k)
-            v = [vl - (s[l] * s[l] / 2) * gl + (s[l] * tau) * nl for l, (vl, gl, nl) in enumerate(zip(v, g, noise))]
+            noise, _ = problem.step_noise(k)
+            # (h, c) per layer and step, differentiable in s (the graph's rounding is the reference's)
+            hc = [step_constants(s[l], tau) for l in range(len(v))]
+            v = [vl - hc[l][0] * gl + hc[l][1] * nl for l, (vl, gl, nl) in enumerate(zip(v, g, noise))]
             if not differentiable:
                 v = [t.detach().requires_grad_(True) for t in v]
                 logdet = logdet.detach()
@@ -249,23 +248,26 @@ class LearnedPosterior:
     def values(self) -> list[float]:
         return self.steps.values()
 
-    def _start(self, x, generator, start):
+    def _start(self, x, generator, start, space):
         model = self.model
         if start is None:
             return randn_layers(x.shape[0], model.dims, generator, device=x.device, dtype=x.dtype)
         with torch.no_grad():
             start = [t.detach() for t in start]
-            return [t.detach() for t in model.z_to_eps(start)] if model.config["space"] == "eps" else start
+            return [t.detach() for t in model.z_to_eps(start)] if space == "eps" else start
 
-    def sample(self, x: torch.Tensor, *, generator, start: list[torch.Tensor] | None = None):
-        """(z-space posterior samples, detached; metrics as tensors). ``start``: z-space latents
-        to start from (None: N(0, I) noise in the sampling space, drawn from ``generator``)."""
+    def sample(self, x: torch.Tensor, settings: SamplingSettings, *, generator,
+               start: list[torch.Tensor] | None = None):
+        """(z-space posterior samples, detached; metrics as tensors). ``settings``: the trainer's
+        (space and noise scale; the step sizes are the learned ones, the steps ``post_steps`` of the
+        run config). ``start``: z-space latents to start from (None: N(0, I) noise in the sampling
+        space, drawn from ``generator``)."""
         model, cfg = self.model, self.cfg
-        space = model.config["space"]
-        v0 = self._start(x, generator, start)
+        space = settings.space
+        v0 = self._start(x, generator, start, space)
         s = self.steps()
         res = short_run_chain(model.posterior_energy_fn(x.detach(), space), v0, s, n_steps=cfg["post_steps"],
-                              noise_scale=model.config["noise_scale"], generator=generator,
+                              noise_scale=settings.noise_scale, generator=generator,
                               estimator=cfg["entropy_estimator"], n_terms=cfg["entropy_terms"],
                               n_probes=cfg["entropy_probes"], differentiable=True)
         loss = res.objective.mean()
@@ -279,10 +281,12 @@ class LearnedPosterior:
                    **{f"step_size_post_l{l + 1}": v for l, v in enumerate(s.detach().unbind())}}
         return [t.detach() for t in z], metrics
 
-    def posterior(self, x, *, generator, backend, start=None):
-        """Samples with the current step sizes and no gradient: any backend, fused included."""
-        init = None if start is None else self._start(x, generator, start)
-        return self.model.sample_posterior(x, step_size=self.values(), generator=generator, backend=backend, init=init)
+    def posterior(self, x, settings: SamplingSettings, *, generator, backend, start=None):
+        """Samples with the current learned step sizes (the rest of ``settings``' posterior chain)
+        and no gradient: any backend, fused included."""
+        init = None if start is None else self._start(x, generator, start, settings.space)
+        return self.model.sample_posterior(x, generator=generator, backend=backend, init=init,
+                                           **settings.with_post_step_size(self.values()).posterior())
 
     def surrogate(self) -> torch.Tensor:
         """(log_step * g).sum() with g the kept gradient: d/d log_step = g, and 0 once used."""
@@ -290,72 +294,3 @@ class LearnedPosterior:
             return self.steps.log_step.sum() * 0.0
         g, self._grad = self._grad, None
         return (self.steps.log_step * g).sum()
-
-
-def posterior_objective(model: JEBM, x: torch.Tensor, step_sizes, *, n_steps: int | None = None, seed: int = 0,
-                        estimator: str = "exact", n_terms: int = 2, n_probes: int = 1) -> torch.Tensor:
-    """J per image [B] for fixed ``step_sizes`` (a float or one per layer): the chain from N(0, I)
-    noise drawn, with its Langevin noise, from ``PhiloxGenerator(seed)`` (so two step sizes
-    compared with one seed see the same start and the same noise). No graph is kept."""
-    vals = list(step_sizes) if isinstance(step_sizes, (list, tuple)) else [step_sizes] * model.n_layers
-    p = next(model.parameters())
-    s = torch.tensor([float(v) for v in vals], dtype=p.dtype, device=p.device)
-    g = jk.PhiloxGenerator(seed)
-    v0 = randn_layers(x.shape[0], model.dims, g, device=p.device, dtype=p.dtype)
-    res = short_run_chain(model.posterior_energy_fn(x.detach()), v0, s,
-                          n_steps=model.config["post_steps"] if n_steps is None else n_steps,
-                          noise_scale=model.config["noise_scale"], generator=g, estimator=estimator,
-                          n_terms=n_terms, n_probes=n_probes, differentiable=False)
-    return res.objective.detach()
-
-
-def learned_step_sizes(path) -> list[float] | None:
-    """The learned posterior step sizes saved in a run's checkpoint (None when it learned none)."""
-    from .checkpoint import load_checkpoint
-    mods = load_checkpoint(path).get("modules", {})
-    if "step_sizes" not in mods:
-        return None
-    return [float(v) for v in mods["step_sizes"]["log_step"].exp().tolist()]
-
-
-def compare_step_sizes(path, *, fixed=None, n_test: int = 200, seed: int = 0, estimator: str = "exact") -> dict:
-    """The posterior objective J of a trained run's learned step sizes against ``fixed`` (default:
-    the run's ``post_step_size``) on held-out test images, both chains from the same fresh noise.
-    Returns the values per layer, each objective's mean and standard error, and the paired
-    difference (learned - fixed; negative: the learned step sizes are better)."""
-    from .data import load_dataset
-    from .training import load_run
-    run = load_run(path)
-    learned = learned_step_sizes(run.checkpoint)
-    if learned is None:
-        raise ValueError(f"the run in {path} did not learn step sizes (train with learn_step_size=True)")
-    fixed = run.config["post_step_size"] if fixed is None else fixed
-    cfg = run.config
-    test = load_dataset(cfg["dataset"], cfg["data_root"], split="test").images[:n_test]
-    test = test.to(next(run.model.parameters()).device)
-    j_learned = posterior_objective(run.model, test, learned, seed=seed, estimator=estimator)
-    j_fixed = posterior_objective(run.model, test, fixed, seed=seed, estimator=estimator)
-    diff = j_learned - j_fixed
-    n = diff.shape[0]
-
-    def stats(t):
-        return {"mean": float(t.mean()), "stderr": float(t.std() / n ** 0.5)}
-
-    return {"run": str(path), "n_test": n, "post_steps": cfg["post_steps"], "estimator": estimator, "seed": seed,
-            "learned": learned, "fixed": fixed if isinstance(fixed, list) else [float(fixed)] * run.model.n_layers,
-            "objective_learned": stats(j_learned), "objective_fixed": stats(j_fixed),
-            "difference": stats(diff)}
-
-
-if __name__ == "__main__":  # python -m jebm.short_run RUN_DIR [--n-test N] [--seed S] [--estimator E]
-    import argparse
-    import json
-    ap = argparse.ArgumentParser(description="learned vs fixed posterior step sizes of a trained run")
-    ap.add_argument("run")
-    ap.add_argument("--n-test", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--estimator", choices=ESTIMATORS, default="exact")
-    ap.add_argument("--fixed", type=float, default=None, help="the fixed step size (default: the run's post_step_size)")
-    a = ap.parse_args()
-    print(json.dumps(compare_step_sizes(a.run, fixed=a.fixed, n_test=a.n_test, seed=a.seed, estimator=a.estimator),
-                     indent=2))

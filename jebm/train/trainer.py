@@ -1,12 +1,18 @@
 """What the two learning schemes share: the negative-phase prior chains, the optimiser layout
-(one Adam for the EBM, one for the generator side, one for learned step sizes), and the iteration
-itself: ``loss`` (the scheme's own), then one backward pass and every optimiser's step.
+(one Adam for the EBM, one for the generator side, one for learned step sizes), the chains'
+sampling settings, and the iteration itself: ``loss`` (the scheme's own), then one backward pass
+and every optimiser's step.
+
+The trainer owns its chains' settings (``Trainer.sampling``, a ``SamplingSettings``): they start
+as the model's construction-time defaults (the run config's), a rollback replaces them with
+smaller step sizes (``scale_step_sizes``), and every sampling call gets them explicitly; the
+model's config is never written to.
 """
 from __future__ import annotations
 
 import torch
 
-from .model import JEBM
+from ..model import JEBM, SamplingSettings
 from .short_run import LearnedPosterior
 
 __all__ = ["Trainer", "PriorChains", "first_non_finite"]
@@ -30,9 +36,10 @@ class PriorChains:
         self.persistent = bool(persistent)
         self.state: list[torch.Tensor] | None = None
 
-    def sample(self, model: JEBM, n: int, *, generator, backend: str) -> list[torch.Tensor]:
+    def sample(self, model: JEBM, n: int, *, generator, backend: str, **settings) -> list[torch.Tensor]:
+        """``n`` prior samples (z-space); ``settings``: the chain's ``SamplingSettings.prior()``."""
         init = self.state if (self.persistent and self.state is not None and self.state[0].shape[0] == n) else None
-        z, info = model.sample_prior(n, generator=generator, backend=backend, init=init, return_info=True)
+        z, info = model.sample_prior(n, generator=generator, backend=backend, init=init, return_info=True, **settings)
         if self.persistent:
             self.state = [t.detach() for t in info["state"]]
         return z
@@ -60,6 +67,17 @@ class Trainer:
                         if model.has_ebm else None)
         self.prior_chains = PriorChains(cfg["persistent_prior"])
         self.short_run = LearnedPosterior(model, cfg) if cfg["learn_step_size"] else None
+        # The chains' settings as configured, and the ones in use (a rollback scales the step sizes).
+        self.base_sampling = SamplingSettings.from_config(model.config)
+        self.sampling = self.base_sampling
+
+    def scale_step_sizes(self, factor: float) -> None:
+        """Run every chain with the configured step sizes times ``factor`` from now on (rollback)."""
+        self.sampling = self.base_sampling.with_step_scale(factor)
+
+    def sample_prior(self, n: int, *, generator, backend: str) -> list[torch.Tensor]:
+        """The negative phase: ``n`` samples of the prior chains with this trainer's settings."""
+        return self.prior_chains.sample(self.model, n, generator=generator, backend=backend, **self.sampling.prior())
 
     def modules(self) -> dict:
         """Modules besides the model that a checkpoint must hold (the learned step sizes, if any)."""
@@ -89,7 +107,7 @@ class Trainer:
 
     def apply(self, total: torch.Tensor) -> None:
         """The update from ``loss``'s scalar: one backward pass, then every optimiser steps.
-        (One backward pass is what DistributedDataParallel synchronises: jebm.distributed.)"""
+        (One backward pass is what DistributedDataParallel synchronises: jebm.train.distributed.)"""
         for opt in self.optimizers().values():
             opt.zero_grad(set_to_none=True)
         total.backward()

@@ -1,6 +1,6 @@
 """The variational learning scheme (DESIGN.md "Learning, variational scheme").
 
-An amortised inference model q_phi(z | x) (``jebm.model.InferenceModel``: bottom-up features,
+An amortised inference model q_phi(z | x) (``jebm.model.inference.InferenceModel``: bottom-up features,
 then q(z_L | x) and q(z_l | z_{l+1}, x), reparameterised) replaces posterior Langevin. One
 iteration on a batch x:
 - phi, g, beta maximise the ELBO  E_q[ log p(x|z_1) + F(z) + log p_beta(z) - log q(z|x) ]
@@ -12,7 +12,7 @@ reparameterised z_q) a gradient, but alpha learns from its own loss only: one ba
 loss_gen + mean F(z-) gives exactly that (``VariationalTrainer.loss`` says why).
 
 With ``learn_step_size=True`` q's sample is refined by ``post_steps`` posterior Langevin steps with
-learned per-layer step sizes (``jebm.short_run.LearnedPosterior``), started from q's detached
+learned per-layer step sizes (``jebm.train.short_run.LearnedPosterior``), started from q's detached
 sample (not from noise: q is already close, so K can be short). The refined z+ replaces z_q in
 alpha's positive phase (where the posterior's quality matters: alpha's gradient is
 E_{p(z|x)}[dF] - E_{p(z)}[dF]) and in ``posterior()``; phi, g and beta keep the ELBO of q. The step
@@ -28,15 +28,10 @@ import math
 
 import torch
 
-from .model import JEBM, InferenceModel, randn_layers
-from .trainer_base import Trainer
+from ..model import JEBM, InferenceModel, build_inference_model, randn_layers
+from .trainer import Trainer
 
-__all__ = ["VariationalTrainer", "build_inference_model"]
-
-
-def build_inference_model(cfg: dict, image_shape) -> InferenceModel:
-    return InferenceModel(image_shape, cfg["dims"], hidden=cfg["infer_hidden"], head_hidden=cfg["infer_head_hidden"],
-                          encoder="conv" if cfg["decoder"] == "conv" else "mlp", nif=cfg["nif"])
+__all__ = ["VariationalTrainer"]
 
 
 class VariationalTrainer(Trainer):
@@ -62,7 +57,7 @@ class VariationalTrainer(Trainer):
             z, _ = self.infer(x, noise)
         z = [t.detach() for t in z]
         if self.short_run is not None:
-            return self.short_run.posterior(x, generator=generator, backend=backend, start=z)
+            return self.short_run.posterior(x, self.sampling, generator=generator, backend=backend, start=z)
         return z
 
     def loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
@@ -93,10 +88,10 @@ class VariationalTrainer(Trainer):
         loss_ebm = None
         z_pos = [t.detach() for t in z_q]
         if self.short_run is not None:
-            z_pos, post_metrics = self.short_run.sample(x, generator=generator, start=z_pos)
+            z_pos, post_metrics = self.short_run.sample(x, self.sampling, generator=generator, start=z_pos)
             metrics.update(post_metrics)
         if model.has_ebm:
-            z_neg = self.prior_chains.sample(model, B, generator=generator, backend=backend)
+            z_neg = self.sample_prior(B, generator=generator, backend=backend)
             logp_neg = model.log_p_beta(z_neg).mean()
             loss_gen = loss_gen + logp_neg
             F_pos = model.F(z_pos).mean()
