@@ -1,4 +1,4 @@
-"""Image-quality metrics with no download: the Frechet distance, the Inception-v3 feature network
+"""Image-quality metrics with no download (``jebm.evaluate.frechet``, ``inception``, ``classifier``): the Frechet distance, the Inception-v3 feature network
 (from a weights file), FID end to end with cached training statistics, and the classifier
 Frechet distance on the digits.
 
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import jebm
-from jebm import fid as fd
-from jebm.classifier import CLASSIFIER_NAME, ensure_classifier, load_classifier, train_classifier, _accuracy
 from jebm.cli import main
 from jebm.data import load_dataset
-from jebm.inception import InceptionV3Features, load_inception
+from jebm.evaluate import frechet as fd
+from jebm.evaluate.classifier import CLASSIFIER_NAME, ensure_classifier, load_classifier, train_classifier, _accuracy
+from jebm.evaluate.inception import InceptionV3Features, load_inception
 
 TINY = dict(dims=[6, 3], ebm_hidden=[16], gauss_hidden=[16], dec_hidden=[32], prior_steps=4, post_steps=4,
             batch_size=50, sample_every=0, n_samples=4)

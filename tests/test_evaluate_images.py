@@ -1,10 +1,10 @@
-"""Tests for jebm.images: value mapping, grid geometry (checked by reopening the PNG), errors."""
+"""Image grids (jebm.evaluate.images): value mapping, grid geometry (checked by reopening the PNG), errors."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from jebm.images import FILL, PADDING, save_grid, save_rows, to_uint8
+from jebm.evaluate.images import FILL, PADDING, save_grid, save_rows, to_uint8
 
 
 def test_to_uint8_mapping_layout_and_clipping():

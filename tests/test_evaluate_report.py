@@ -1,5 +1,6 @@
-"""``jebm report``: one self-contained HTML page with every section, missing parts stated; and the
-TensorBoard events training writes when the tensorboard package is installed."""
+"""``jebm report`` (``jebm.evaluate.report``): one self-contained HTML page with every section,
+missing parts stated, bad input refused. (The TensorBoard events: test_train_tensorboard.py; the
+report of a ``jebm bench`` JSON: test_bench.py.)"""
 from html.parser import HTMLParser
 import base64
 import io
@@ -10,9 +11,11 @@ import pytest
 from PIL import Image
 
 import jebm
-from jebm import eval as ev
 from jebm.cli import main
-from jebm.report import write_report
+from jebm.evaluate import report
+from jebm.evaluate.outlier import outlier_experiment
+from jebm.evaluate.report import write_report
+from jebm.evaluate.run_eval import evaluate_run
 
 TINY = dict(dims=[6, 3], ebm_hidden=[16], gauss_hidden=[16], dec_hidden=[32], prior_steps=3, post_steps=3,
             batch_size=50, n_samples=4)
@@ -26,8 +29,8 @@ def full_run(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # learned step sizes: "runs on the reference backend"
         res = jebm.train(iters=6, out_dir=root / "run", progress=False, sample_every=3, learn_step_size=True, **TINY)
-    ev.evaluate_run(res.run_dir, n_test=8, n_hier=3)
-    ev.outlier_experiment(classes=[1], seeds=[0], iters=2, out_dir=root / "outlier", progress=False,
+    evaluate_run(res.run_dir, n_test=8, n_hier=3)
+    outlier_experiment(classes=[1], seeds=[0], iters=2, out_dir=root / "outlier", progress=False,
                           **{**TINY, "sample_every": 0})
     return res
 
@@ -114,7 +117,7 @@ def test_report_has_every_section_with_real_content(full_run, tmp_path):
     last = json.loads((full_run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     for l in (1, 2):
         assert f"{last[f'step_size_post_l{l}']:.4g}" in text
-    # benchmark table through benchmarks/report.py: the cpu row's 8x speed-up over the reference
+    # benchmark table through jebm.bench.results: the cpu row's 8x speed-up over the reference
     assert "8.00x" in text and "test CPU" in text
     # eval metrics: the reconstruction error of eval.json
     e = json.loads((full_run.run_dir / "eval.json").read_text())
@@ -126,7 +129,7 @@ def test_report_has_every_section_with_real_content(full_run, tmp_path):
 def test_missing_parts_are_stated_not_dropped(tmp_path, monkeypatch):
     run = jebm.train(iters=2, out_dir=tmp_path / "bare", progress=False, sample_every=0, **TINY)
     monkeypatch.chdir(tmp_path)   # no .benchmarks here
-    monkeypatch.setattr("jebm.report._repo_root", lambda: tmp_path)
+    monkeypatch.setattr(report, "_repo_root", lambda: tmp_path)
     page = _parse(write_report(run.run_dir))
     text = " ".join(" ".join(page.text).split())
     assert len(page.h2) == 8
@@ -149,22 +152,3 @@ def test_report_rejects_bad_input(tmp_path, full_run, capsys):
     assert "not a pytest-benchmark JSON" in capsys.readouterr().err
 
 
-def test_training_writes_tensorboard_events_when_installed(tmp_path):
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run = jebm.train(iters=4, out_dir=tmp_path / "tb", progress=False, sample_every=2, **TINY)
-    assert list(run.run_dir.glob("events.out.tfevents.*"))
-    acc = EventAccumulator(str(run.run_dir), size_guidance={"scalars": 0, "images": 0})
-    acc.Reload()
-    lines = [json.loads(l) for l in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
-    for key in ("loss_recon", "loss_ebm", "sec_per_iter"):
-        events = acc.Scalars(key)
-        assert [e.step for e in events] == [l["iter"] for l in lines]
-        assert [e.value for e in events] == pytest.approx([l[key] for l in lines], rel=1e-6)
-    assert [e.step for e in acc.Images("samples")] == [2, 4]
-    assert [e.step for e in acc.Images("reconstructions")] == [2, 4]
-    # resuming to more iterations appends; nothing is logged twice
-    jebm.train(iters=6, out_dir=run.run_dir, resume=True, progress=False)
-    acc = EventAccumulator(str(run.run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    assert [e.step for e in acc.Scalars("loss_recon")] == [1, 2, 3, 4, 5, 6]

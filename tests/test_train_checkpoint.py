@@ -1,4 +1,5 @@
-"""Loading a checkpoint never crashes and never runs code: a truncated or damaged file, one from an
+"""Checkpoint files (``jebm.train.checkpoint``): a write that fails leaves the old checkpoint, and
+loading a checkpoint never crashes and never runs code: a truncated or damaged file, one from an
 incompatible format version, or a pickle naming arbitrary objects (a __reduce__ that would call
 os.system) gives a clear ValueError, through every entry point (load_checkpoint, load_run,
 train(resume=True), the CLI)."""
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import jebm
-from jebm.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint, save_checkpoint
+from jebm.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint, save_checkpoint
 from jebm.cli import main
 from helpers import child_env
 
@@ -147,7 +148,7 @@ def test_cli_reports_a_bad_checkpoint_in_one_line(good, capsys):
 
 FUZZ = r'''
 import random, sys, torch
-from jebm.checkpoint import load_checkpoint, content_digest
+from jebm.train.checkpoint import load_checkpoint, content_digest
 src, dst = sys.argv[1], sys.argv[2]
 good = open(src, "rb").read()
 ref = load_checkpoint(src)["sha256"]
@@ -187,3 +188,21 @@ def test_random_damage_is_refused_or_harmless_in_a_child_interpreter(good, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'refused'" in proc.stdout, proc.stdout
     print(f"\nrandom damage to a checkpoint: {proc.stdout.strip()}")
+
+
+def test_atomic_save_leaves_the_old_checkpoint_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    good = {"format_version": 1, "config": {}, "iteration": 1, "image_shape": [1, 8, 8], "model": {},
+            "optimizers": {}, "philox": [0, 0]}
+    save_checkpoint(good, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({**good, "iteration": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

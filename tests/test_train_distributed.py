@@ -27,13 +27,13 @@ import torch
 
 import jebm_kernels as jk
 from helpers import child_env
-from jebm import trainer_variational
-from jebm.checkpoint import load_checkpoint
 from jebm.data import load_dataset
-from jebm.distributed import DistributedBatchSampler, rank_seed
 from jebm.model import JEBM
-from jebm.presets import resolve_config
-from jebm.training import batch_indices, build_model
+from jebm.train import batch_indices, build_model
+from jebm.train import variational as trainer_variational
+from jebm.train.checkpoint import load_checkpoint
+from jebm.train.distributed import rank_seed
+from jebm.train.presets import resolve_config
 
 WORLD = 2
 ITERS = 3
@@ -170,16 +170,6 @@ def test_two_processes_match_one_process_fed_the_same_noise(tmp_path, scheme, pe
     print(f"\n{scheme}: torchrun 2 x CPU, {ITERS} iterations{' (resumed)' if resume_at else ''}, {elapsed:.1f} s; "
           f"max |param diff| {worst:.2e}, "
           f"{n_sensitive}/{n_all} rounding-sensitive elements (max diff {worst_sensitive:.2e})")
-
-
-def test_distributed_batch_sampler_splits_each_global_batch():
-    n, B, seed = 50, 20, 3
-    samplers = [DistributedBatchSampler(n, B, seed, rank=r, world_size=WORLD, start=0, stop=5) for r in range(WORLD)]
-    for it, shares in enumerate(zip(*samplers)):
-        assert sum(shares, []) == batch_indices(n, B, seed, it).tolist()
-    assert len(samplers[0]) == 5
-    with pytest.raises(ValueError, match="multiple of 3"):
-        DistributedBatchSampler(n, 20, seed, rank=0, world_size=3)
 
 
 def test_rank_seeds_are_distinct_and_rank_zero_keeps_the_seed():

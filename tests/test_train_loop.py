@@ -1,13 +1,15 @@
-"""Training: each scheme lowers its loss, checkpoints round-trip and are safe to load, resume is
-bit-exact on the reference backend, divergence stops with a clear message and a good checkpoint."""
+"""The training loop (``jebm.train.loop``): each scheme lowers its loss, the Gaussian baseline runs
+no prior chain, divergence stops with a clear message and a good checkpoint, bad arguments are
+refused, and the trainer's persistent prior chains continue across iterations. (Resume:
+test_train_resume.py; checkpoint files: test_train_checkpoint.py; data order:
+test_train_data_order.py.)"""
 import json
 
 import pytest
 import torch
 
 import jebm
-from jebm.checkpoint import load_checkpoint, save_checkpoint
-from jebm.training import batch_indices
+from jebm.train.checkpoint import load_checkpoint
 
 # Tiny but real: two latent layers, short chains; a few hundredths of a second per iteration.
 TINY = dict(dims=[8, 4], ebm_hidden=[32], gauss_hidden=[32], dec_hidden=[64], infer_hidden=[64],
@@ -49,86 +51,6 @@ def test_gaussian_baseline_trains_without_a_prior_chain(tmp_path):
     assert set(ck["optimizers"]) == {"gen"}
 
 
-def test_checkpoint_round_trip(tmp_path):
-    res = jebm.train(scheme="variational", iters=6, out_dir=tmp_path / "r", progress=False, seed=3, **TINY)
-    # weights_only=True: the checkpoint holds tensors and plain Python values only.
-    raw = torch.load(res.checkpoint, weights_only=True)
-    assert raw["iteration"] == 6 and raw["config"]["seed"] == 3 and raw["config"]["scheme"] == "variational"
-    assert isinstance(raw["philox"][0], int) and isinstance(raw["philox"][1], int) and raw["philox"][1] > 0
-    assert set(raw["optimizers"]) == {"gen", "ebm"} and "infer" in raw["modules"]
-    run = jebm.load_run(res.run_dir)
-    for k, v in run.model.state_dict().items():
-        assert torch.equal(v, raw["model"][k]), k
-    for k, v in run.infer.state_dict().items():
-        assert torch.equal(v, raw["modules"]["infer"][k]), k
-    assert run.iteration == 6 and run.config == raw["config"]
-    # no temporary files left behind by the atomic writes
-    assert not [p.name for p in res.run_dir.iterdir() if ".tmp" in p.name]
-
-
-def test_atomic_save_leaves_the_old_checkpoint_when_a_write_fails(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoint.pt"
-    good = {"format_version": 1, "config": {}, "iteration": 1, "image_shape": [1, 8, 8], "model": {},
-            "optimizers": {}, "philox": [0, 0]}
-    save_checkpoint(good, path)
-
-    def broken_save(obj, f):
-        f.write(b"half a checkpoint")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({**good, "iteration": 2}, path)
-    monkeypatch.undo()
-    assert load_checkpoint(path)["iteration"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
-
-
-@pytest.mark.parametrize("scheme,persistent", [("mle", False), ("variational", False), ("mle", True)])
-def test_resume_equals_an_uninterrupted_run(tmp_path, scheme, persistent):
-    kw = dict(scheme=scheme, backend="reference", progress=False, seed=5, **TINY, persistent_prior=persistent)
-    full = jebm.train(iters=10, out_dir=tmp_path / "full", **kw)
-    jebm.train(iters=4, out_dir=tmp_path / "split", **kw)
-    resumed = jebm.train(iters=10, out_dir=tmp_path / "split", resume=True, progress=False)
-    assert resumed.iterations == 10 and resumed.run_dir == tmp_path / "split"
-    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
-    assert b["iteration"] == 10 and a["philox"] == b["philox"]
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), f"parameter {k} differs after resume"
-    for name in a["optimizers"]:
-        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
-        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
-    if persistent:  # the persistent chains are part of the checkpoint
-        assert all(torch.equal(u, v) for u, v in zip(a["buffers"]["prior_chains"]["state"],
-                                                     b["buffers"]["prior_chains"]["state"]))
-    la, lb = read_metrics(full.run_dir), read_metrics(resumed.run_dir)
-    assert [l["iter"] for l in lb] == list(range(1, 11))
-    key = "loss_recon"
-    assert [l[key] for l in la] == [l[key] for l in lb]
-
-
-def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
-    run = tmp_path / "r"
-    jebm.train(iters=4, out_dir=run, progress=False, ckpt_every=2, **TINY)
-    # A run killed after logging iterations 5 and 6 but before checkpointing them:
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"iter": 5, "loss_recon": 1.0}) + "\n" + '{"iter": 6, "loss_rec')
-    jebm.train(iters=6, out_dir=run, resume=True, progress=False)
-    assert [l["iter"] for l in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
-    assert read_metrics(run)[4]["loss_recon"] != 1.0
-
-
-def test_resume_and_new_run_mistakes_are_reported(tmp_path):
-    run = tmp_path / "r"
-    with pytest.raises(ValueError, match="nothing to resume"):
-        jebm.train(iters=2, out_dir=run, resume=True, progress=False)
-    jebm.train(iters=2, out_dir=run, progress=False, **TINY)
-    with pytest.raises(ValueError, match="already holds a run"):
-        jebm.train(iters=2, out_dir=run, progress=False, **TINY)
-    with pytest.raises(ValueError, match="scheme='variational' \\(run has 'mle'\\)"):
-        jebm.train(iters=4, out_dir=run, resume=True, scheme="variational", progress=False)
-
-
 def test_divergence_at_the_first_iteration_keeps_the_initial_checkpoint(tmp_path):
     # A prior step of 1e4 overflows the chain at once: the energies become inf / NaN.
     with pytest.raises(jebm.TrainingDiverged, match="diverged at iteration 1:") as info:
@@ -167,13 +89,6 @@ def test_divergence_later_stops_with_the_iteration_and_keeps_the_last_good_check
     assert res.iterations == 6
 
 
-def test_batches_cover_each_epoch_once():
-    seen = torch.cat([batch_indices(10, 3, seed=1, it=i) for i in range(3)])
-    assert len(set(seen.tolist())) == 9  # one epoch = 3 batches of 3 (the last incomplete one dropped)
-    assert torch.equal(batch_indices(10, 3, 1, 4), batch_indices(10, 3, 1, 4))
-    assert not torch.equal(batch_indices(10, 3, 1, 0), batch_indices(10, 3, 2, 0))
-
-
 def test_train_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         jebm.train(dataset="cifar", iters=1, out_dir=tmp_path / "a", progress=False)
@@ -191,7 +106,7 @@ def test_train_rejects_bad_arguments(tmp_path):
 
 def test_persistent_prior_chains_continue_across_iterations(monkeypatch):
     from jebm.model import JEBM
-    from jebm.trainer_mle import PriorChains
+    from jebm.train.trainer import PriorChains
     import jebm_kernels as jk
     torch.manual_seed(0)
     m = JEBM((1, 8, 8), [4, 2], ebm_hidden=[8], gauss_hidden=[8], dec_hidden=[8], prior_steps=2)

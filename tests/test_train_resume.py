@@ -1,4 +1,6 @@
-"""Crash-safe resume: a `jebm train` process is killed with SIGKILL at several points, among them
+"""Resume (``jebm.train(resume=True)``): a checkpoint round-trips through ``load_run``, a resumed run
+equals an uninterrupted one bit for bit, metrics logged after the checkpoint are dropped, resume
+mistakes are reported; and crash-safe resume: a `jebm train` process is killed with SIGKILL at several points, among them
 in the middle of a checkpoint write, and resumed each time; no checkpoint on disk is ever corrupt,
 and the final parameters, optimiser state, Philox offset and logged losses equal those of an
 uninterrupted run bit for bit (CPU, the default auto backend; both reference and cpu backends are
@@ -8,7 +10,7 @@ The kill points are made deterministic: the process announces, through a signal 
 has reached the point and then sleeps there until the test kills it:
 1. while torch.save is writing iteration 3's checkpoint (half the bytes in the temporary file);
 2. after iteration 6's checkpoint is written and fsync'ed, before the renames
-   (the test-only hook JEBM_TEST_PAUSE_CHECKPOINT of jebm.checkpoint);
+   (the test-only hook JEBM_TEST_PAUSE_CHECKPOINT of jebm.train.checkpoint);
 3. inside the update of iteration 8 (between two checkpoints: its chains sampled, no step taken);
 then checkpoint.pt is damaged on disk, and the last resume must fall back to checkpoint.prev.pt.
 """
@@ -20,11 +22,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 import jebm
 from helpers import child_env
-from jebm.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint
+from jebm.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint
 
 ITERS = 12
 CFG = dict(dims=[4, 2], ebm_hidden=[8], gauss_hidden=[8], dec_hidden=[16], prior_steps=4, post_steps=4,
@@ -53,7 +56,7 @@ if mode == "in_save":  # inside torch.save of iteration `arg`'s checkpoint, half
         return real_save(obj, f, *a, **k)
     torch.save = save
 elif mode == "in_update":  # inside the `arg`-th update this process makes
-    from jebm.trainer_mle import MLETrainer
+    from jebm.train.mle import MLETrainer
     real_apply, calls = MLETrainer.apply, []
     def apply(self, total):
         calls.append(1)
@@ -186,67 +189,76 @@ def test_global_rng_draws_inside_training_resume_exactly(tmp_path, monkeypatch):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
-def read_lines(run_dir):
+# ---- resume of an uninterrupted process (in this process) ---------------------------------------
+
+# Tiny but real: two latent layers, short chains; a few hundredths of a second per iteration.
+TINY = dict(dims=[8, 4], ebm_hidden=[32], gauss_hidden=[32], dec_hidden=[64], infer_hidden=[64],
+            infer_head_hidden=[32], prior_steps=8, post_steps=8, batch_size=50, sample_every=0, n_samples=16)
+
+
+def read_metrics(run_dir):
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
 
-def test_rollback_reloads_the_last_good_state_and_retries_with_smaller_steps(tmp_path, monkeypatch):
-    from jebm.model import JEBM
-    calls = {"n": 0}
-    real = JEBM.sample_posterior
-
-    def poisoned(self, x, **kw):
-        z = real(self, x, **kw)
-        calls["n"] += 1
-        if calls["n"] == 5:  # iteration 5's posterior chain blows up, once
-            z = [torch.full_like(t, float("nan")) for t in z]
-        return z
-
-    monkeypatch.setattr(JEBM, "sample_posterior", poisoned)
-    run = tmp_path / "rb"
-    res = jebm.train(iters=8, out_dir=run, progress=False, checkpoint_every=2, rollback_retries=2,
-                     rollback_lr_factor=0.5, rollback_step_factor=0.25, **CFG)
-    assert res.iterations == 8 and res.rollbacks == 1
-    lines = read_lines(run)
-    event = next(l for l in lines if "rollback" in l)
-    assert event == {"iter": 4, "rollback": 1, "diverged_at": 5, "diverged": "loss_recon", "lr_scale": 0.5,
-                     "step_scale": 0.25}
-    assert [l["iter"] for l in lines if "rollback" not in l] == list(range(1, 9))  # 5 was redone, logged once
-    assert all(l["lr_scale"] == 1.0 for l in lines if "sec_per_iter" in l and l["iter"] <= 4)
-    assert all(l["lr_scale"] == 0.5 and l["step_scale"] == 0.25 for l in lines if "sec_per_iter" in l and l["iter"] > 4)
-    ck = load_checkpoint(res.checkpoint)
-    assert ck["rollback"] == {"count": 1, "lr_scale": 0.5, "step_scale": 0.25}
-    assert ck["optimizers"]["gen"]["param_groups"][0]["lr"] == 0.5 * res.config["lr_gen"]
-    # a resumed run keeps the smaller settings
-    monkeypatch.undo()
-    more = jebm.train(iters=9, out_dir=run, resume=True, progress=False)
-    assert read_lines(run)[-1]["lr_scale"] == 0.5 and more.rollbacks == 1
+def test_checkpoint_round_trip(tmp_path):
+    res = jebm.train(scheme="variational", iters=6, out_dir=tmp_path / "r", progress=False, seed=3, **TINY)
+    # weights_only=True: the checkpoint holds tensors and plain Python values only.
+    raw = torch.load(res.checkpoint, weights_only=True)
+    assert raw["iteration"] == 6 and raw["config"]["seed"] == 3 and raw["config"]["scheme"] == "variational"
+    assert isinstance(raw["philox"][0], int) and isinstance(raw["philox"][1], int) and raw["philox"][1] > 0
+    assert set(raw["optimizers"]) == {"gen", "ebm"} and "infer" in raw["modules"]
+    run = jebm.load_run(res.run_dir)
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, raw["model"][k]), k
+    for k, v in run.infer.state_dict().items():
+        assert torch.equal(v, raw["modules"]["infer"][k]), k
+    assert run.iteration == 6 and run.config == raw["config"]
+    # no temporary files left behind by the atomic writes
+    assert not [p.name for p in res.run_dir.iterdir() if ".tmp" in p.name]
 
 
-def test_rollback_gives_up_after_its_retries_with_the_last_good_checkpoint(tmp_path):
-    run = tmp_path / "rb"
-    # A prior step of 1e4 overflows at once; halving it twice does not help.
-    try:
-        jebm.train(iters=4, out_dir=run, progress=False, rollback_retries=2, **{**CFG, "prior_step_size": 1e4})
-    except jebm.TrainingDiverged as exc:
-        assert exc.iteration == 1 and "diverged at iteration 1" in str(exc)
-    else:
-        raise AssertionError("a run that keeps diverging must raise TrainingDiverged")
-    events = [l for l in read_lines(run) if "rollback" in l]
-    assert [(e["rollback"], e["step_scale"]) for e in events] == [(1, 0.5), (2, 0.25)]
-    assert load_checkpoint(run)["iteration"] == 0
+@pytest.mark.parametrize("scheme,persistent", [("mle", False), ("variational", False), ("mle", True)])
+def test_resume_equals_an_uninterrupted_run(tmp_path, scheme, persistent):
+    kw = dict(scheme=scheme, backend="reference", progress=False, seed=5, **TINY, persistent_prior=persistent)
+    full = jebm.train(iters=10, out_dir=tmp_path / "full", **kw)
+    jebm.train(iters=4, out_dir=tmp_path / "split", **kw)
+    resumed = jebm.train(iters=10, out_dir=tmp_path / "split", resume=True, progress=False)
+    assert resumed.iterations == 10 and resumed.run_dir == tmp_path / "split"
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert b["iteration"] == 10 and a["philox"] == b["philox"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"parameter {k} differs after resume"
+    for name in a["optimizers"]:
+        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
+        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    if persistent:  # the persistent chains are part of the checkpoint
+        assert all(torch.equal(u, v) for u, v in zip(a["buffers"]["prior_chains"]["state"],
+                                                     b["buffers"]["prior_chains"]["state"]))
+    la, lb = read_metrics(full.run_dir), read_metrics(resumed.run_dir)
+    assert [l["iter"] for l in lb] == list(range(1, 11))
+    key = "loss_recon"
+    assert [l[key] for l in la] == [l[key] for l in lb]
 
 
-def test_rollback_settings_are_checked():
-    import pytest
-    with pytest.raises(ValueError, match="rollback_lr_factor must be a number in"):
-        jebm.resolve_config(rollback_lr_factor=0)
-    with pytest.raises(ValueError, match="would retry the same"):
-        jebm.resolve_config(rollback_retries=1, rollback_lr_factor=1, rollback_step_factor=1)
-    with pytest.raises(ValueError, match="rollback_retries must be an int"):
-        jebm.resolve_config(rollback_retries=-1)
-    with pytest.raises(ValueError, match="name the same setting"):
-        jebm.train(iters=1, out_dir="unused", checkpoint_every=2, ckpt_every=3, progress=False)
-    from jebm.cli import build_parser
-    a = build_parser().parse_args(["train", "--checkpoint-every", "5", "--rollback", "2"])
-    assert (a.checkpoint_every, a.rollback) == (5, 2)
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    jebm.train(iters=4, out_dir=run, progress=False, ckpt_every=2, **TINY)
+    # A run killed after logging iterations 5 and 6 but before checkpointing them:
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iter": 5, "loss_recon": 1.0}) + "\n" + '{"iter": 6, "loss_rec')
+    jebm.train(iters=6, out_dir=run, resume=True, progress=False)
+    assert [l["iter"] for l in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert read_metrics(run)[4]["loss_recon"] != 1.0
+
+
+def test_resume_and_new_run_mistakes_are_reported(tmp_path):
+    run = tmp_path / "r"
+    with pytest.raises(ValueError, match="nothing to resume"):
+        jebm.train(iters=2, out_dir=run, resume=True, progress=False)
+    jebm.train(iters=2, out_dir=run, progress=False, **TINY)
+    with pytest.raises(ValueError, match="already holds a run"):
+        jebm.train(iters=2, out_dir=run, progress=False, **TINY)
+    with pytest.raises(ValueError, match="scheme='variational' \\(run has 'mle'\\)"):
+        jebm.train(iters=4, out_dir=run, resume=True, scheme="variational", progress=False)
+
+

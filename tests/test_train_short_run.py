@@ -1,5 +1,5 @@
-"""Learned short-run posterior step sizes (jebm.short_run): the entropy estimators against the exact
-log-determinant of a linear K-step map, the chain's gradient against finite differences, the chain
+"""Learned short-run posterior step sizes (jebm.train.short_run; their evaluation:
+jebm.evaluate.step_sizes): the entropy estimators against the exact log-determinant of a linear K-step map, the chain's gradient against finite differences, the chain
 against the reference backend (same Philox noise), and on the digits data a training run whose
 learned step sizes reach a lower posterior objective on held-out images than the fixed default."""
 import json
@@ -11,12 +11,14 @@ import torch
 
 import jebm
 import jebm_kernels as jk
-from jebm import short_run
 from jebm.data import load_dataset
+from jebm.evaluate import step_sizes
+from jebm.evaluate.step_sizes import posterior_objective
 from jebm.model import JEBM, randn_layers
-from jebm.presets import resolve_config
-from jebm.short_run import StepSizes, posterior_objective, short_run_chain
-from jebm.trainer_mle import MLETrainer
+from jebm.train import short_run
+from jebm.train.mle import MLETrainer
+from jebm.train.presets import resolve_config
+from jebm.train.short_run import StepSizes, short_run_chain
 
 DIMS = (3, 2)
 
@@ -142,7 +144,7 @@ def test_learned_step_sizes_beat_the_fixed_default_on_digits(tmp_path):
     for line in lines:
         assert {"step_size_post_l1", "step_size_post_l2", "post_objective", "post_logdet"} <= set(line)
     assert lines[0]["step_size_post_l1"] == pytest.approx(0.1) and lines[0]["step_size_post_l2"] == pytest.approx(0.1)
-    learned = short_run.learned_step_sizes(res.checkpoint)
+    learned = step_sizes.learned_step_sizes(res.checkpoint)
     assert learned is not None and len(learned) == 2
     assert max(abs(math.log(v / 0.1)) for v in learned) > 0.2, learned  # they moved
     ck = torch.load(res.checkpoint, weights_only=True)

@@ -25,9 +25,7 @@ the report does not depend on what the benchmarks wrote into ``extra_info``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import math
 import os
 from pathlib import Path
 

@@ -19,17 +19,18 @@ def rounds_for(call_seconds: float, budget_s: float, min_rounds: int, max_rounds
 
 
 def time_rounds(fn, *, budget_s: float, min_rounds: int = 2, max_rounds: int = 100, warmup: int = 1):
-    """Warm up, then time ``fn`` for as many rounds as fill ``budget_s``: (the last result, stats)."""
-    last, t = None, math.inf
-    for _ in range(max(1, warmup)):
-        t0 = time.perf_counter()
+    """Call ``fn`` ``warmup`` times untimed, then time it for as many rounds as fill ``budget_s``
+    (the first timed round sizes the rest): (the last result, stats)."""
+    last = None
+    for _ in range(warmup):
         last = fn()
-        t = time.perf_counter() - t0
     times = []
-    for _ in range(rounds_for(t, budget_s, min_rounds, max_rounds)):
+    while True:
         t0 = time.perf_counter()
         last = fn()
         times.append(time.perf_counter() - t0)
+        if len(times) >= rounds_for(times[0], budget_s, min_rounds, max_rounds):
+            break
     stats = {"min": min(times), "max": max(times), "mean": statistics.fmean(times),
              "median": statistics.median(times), "stddev": statistics.stdev(times) if len(times) > 1 else 0.0,
              "rounds": len(times)}
