@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"timed seconds aimed at per case, at least 2 rounds each (default {DEFAULT_BUDGET_S})")
     b.add_argument("--batches", type=int, nargs="+", default=list(DEFAULT_BATCHES),
                    help=f"batch sizes (default {' '.join(map(str, DEFAULT_BATCHES))})")
-    b.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"Langevin steps per chain (default {DEFAULT_STEPS})")
+    b.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help=f"Langevin steps per chain (default {DEFAULT_STEPS})")
     b.add_argument("--configs", nargs="+", choices=CONFIG_NAMES, default=list(CONFIG_NAMES),
                    help="the papers' prior shapes to run (default: all)")
     b.add_argument("--providers", nargs="+", default=None,

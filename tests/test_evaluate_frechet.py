@@ -1,6 +1,6 @@
-"""Image-quality metrics with no download (``jebm.evaluate.frechet``, ``inception``, ``classifier``): the Frechet distance, the Inception-v3 feature network
-(from a weights file), FID end to end with cached training statistics, and the classifier
-Frechet distance on the digits.
+"""Image-quality metrics with no download (``jebm.evaluate.frechet``, ``inception``,
+``classifier``): the Frechet distance, the Inception-v3 feature network (from a weights file), FID
+end to end with cached training statistics, and the classifier Frechet distance on the digits.
 
 The FID test uses a randomly initialised Inception weights file written by the test: it checks the
 whole path (loading, 299 x 299 features, statistics, cache, eval.json), not FID values, which

@@ -1,10 +1,10 @@
 """Resume (``jebm.train(resume=True)``): a checkpoint round-trips through ``load_run``, a resumed run
 equals an uninterrupted one bit for bit, metrics logged after the checkpoint are dropped, resume
-mistakes are reported; and crash-safe resume: a `jebm train` process is killed with SIGKILL at several points, among them
-in the middle of a checkpoint write, and resumed each time; no checkpoint on disk is ever corrupt,
-and the final parameters, optimiser state, Philox offset and logged losses equal those of an
-uninterrupted run bit for bit (CPU, the default auto backend; both reference and cpu backends are
-deterministic).
+mistakes are reported; and crash-safe resume: a `jebm train` process is killed with SIGKILL at
+several points, among them in the middle of a checkpoint write, and resumed each time; no
+checkpoint on disk is ever corrupt, and the final parameters, optimiser state, Philox offset and
+logged losses equal those of an uninterrupted run bit for bit (CPU, the default auto backend; both
+reference and cpu backends are deterministic).
 
 The kill points are made deterministic: the process announces, through a signal file, that it
 has reached the point and then sleeps there until the test kills it:

@@ -1,7 +1,8 @@
 """Learned short-run posterior step sizes (jebm.train.short_run; their evaluation:
-jebm.evaluate.step_sizes): the entropy estimators against the exact log-determinant of a linear K-step map, the chain's gradient against finite differences, the chain
-against the reference backend (same Philox noise), and on the digits data a training run whose
-learned step sizes reach a lower posterior objective on held-out images than the fixed default."""
+jebm.evaluate.step_sizes): the entropy estimators against the exact log-determinant of a linear
+K-step map, the chain's gradient against finite differences, the chain against the reference
+backend (same Philox noise), and on the digits data a training run whose learned step sizes reach
+a lower posterior objective on held-out images than the fixed default."""
 import json
 import math
 import warnings

@@ -7,9 +7,10 @@
   f_1 MLP 128-200-200-200-1, f_2 MLP 100-100-100-1, LeakyReLU(0.2); p(z_1 | z_2) MLP
   100-200-200-200-200-256; z-space, energy_sign -1, step 0.4.
 - ``iccv``: the ICCV 2023 five-layer prior as jebm's ``"iccv-svhn"`` preset defines it (read from
-  ``jebm.train.presets``, so the benchmark follows the model): d = (64, 32, 16, 8, 4); layer energies with two hidden layers (200 wide for the two bottom layers, 100
-  above); the joint term f_0 on concat(z) (124 -> 200 -> 200 -> 1); four Gaussians with two hidden
-  layers of 200; LeakyReLU(0.2); eps-space; step 0.4.
+  ``jebm.train.presets``, so the benchmark follows the model): d = (64, 32, 16, 8, 4); layer
+  energies with two hidden layers (200 wide for the two bottom layers, 100 above); the joint term
+  f_0 on concat(z) (124 -> 200 -> 200 -> 1); four Gaussians with two hidden layers of 200;
+  LeakyReLU(0.2); eps-space; step 0.4.
 
 The suite in ``benchmarks/`` runs every chain for K = 60 steps (the papers' prior chain) at batch
 8, 100 and 1000; ``JEBM_BENCH_QUICK=1`` shrinks this to batch 8 and K = 5 (an end-to-end check of

@@ -79,7 +79,8 @@ def _posterior_batches(model: JEBM, images, infer, method, seed, backend, batch_
 
 
 def reconstruction_error(model: JEBM, images: torch.Tensor, *, infer=None, method: str = "auto", seed: int = 0,
-                         backend: str = "auto", batch_size: int = 500, sampling: SamplingSettings | None = None) -> dict:
+                         backend: str = "auto", batch_size: int = 500,
+                         sampling: SamplingSettings | None = None) -> dict:
     """Mean squared error per pixel (on the [-1, 1] scale) and the mean reconstruction energy
     ||x - g(z_1)||^2 / (2 sigma_x^2) per image, at posterior samples."""
     images = _check_images(model, images)
@@ -94,7 +95,8 @@ def reconstruction_error(model: JEBM, images: torch.Tensor, *, infer=None, metho
 
 
 def outlier_scores(model: JEBM, images: torch.Tensor, *, infer=None, method: str = "auto", seed: int = 0,
-                   backend: str = "auto", batch_size: int = 500, sampling: SamplingSettings | None = None) -> torch.Tensor:
+                   backend: str = "auto", batch_size: int = 500,
+                   sampling: SamplingSettings | None = None) -> torch.Tensor:
     """The negative log joint ||x - g(z_1)||^2/(2 sigma_x^2) + U(z) at a posterior sample, [N]
     (higher = less likely under the model = more anomalous)."""
     images = _check_images(model, images)

@@ -8,9 +8,9 @@ Math (DESIGN.md section 1), layers l = 1..L, z_1 next to the image:
     eps-space: U(eps) = -F(z(eps)) + ||eps||^2 / 2.
 
 Every MLP is an ``nn.Sequential`` of Linear and LeakyReLU(0.2) layers ending in a Linear
-(``jebm.model.blocks.mlp``), so ``jebm_kernels.mlp_spec_from_sequential`` reads it and ``prior_spec`` hands the whole prior
-(weights and structure) to the sampler; a fused backend can then run the chain without calling
-back into Python. All Langevin sampling goes through ``jebm_kernels.langevin``.
+(``jebm.model.blocks.mlp``), so ``jebm_kernels.mlp_spec_from_sequential`` reads it and
+``prior_spec`` hands the whole prior (weights and structure) to the sampler; a fused backend can
+then run the chain without calling back into Python. All Langevin sampling goes through ``jebm_kernels.langevin``.
 
 Randomness: every method that draws noise takes ``generator``, a ``jebm_kernels.PhiloxGenerator``
 (a trainer keeps one and checkpoints it), a ``torch.Generator``, or None (torch's default

@@ -36,7 +36,7 @@ _READABLE = (1, 2)  # 1: before the digest; read, but there is nothing to verify
 _REQUIRED = ("format_version", "config", "iteration", "image_shape", "model", "optimizers", "philox")
 # Test-only: "<iteration>:<signal file>" makes save_checkpoint create the signal file and sleep
 # just before the renames of that iteration's checkpoint, so a test can SIGKILL the process
-# there deterministically (tests/test_crash_resume.py).
+# there deterministically (tests/test_train_resume.py).
 _PAUSE_ENV = "JEBM_TEST_PAUSE_CHECKPOINT"
 
 

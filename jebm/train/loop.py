@@ -18,7 +18,7 @@ optimiser, the persistent chains, every rank's Philox (seed, offset) and global 
 (``jebm.train.rng_state``), the data order (seed and next iteration) and the rollback state.
 ``resume=True`` continues from the newest checkpoint that verifies, so a run killed at any moment,
 mid-write included, and resumed ends with the same parameters as an uninterrupted run: bit for bit
-on the CPU (the reference and cpu backends are deterministic; tests/test_crash_resume.py), on
+on the CPU (the reference and cpu backends are deterministic; tests/test_train_resume.py), on
 CUDA as far as the kernels used are deterministic.
 
 Distributed: under ``torchrun`` the run is data-parallel (``jebm.train.distributed``); ``batch_size``

@@ -1,8 +1,8 @@
 """The variational learning scheme (DESIGN.md "Learning, variational scheme").
 
-An amortised inference model q_phi(z | x) (``jebm.model.inference.InferenceModel``: bottom-up features,
-then q(z_L | x) and q(z_l | z_{l+1}, x), reparameterised) replaces posterior Langevin. One
-iteration on a batch x:
+An amortised inference model q_phi(z | x) (``jebm.model.inference.InferenceModel``: bottom-up
+features, then q(z_L | x) and q(z_l | z_{l+1}, x), reparameterised) replaces posterior Langevin.
+One iteration on a batch x:
 - phi, g, beta maximise the ELBO  E_q[ log p(x|z_1) + F(z) + log p_beta(z) - log q(z|x) ]
   (the EBM's log Z does not depend on them), and beta also gets the negative phase of the tilted
   prior: loss_gen = -ELBO + mean log p_beta(z-), z- from prior Langevin (detached).
