@@ -1,6 +1,7 @@
 """``jebm bench`` (``jebm.bench.quick``): a short prior-chain benchmark from the installed package,
 without pytest-benchmark, whose JSON ``jebm report`` shows in its benchmark section with no file of
-the repository's ``benchmarks/`` folder; and the folder's ``python -m benchmarks.report`` reads it."""
+the repository's ``benchmarks/`` folder; and ``jebm.bench.results`` (what ``python -m
+benchmarks.report`` runs) reads it like the suite's JSON."""
 import json
 
 import pytest
