@@ -1,7 +1,7 @@
 """The whole prior chain (K Langevin steps, whole batch) per configuration, batch and provider.
 
-One benchmark per (configuration, batch, provider); configurations in ``configs.py``, providers in
-``providers.py``. Each records in ``extra_info`` (from its best round, ``min``; the report can
+One benchmark per (configuration, batch, provider); configurations in ``jebm.bench.configs``,
+providers in ``jebm.bench.providers``. Each records in ``extra_info`` (from its best round, ``min``; the report can
 recompute everything from the JSON's stats with another statistic):
 - ``ms_per_chain``: milliseconds for the full K-step chain of the whole batch;
 - ``chain_steps_per_s``: B * K / seconds;
@@ -18,9 +18,10 @@ import itertools
 import pytest
 import torch
 
+from jebm.bench.configs import BATCHES, CONFIG_NAMES, N_STEPS, make_case
+from jebm.bench.providers import PHILOX_PROVIDERS, PROVIDERS, flat_state, make_runner, max_abs_diff, relative_diff
+
 from . import harness
-from .configs import BATCHES, CONFIG_NAMES, N_STEPS, make_case
-from .providers import PHILOX_PROVIDERS, PROVIDERS, flat_state, make_runner, max_abs_diff, relative_diff
 
 # The reference's final state per (config, batch): the reference benchmark runs first and leaves
 # it here; providers on the same noise stream are compared with it.

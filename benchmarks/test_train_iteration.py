@@ -1,8 +1,8 @@
 """One training iteration of each scheme (mle, variational) on jebm's "default" configuration,
 with each sampler backend.
 
-Interface used: ``jebm.presets.resolve_config("default", scheme=..., backend=...)``,
-``jebm.model.JEBM.from_config(cfg, data.shape)``, ``jebm.training.make_trainer(model, cfg)`` and
+Interface used: ``jebm.train.presets.resolve_config("default", scheme=..., backend=...)``,
+``jebm.model.JEBM.from_config(cfg, data.shape)``, ``jebm.train.make_trainer(model, cfg)`` and
 ``trainer.step(x, generator=jebm_kernels.PhiloxGenerator(seed), backend=...)``: exactly what
 ``jebm.train`` runs once per iteration (data loading, logging and checkpoints excluded). The batch
 is the first ``batch_size`` (100) images of the bundled digits training split. Each timed round is
@@ -10,7 +10,7 @@ one iteration (Langevin chains, losses, backward, Adam steps); the parameters mo
 as in training.
 
 The default configuration: d = (16, 8), MLP energies and Gaussians of width 64, MLP decoder,
-eps-space, 30 prior and 30 posterior Langevin steps, batch 100 (``jebm/presets.py``).
+eps-space, 30 prior and 30 posterior Langevin steps, batch 100 (``jebm/train/presets.py``).
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import torch
 
 import jebm_kernels as jk
 
+from jebm.bench.providers import gpu_reason
+
 from . import harness
-from .providers import gpu_reason
 
 SCHEMES = ("mle", "variational")
 BACKENDS = ("reference", "cpu", "triton", "cuda")
@@ -34,8 +35,8 @@ def _jebm():
     try:
         from jebm.data import load_dataset
         from jebm.model import JEBM
-        from jebm.presets import resolve_config
-        from jebm.training import make_trainer
+        from jebm.train import make_trainer
+        from jebm.train.presets import resolve_config
     except Exception as exc:
         return None, f"jebm is not importable ({type(exc).__name__}: {exc})"
     return (load_dataset, JEBM, resolve_config, make_trainer), None
@@ -89,6 +90,6 @@ def test_train_iteration(benchmark, peak, scheme, backend):
         post_steps=cfg["post_steps"], space=cfg["space"], decoder=cfg["decoder"], device=device,
         torch_threads=torch.get_num_threads(),
         **({} if seconds is None else {"stat": "min", "ms_per_iteration": seconds * 1e3}),
-        interface="jebm.training.make_trainer(JEBM.from_config(resolve_config('default', scheme, backend)), cfg)"
+        interface="jebm.train.make_trainer(JEBM.from_config(resolve_config('default', scheme, backend)), cfg)"
                   ".step(x, generator=PhiloxGenerator(seed), backend=backend)",
     )

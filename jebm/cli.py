@@ -1,14 +1,15 @@
 """The ``jebm`` command (also ``python -m jebm``): argument parsing only; the work is in
-``jebm.training`` and ``jebm.eval``.
+``jebm.train``, ``jebm.evaluate`` and ``jebm.bench``.
 
     jebm train --dataset digits --scheme mle --iters 400 --out runs/default [--resume] [--checkpoint-every N]
                [--rollback RETRIES] [--set KEY=VALUE ...]
-    torchrun --nproc_per_node 2 -m jebm train ...      (data-parallel: jebm.distributed)
+    torchrun --nproc_per_node 2 -m jebm train ...      (data-parallel: jebm.train.distributed)
     jebm sample RUN_DIR_OR_CHECKPOINT --n 64 --out samples.png
     jebm eval RUN_DIR [--out DIR] [--n-test N]
     jebm eval --outlier --classes 1 4 5 7 9 --seeds 0 1 2 --iters 150 --out runs/outlier
     jebm eval RUN_DIR --classifier-fd [--fid-weights pt_inception-2015-12-05-6726825d.pth] [--fd-n 10000]
     jebm report RUN_DIR [--outlier runs/outlier/outlier.json] [--benchmarks .benchmarks/latest.json]
+    jebm bench [--out .benchmarks/jebm-bench.json] [--budget SECONDS] [--batches 8 100] [--steps 60]
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def parse_set(items: list[str] | None) -> dict:
 
 def _add_common_train(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None:
     from .data import DATASETS
-    from .presets import PRESETS
+    from .train.presets import PRESETS
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="data set (default digits: scikit-learn's bundled 8x8 digits)")
     p.add_argument("--data-root", default=None, help="folder / file the mnist, fashion-mnist, npz, folder data sets read")
@@ -115,13 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outlier.json of `jebm eval --outlier` (default: RUN_DIR/outlier.json, then "
                         "RUN_DIR/../outlier/outlier.json)")
     r.add_argument("--benchmarks", default=None, metavar="PATH",
-                   help="pytest-benchmark JSON of benchmarks/ (default: the newest .benchmarks/*.json in the "
-                        "current folder)")
+                   help="pytest-benchmark JSON of benchmarks/ or the JSON of `jebm bench` (default: the newest "
+                        ".benchmarks/*.json in the current folder)")
+
+    from .bench.configs import CONFIG_NAMES
+    from .bench.quick import DEFAULT_BATCHES, DEFAULT_BUDGET_S, DEFAULT_OUT, DEFAULT_STEPS
+    b = sub.add_parser("bench", help="a short benchmark of the prior chain at the papers' shapes on the backends "
+                                     "available here; writes a JSON that `jebm report` shows")
+    b.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON path (default {DEFAULT_OUT}, where `jebm report` "
+                                                           "looks when run from the same folder)")
+    b.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, metavar="SECONDS",
+                   help=f"timed seconds aimed at per case, at least 2 rounds each (default {DEFAULT_BUDGET_S})")
+    b.add_argument("--batches", type=int, nargs="+", default=list(DEFAULT_BATCHES),
+                   help=f"batch sizes (default {' '.join(map(str, DEFAULT_BATCHES))})")
+    b.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help=f"Langevin steps per chain (default {DEFAULT_STEPS})")
+    b.add_argument("--configs", nargs="+", choices=CONFIG_NAMES, default=list(CONFIG_NAMES),
+                   help="the papers' prior shapes to run (default: all)")
+    b.add_argument("--providers", nargs="+", default=None,
+                   help="what to time (default: the sampler backends available here; also 'compile', 'torchebm')")
     return parser
 
 
 def _cmd_train(a) -> int:
-    from .training import train
+    from .train import train
     kwargs = parse_set(a.overrides)
     if a.exclude_class is not None:
         kwargs["exclude_class"] = a.exclude_class
@@ -145,20 +163,20 @@ def _cmd_train(a) -> int:
 
 
 def _cmd_sample(a) -> int:
-    from .eval import sample_images
+    from .evaluate.run_eval import sample_images
     path = sample_images(a.run, a.out, n=a.n, seed=a.seed, backend=a.backend, nrow=a.nrow)
     print(path)
     return 0
 
 
 def _cmd_eval(a) -> int:
-    from . import eval as ev
     if a.outlier:
+        from .evaluate.outlier import PAPER_CLASSES, outlier_experiment
         kwargs = parse_set(a.overrides)
         iters = a.iters
         if a.run is not None:
             # Take the data set, preset, scheme and overrides of an existing run as the base.
-            from .training import load_run
+            from .train import load_run
             cfg = load_run(a.run).config
             base = {k: cfg[k] for k in ("dataset", "data_root", "preset", "scheme")}
             kwargs = {**{k: v for k, v in cfg.items() if k not in ("dataset", "data_root", "preset", "scheme", "ebm",
@@ -170,8 +188,8 @@ def _cmd_eval(a) -> int:
         for k in ("dataset", "data_root", "preset", "scheme"):
             if getattr(a, k) is not None:
                 base[k] = getattr(a, k)
-        summary = ev.outlier_experiment(
-            classes=a.classes if a.classes is not None else ev.PAPER_CLASSES,
+        summary = outlier_experiment(
+            classes=a.classes if a.classes is not None else PAPER_CLASSES,
             seeds=a.seeds if a.seeds is not None else (0, 1, 2), iters=iters,
             out_dir=a.out if a.out is not None else "runs/outlier", backend=a.backend or "auto",
             progress=not a.no_progress, score_seed=a.seed, **base, **kwargs)
@@ -186,7 +204,8 @@ def _cmd_eval(a) -> int:
         return 0
     if a.run is None:
         raise ValueError("jebm eval needs a run folder or checkpoint (or --outlier for the outlier protocol)")
-    res = ev.evaluate_run(a.run, a.out, n_test=a.n_test, seed=a.seed, backend=a.backend or "auto", n_hier=a.n_hier,
+    from .evaluate.run_eval import evaluate_run
+    res = evaluate_run(a.run, a.out, n_test=a.n_test, seed=a.seed, backend=a.backend or "auto", n_hier=a.n_hier,
                           data_root=a.data_root, method=a.posterior, fid_weights=a.fid_weights,
                           classifier_fd=a.classifier_fd, fd_n=a.fd_n, fd_n_train=a.fd_n_train, fid_cache=a.fid_cache,
                           classifier_steps=a.classifier_steps)
@@ -208,19 +227,31 @@ def _cmd_eval(a) -> int:
 
 
 def _cmd_report(a) -> int:
-    from .report import write_report
+    from .evaluate.report import write_report
     path = write_report(a.run, a.out, outlier=a.outlier, benchmarks=a.benchmarks)
     print(path)
     return 0
 
 
+def _cmd_bench(a) -> int:
+    import time
+
+    from .bench.quick import run_bench
+    t0 = time.perf_counter()
+    path = run_bench(a.out, configs=a.configs, batches=a.batches, n_steps=a.steps, providers=a.providers,
+                     budget_s=a.budget)
+    print(f"written: {path} ({time.perf_counter() - t0:.1f} s); `jebm report RUN_DIR` from this folder shows it "
+          f"(or --benchmarks {path})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .training import TrainingDiverged
+    from .train import TrainingDiverged
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
         return {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval,
-                "report": _cmd_report}[a.command](a)
+                "report": _cmd_report, "bench": _cmd_bench}[a.command](a)
     except TrainingDiverged as exc:
         print(f"jebm {a.command}: {exc}", file=sys.stderr)
         return 1

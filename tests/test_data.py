@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jebm.data import DATASETS, ImageDataset, _split_indices, load_dataset, read_idx
+from jebm.data import DATASETS, ImageDataset, load_dataset, read_idx
+from jebm.data.splits import split_indices as _split_indices
 
 
 def _sorted_rows(images: torch.Tensor) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 
 import jebm_kernels as jk
 from jebm.model import JEBM, ConvDecoder, InferenceModel, randn_layers
-from jebm.presets import resolve_config
+from jebm.train.presets import resolve_config
 
 
 def small_model(dims=(5, 4, 3), joint=True, decoder="mlp", image_shape=(1, 4, 4), dtype=torch.float64, **kw):

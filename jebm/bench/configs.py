@@ -1,0 +1,214 @@
+"""The benchmark configurations: the papers' prior shapes, random float32 weights from a fixed seed.
+
+- ``lebm``: Pang et al. 2020 (LEBM). d = 100; the energy is the user's own
+  ``nn.Sequential(Linear(100, 200), GELU, Linear(200, 200), GELU, Linear(200, 1))`` passed
+  straight to ``langevin`` with ``prior_sigma=1.0`` (so U(z) = E(z) + ||z||^2 / 2), step 0.4.
+- ``cvpr``: Cui, Wu & Han, CVPR 2023, CIFAR-10 latent prior (DESIGN.md): L = 2, d = (128, 100);
+  f_1 MLP 128-200-200-200-1, f_2 MLP 100-100-100-1, LeakyReLU(0.2); p(z_1 | z_2) MLP
+  100-200-200-200-200-256; z-space, energy_sign -1, step 0.4.
+- ``iccv``: the ICCV 2023 five-layer prior as jebm's ``"iccv-svhn"`` preset defines it (read from
+  ``jebm.train.presets``, so the benchmark follows the model): d = (64, 32, 16, 8, 4); layer
+  energies with two hidden layers (200 wide for the two bottom layers, 100 above); the joint term
+  f_0 on concat(z) (124 -> 200 -> 200 -> 1); four Gaussians with two hidden layers of 200;
+  LeakyReLU(0.2); eps-space; step 0.4.
+
+The suite in ``benchmarks/`` runs every chain for K = 60 steps (the papers' prior chain) at batch
+8, 100 and 1000; ``JEBM_BENCH_QUICK=1`` shrinks this to batch 8 and K = 5 (an end-to-end check of
+the suite). ``jebm bench`` chooses its own (``jebm.bench.quick``).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+import os
+
+import torch
+from torch import nn
+
+import jebm_kernels as jk
+from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential, prior_energy
+
+from ..train.presets import resolve_config
+
+__all__ = ["QUICK", "BATCHES", "N_STEPS", "CONFIG_NAMES", "CONFIG_TITLES", "Case", "make_case",
+           "WEIGHT_SEED", "START_SEED", "NOISE_SEED"]
+
+QUICK = os.environ.get("JEBM_BENCH_QUICK", "0") not in ("", "0")
+BATCHES: tuple[int, ...] = (8,) if QUICK else (8, 100, 1000)
+N_STEPS: int = 5 if QUICK else 60
+CONFIG_NAMES = ("lebm", "cvpr", "iccv")
+CONFIG_TITLES = {
+    "lebm": "LEBM, d=100, MLP 100-200-200-1 GELU",
+    "cvpr": "CVPR 2023 CIFAR-10 prior, L=2, d=(128,100)",
+    "iccv": "ICCV 2023 five-layer prior, d=(64,32,16,8,4), eps-space",
+}
+
+WEIGHT_SEED = 0        # torch seed of every configuration's weights
+START_SEED = 1         # torch seed of the chains' starting points
+NOISE_SEED = 20230601  # Philox seed of the Langevin noise (offset 0): every call replays one stream
+STEP_SIZE = 0.4
+LEAK = 0.2
+
+_ARCH_KEYS = ("dims", "ebm_hidden", "joint_hidden", "gauss_hidden", "space")
+
+
+def _preset(name: str) -> tuple[dict, str]:
+    """(architecture, where it came from) of a jebm preset."""
+    cfg = resolve_config(name)
+    return {k: cfg[k] for k in _ARCH_KEYS}, f"jebm.train.presets.PRESETS[{name!r}]"
+
+
+def _per_module(widths, n: int) -> list[list[int]]:
+    if widths and isinstance(widths[0], (list, tuple)):
+        return [list(w) for w in widths]
+    return [list(widths) for _ in range(n)]
+
+
+def _mlp(sizes: list[int], act: nn.Module) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        if i:
+            mods.append(act)
+        mods.append(nn.Linear(sizes[i], sizes[i + 1]))
+    return nn.Sequential(*mods)
+
+
+def _frozen(seq: nn.Sequential) -> nn.Sequential:
+    for p in seq.parameters():
+        p.requires_grad_(False)
+    return seq
+
+
+def _spec_of(seq: nn.Sequential) -> MLPSpec:
+    s = mlp_spec_from_sequential(seq)
+    assert s is not None, f"not an MLP of the fusable family: {seq}"
+    return s
+
+
+def _prior_spec(arch: dict) -> PriorSpec:
+    dims = [int(d) for d in arch["dims"]]
+    L = len(dims)
+    act = nn.LeakyReLU(LEAK)
+    ebm_hidden = _per_module(arch["ebm_hidden"], L)
+    gauss_hidden = _per_module(arch["gauss_hidden"], L - 1) if L > 1 else []
+    terms = tuple(_spec_of(_frozen(_mlp([dims[l], *ebm_hidden[l], 1], act))) for l in range(L))
+    joint = None
+    if arch.get("joint_hidden"):
+        joint = _spec_of(_frozen(_mlp([sum(dims), *arch["joint_hidden"], 1], act)))
+    gaussians = tuple(GaussianSpec(_spec_of(_frozen(_mlp([dims[l + 1], *gauss_hidden[l], 2 * dims[l]], act))))
+                      for l in range(L - 1))
+    return PriorSpec(dims=tuple(dims), layer_terms=terms, joint_term=joint, gaussians=gaussians,
+                     space=arch["space"], energy_sign=-1.0)
+
+
+def _move_mlp(m: MLPSpec | None, device) -> MLPSpec | None:
+    if m is None:
+        return None
+    return replace(m, weights=tuple(w.to(device) for w in m.weights),
+                   biases=tuple(None if b is None else b.to(device) for b in m.biases))
+
+
+def _move_spec(spec: PriorSpec, device) -> PriorSpec:
+    return replace(spec, layer_terms=tuple(_move_mlp(t, device) for t in spec.layer_terms),
+                   joint_term=_move_mlp(spec.joint_term, device),
+                   gaussians=tuple(replace(g, mlp=_move_mlp(g.mlp, device)) for g in spec.gaussians))
+
+
+@dataclass
+class Case:
+    """One (configuration, batch): what every provider needs to run the same K-step chain."""
+    config: str
+    batch: int
+    n_steps: int
+    energy: object                    # what is passed to ``langevin`` (nn.Sequential or PriorEnergy)
+    z0: object                        # a tensor [B, d] or a list of [B, d_l]
+    step_size: float
+    prior_sigma: float | None
+    flops_spec: PriorSpec             # for FLOP counts: PriorSpec.flops_per_chain_step()
+    arch_source: str = ""
+    device: str = "cpu"
+    net: nn.Sequential | None = field(default=None, repr=False)  # LEBM's module
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.flops_spec.dims)
+
+    @property
+    def layers(self) -> list[torch.Tensor]:
+        return list(self.z0) if isinstance(self.z0, (list, tuple)) else [self.z0]
+
+    @property
+    def flops_per_call(self) -> int:
+        """FLOPs of one whole chain for the whole batch: per chain-step FLOPs x B x K."""
+        return self.flops_spec.flops_per_chain_step() * self.batch * self.n_steps
+
+    @property
+    def chain_steps_per_call(self) -> int:
+        return self.batch * self.n_steps
+
+    def energy_of_layers(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        """U of flat layers [B, d_l], [B]: exactly what ``langevin``'s reference differentiates
+        (the energy plus the prior_sigma term)."""
+        if self.net is not None:
+            u = self.net(xs[0]).squeeze(-1)
+        else:
+            u = prior_energy(self.energy.spec, list(xs))
+        if self.prior_sigma is not None:
+            for x in xs:
+                u = u + x.pow(2).sum(-1) / (2 * self.prior_sigma * self.prior_sigma)
+        return u
+
+    def langevin(self, backend: str, **kw):
+        """The K-step chain through ``jebm_kernels.langevin`` on ``backend``, fixed Philox stream."""
+        return jk.langevin(self.energy, self.z0, n_steps=self.n_steps, step_size=self.step_size,
+                           prior_sigma=self.prior_sigma, generator=(NOISE_SEED, 0), backend=backend, **kw)
+
+    def to(self, device) -> "Case":
+        device = torch.device(device)
+        z0 = [t.to(device) for t in self.z0] if isinstance(self.z0, (list, tuple)) else self.z0.to(device)
+        if self.net is not None:
+            net = _frozen(copy.deepcopy(self.net).to(device))  # .to() moves a module in place
+            return replace(self, z0=z0, energy=net, net=net, device=str(device))
+        spec = _move_spec(self.energy.spec, device)
+        return replace(self, z0=z0, energy=jk.PriorEnergy(spec), device=str(device))
+
+
+def _with_seed(seed: int, fn):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn()
+
+
+def make_case(config: str, batch: int, n_steps: int = N_STEPS) -> Case:
+    """The configuration ``config`` at batch ``batch`` (weights and starts are the same every call)."""
+    if config == "lebm":
+        net = _with_seed(WEIGHT_SEED, lambda: _frozen(_mlp([100, 200, 200, 1], nn.GELU())))
+        mlp = _spec_of(net)
+        flops_spec = PriorSpec(dims=(100,), layer_terms=(mlp,), energy_sign=1.0, base_sigma=(1.0,))
+        z0 = _with_seed(START_SEED, lambda: torch.randn(batch, 100))
+        return Case("lebm", batch, n_steps, net, z0, STEP_SIZE, 1.0, flops_spec,
+                    "jebm/bench/configs.py (the LEBM energy MLP)", net=net)
+    if config in ("cvpr", "iccv"):
+        arch, source = _preset("cvpr-cifar10" if config == "cvpr" else "iccv-svhn")
+        spec = _with_seed(WEIGHT_SEED, lambda: _prior_spec(arch))
+        z0 = _with_seed(START_SEED, lambda: [torch.randn(batch, d) for d in spec.dims])
+        return Case(config, batch, n_steps, jk.PriorEnergy(spec), z0, STEP_SIZE, None, spec, source)
+    raise ValueError(f"unknown configuration {config!r}; choose one of {CONFIG_NAMES}")
+
+
+def describe(config: str) -> str:
+    """One line: the architecture of a configuration and the FLOPs of one chain step."""
+    c = make_case(config, 1, 1)
+    s = c.flops_spec
+    parts = []
+    for l, t in enumerate(s.layer_terms):
+        if t is not None:
+            parts.append(f"f_{l + 1} " + "-".join(str(w.shape[1]) for w in t.weights) + "-1")
+    if s.joint_term is not None:
+        parts.append("f_0 " + "-".join(str(w.shape[1]) for w in s.joint_term.weights) + "-1")
+    for l, g in enumerate(s.gaussians):
+        parts.append(f"p(z_{l + 1}|z_{l + 2}) " + "-".join(str(w.shape[1]) for w in g.mlp.weights)
+                     + f"-{g.mlp.out_dim}")
+    act = (s.layer_terms[0] or s.joint_term).activation
+    return (f"dims {s.dims}, {s.space}-space, {act}; " + "; ".join(parts)
+            + f"; {s.flops_per_chain_step() / 1e6:.3f} MFLOP per chain step; architecture from {c.arch_source}")

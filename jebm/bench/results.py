@@ -1,0 +1,424 @@
+"""Turn a benchmark JSON into BENCHMARKS.md's results section, the plot, and the targets.
+
+    python -m benchmarks.report .benchmarks/latest.json [--stat min|median] [--no-check]
+        [--markdown BENCHMARKS.md] [--plot benchmarks/prior_chain.png] [--no-write]
+
+(``main`` here; ``benchmarks/report.py`` in the repository is its entry point, with the repository's
+BENCHMARKS.md and plot as the defaults.) ``jebm report`` uses the row, table and target functions
+for its benchmark section.
+
+Reads pytest-benchmark's ``--benchmark-json`` output (plus the ``"jebm"`` key that
+``benchmarks/conftest.py`` adds: FMA peak, matmul rate, machine, skips), or the JSON of ``jebm
+bench`` (``jebm.bench.quick``, the same layout), then
+- prints and writes the results (machine, command, prior-chain table, training-iteration table,
+  targets, what was not measured) between the ``<!-- results:start -->`` and
+  ``<!-- results:end -->`` markers of BENCHMARKS.md (appended if the markers are missing);
+- draws time per chain against batch size, one line per provider, one log-log panel per
+  configuration, into benchmarks/prior_chain.png;
+- checks the targets of issue 3 and prints PASS/FAIL for each; exits 1 if any fails or could not
+  be measured, unless ``--no-check``.
+
+Every derived number is recomputed here from the JSON's timing statistics (``--stat``, default
+``min``: the best round, the most reproducible figure on a machine that other work disturbs), so
+the report does not depend on what the benchmarks wrote into ``extra_info``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+COMMAND = ('pip install -e ".[test,bench]" && python -m pytest benchmarks '
+           '--benchmark-json=.benchmarks/latest.json && python -m benchmarks.report .benchmarks/latest.json')
+
+CONFIG_ORDER = ("lebm", "cvpr", "iccv")
+CONFIG_TITLES = {
+    "lebm": "LEBM (d=100, MLP 100-200-200-1, GELU)",
+    "cvpr": "CVPR 2023 CIFAR-10 prior (L=2, d=(128,100))",
+    "iccv": "ICCV 2023 five-layer prior (d=(64,32,16,8,4), eps)",
+}
+PROVIDER_ORDER = ("reference", "compile", "torchebm", "cpu", "triton", "cuda")
+PROVIDER_STYLE = {
+    "reference": ("tab:gray", "o"), "compile": ("tab:purple", "s"), "torchebm": ("tab:brown", "^"),
+    "cpu": ("tab:red", "D"), "triton": ("tab:blue", "v"), "cuda": ("tab:green", "P"),
+}
+FUSED = "cpu"  # the fused kernel the CPU targets are about
+GPU_PROVIDERS = ("triton", "cuda")
+TARGET_CONFIGS = ("lebm", "cvpr")
+
+
+# ---- reading -------------------------------------------------------------------------------------
+
+def load(path) -> dict:
+    with open(path) as fh:
+        data = json.load(fh)
+    if "benchmarks" not in data:
+        raise SystemExit(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' key)")
+    return data
+
+
+def fma_peak(info: dict) -> float | None:
+    """The run's FMA peak: its best measurement (full ones and the per-benchmark samples)."""
+    rates = [e["gflops"] for e in info.get("fma_peak", []) if e.get("gflops")] + list(info.get("fma_samples", []))
+    return max(rates) if rates else None
+
+
+def prior_rows(data: dict, stat: str) -> list[dict]:
+    peak = fma_peak(data.get("jebm", {}))
+    rows = []
+    for b in data["benchmarks"]:
+        x = b.get("extra_info", {})
+        if x.get("kind") != "prior_chain":
+            continue
+        t = float(b["stats"][stat])
+        gflops = x["flops_per_call"] / t / 1e9
+        rows.append(dict(config=x["config"], batch=int(x["batch"]), provider=x["provider"], n_steps=x["n_steps"],
+                         seconds=t, ms=t * 1e3, steps_per_s=x["chain_steps_per_call"] / t, gflops=gflops,
+                         # the FMA peak is the CPU's: no fraction for GPU providers
+                         frac_peak=(gflops / peak) if peak and x["provider"] not in GPU_PROVIDERS else None,
+                         rounds=b["stats"].get("rounds"),
+                         diff=x.get("max_abs_diff_vs_reference"), rel_diff=x.get("rel_diff_vs_reference")))
+    ref = {(r["config"], r["batch"]): r["seconds"] for r in rows if r["provider"] == "reference"}
+    for r in rows:
+        base = ref.get((r["config"], r["batch"]))
+        r["speedup"] = base / r["seconds"] if base else None
+    key = lambda r: (_index(CONFIG_ORDER, r["config"]), r["batch"], _index(PROVIDER_ORDER, r["provider"]))
+    return sorted(rows, key=key)
+
+
+def train_rows(data: dict, stat: str) -> list[dict]:
+    rows = []
+    for b in data["benchmarks"]:
+        x = b.get("extra_info", {})
+        if x.get("kind") != "train_iteration":
+            continue
+        t = float(b["stats"][stat])
+        rows.append(dict(scheme=x["scheme"], backend=x["backend"], seconds=t, ms=t * 1e3, preset=x.get("preset"),
+                         dims=x.get("dims"), batch=x.get("batch"), prior_steps=x.get("prior_steps"),
+                         post_steps=x.get("post_steps"), space=x.get("space"), decoder=x.get("decoder"),
+                         rounds=b["stats"].get("rounds")))
+    ref = {r["scheme"]: r["seconds"] for r in rows if r["backend"] == "reference"}
+    for r in rows:
+        r["speedup"] = ref[r["scheme"]] / r["seconds"] if r["scheme"] in ref else None
+    return sorted(rows, key=lambda r: (r["scheme"], _index(PROVIDER_ORDER, r["backend"])))
+
+
+def _index(order, value) -> int:
+    return order.index(value) if value in order else len(order)
+
+
+# ---- targets -------------------------------------------------------------------------------------
+
+def _find(rows, **kw):
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def _skip_reason(info: dict, **kw) -> str | None:
+    for s in info.get("skipped", []):
+        if all(s.get(k) == v for k, v in kw.items()):
+            return s["reason"]
+    return None
+
+
+def check_targets(data: dict, prows: list[dict], trows: list[dict]) -> list[dict]:
+    """Each target: name, threshold, measured value (or None), status PASS / FAIL / NOT MEASURED."""
+    info = data.get("jebm", {})
+    peak = fma_peak(info)
+    out = []
+
+    def speedup_target(config, batch, need):
+        name = f"fused prior chain >= {need:g}x reference, {config.upper()}, batch {batch}"
+        fused = _find(prows, config=config, batch=batch, provider=FUSED)
+        ref = _find(prows, config=config, batch=batch, provider="reference")
+        if fused is None or ref is None:
+            missing = "fused" if fused is None else "reference"
+            why = _skip_reason(info, kind="prior_chain", config=config, batch=batch,
+                               provider=FUSED if fused is None else "reference")
+            return dict(name=name, value=None, shown="-", status="NOT MEASURED",
+                        note=f"no {missing} measurement" + (f": {why}" if why else " in this run"))
+        v = ref["seconds"] / fused["seconds"]
+        return dict(name=name, value=v, shown=f"{v:.1f}x", status="PASS" if v >= need else "FAIL",
+                    note=f"reference {ref['ms']:.1f} ms, fused {fused['ms']:.2f} ms per chain")
+
+    for config in TARGET_CONFIGS:
+        out.append(speedup_target(config, 100, 3.0))
+    for config in TARGET_CONFIGS:
+        out.append(speedup_target(config, 8, 10.0))
+    for config in TARGET_CONFIGS:
+        name = f"fused prior chain >= 50% of the same-run FMA peak, {config.upper()}, batch 1000"
+        fused = _find(prows, config=config, batch=1000, provider=FUSED)
+        if fused is None or peak is None:
+            why = ("the FMA peak was not measured" if peak is None else
+                   _skip_reason(info, kind="prior_chain", config=config, batch=1000, provider=FUSED) or
+                   "no fused measurement at batch 1000 in this run")
+            out.append(dict(name=name, value=None, shown="-", status="NOT MEASURED", note=why))
+            continue
+        v = fused["gflops"] / peak
+        mm = info.get("matmul") or {}
+        ctx = f"; torch's {mm['n']}^2 matmul: {mm['gflops'] / peak:.0%}" if mm.get("gflops") else ""
+        out.append(dict(name=name, value=v, shown=f"{v:.0%}", status="PASS" if v >= 0.5 else "FAIL",
+                        note=f"{fused['gflops']:.1f} of {peak:.1f} GFLOP/s{ctx}"))
+    name = "variational training iteration >= 2x faster than with the reference backend"
+    fused = _find(trows, scheme="variational", backend=FUSED)
+    ref = _find(trows, scheme="variational", backend="reference")
+    if fused is None or ref is None:
+        why = _skip_reason(info, kind="train_iteration", scheme="variational",
+                           backend=FUSED if fused is None else "reference")
+        out.append(dict(name=name, value=None, shown="-", status="NOT MEASURED",
+                        note=why or "no measurement in this run"))
+    else:
+        v = ref["seconds"] / fused["seconds"]
+        out.append(dict(name=name, value=v, shown=f"{v:.1f}x", status="PASS" if v >= 2.0 else "FAIL",
+                        note=f"reference {ref['ms']:.0f} ms, fused {fused['ms']:.0f} ms per iteration"))
+    return out
+
+
+# ---- formatting ----------------------------------------------------------------------------------
+
+def _f(v, fmt, none="-"):
+    return none if v is None else format(v, fmt)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.3g}" if v < 100 else f"{v:,.0f}"
+
+
+def machine_lines(data: dict) -> list[str]:
+    info = data.get("jebm", {})
+    m = info.get("machine", {})
+    peak = fma_peak(info)
+    lines = [
+        f"- CPU: {m.get('cpu_model', 'unknown')}, {m.get('cpus', '?')} logical CPUs "
+        f"({m.get('sockets', '?')} socket x {m.get('cores_per_socket', '?')} cores x "
+        f"{m.get('threads_per_core', '?')} threads); SIMD flags: {', '.join(m.get('simd_flags', [])) or 'unknown'}",
+        f"- torch {m.get('torch', '?')} ({m.get('torch_threads', '?')} intra-op threads), Python {m.get('python', '?')}, "
+        f"torchebm {m.get('torchebm') or 'not installed'}; jebm_kernels backends available: "
+        f"{', '.join(m.get('jebm_kernels_backends', []))}; GPU: {m.get('cuda') or 'none'}",
+    ]
+    entries = [e for e in info.get("fma_peak", []) if e.get("gflops")]
+    if entries:
+        e0 = entries[0]
+        each = ", ".join(f"{e['when']} {e['gflops']:.1f}" for e in entries)
+        samples = info.get("fma_samples", [])
+        if samples:
+            each += (f", {len(samples)} short samples before the benchmarks: median "
+                     f"{sorted(samples)[len(samples) // 2]:.1f}, best {max(samples):.1f}")
+        one = max(e.get("gflops_one_thread") or 0 for e in entries)
+        lines.append(f"- FMA peak (this run, `benchmarks/fma_peak.c`, {e0['isa']}, {e0['threads']} threads): "
+                     f"**{peak:.1f} GFLOP/s**, the best of its measurements ({each}); one thread: {one:.1f}")
+    else:
+        reasons = "; ".join(e.get("reason", "") for e in info.get("fma_peak", [])) or "not measured"
+        lines.append(f"- FMA peak: not measured ({reasons})")
+    mm = info.get("matmul")
+    if mm:
+        frac = f", {mm['gflops'] / peak:.0%} of the FMA peak" if peak else ""
+        lines.append(f"- torch fp32 matmul {mm['n']}x{mm['n']} ({mm.get('threads', '?')} threads): "
+                     f"{mm['gflops']:.1f} GFLOP/s{frac} (best of the start and end measurements)")
+    if info.get("suite_seconds"):
+        lines.append(f"- the suite ran for {info['suite_seconds'] / 60:.1f} minutes")
+    la = m.get("load_average_at_start")
+    le = info.get("load_average_at_end")
+    other = info.get("other_work_cores")
+    if other is not None:
+        # other processes' CPU time during the run (the load average counts the suite's own threads)
+        busy = other > 0.1 * (m.get("cpus") or 1)
+        lines.append(f"- other processes used {other:.2f} cores on average during the run (CPU time from "
+                     f"/proc/stat minus the suite's own)")
+    elif la is not None:
+        busy = la[0] > 0.5 * (m.get("cpus") or 1) or (le is not None and le[0] > 0.5 * (m.get("cpus") or 1))
+    if la is not None:
+        lines.append(f"- load average at start {la[0]:.2f}, at end {le[0]:.2f} (the suite's own threads included)"
+                     if le else f"- load average at start {la[0]:.2f}")
+        if busy:
+            lines.append("- **WARNING: the machine was busy with other work during this run; the figures "
+                         "below are disturbed by it** (torch's OpenMP threads slow down badly when cores are shared)")
+    return lines
+
+
+# A sampler executes the forward and the input gradient (one matmul per Linear each): 2x the
+# forward's FLOPs, where flops_per_chain_step() counts 3x (training's forward + full backward).
+EXECUTED = 2.0 / 3.0
+
+
+def prior_table(rows: list[dict], stat: str) -> list[str]:
+    head = (f"| config | batch | provider | ms / chain ({stat}) | chain-steps/s | GFLOP/s | % of FMA peak "
+            "| % of peak, executed FLOPs | speed-up vs reference | max abs diff vs reference |")
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['batch']} | {r['provider']} | {_ms(r['ms'])} | {r['steps_per_s']:,.0f} "
+            f"| {r['gflops']:.2f} | {_f(r['frac_peak'], '.1%')} "
+            f"| {_f(r['frac_peak'] * EXECUTED if r['frac_peak'] is not None else None, '.1%')} "
+            f"| {_f(r['speedup'], '.2f')}x "
+            f"| {_f(r['diff'], '.1e')} |".replace("| -x |", "| - |"))
+    return lines
+
+
+def train_table(rows: list[dict], stat: str) -> list[str]:
+    lines = [f"| scheme | backend | ms / iteration ({stat}) | speed-up vs reference |", "|---|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['scheme']} | {r['backend']} | {_ms(r['ms'])} | {_f(r['speedup'], '.2f')}x |")
+    return lines
+
+
+def skipped_lines(info: dict) -> list[str]:
+    groups: dict[str, list[str]] = {}
+    for s in info.get("skipped", []):
+        if s.get("kind") == "prior_chain":
+            what = f"{s['provider']} ({s['config']}, batch {s['batch']})"
+        else:
+            what = f"{s.get('scheme')} iteration on {s.get('backend')}"
+        groups.setdefault(s["reason"], []).append(what)
+    lines = []
+    for reason, whats in groups.items():
+        lines.append(f"- {_compact(whats)}: {reason}")
+    return lines
+
+
+def _compact(whats: list[str]) -> str:
+    if len(whats) <= 4:
+        return "; ".join(whats)
+    return "; ".join(whats[:3]) + f"; and {len(whats) - 3} more"
+
+
+def build_markdown(data: dict, source: str, stat: str, plot_rel: str | None, prows, trows, targets) -> str:
+    info = data.get("jebm", {})
+    k = info.get("n_steps", "?")
+    batches = info.get("batches", [])
+    when = data.get("datetime", "")
+    commit = (data.get("commit_info") or {}).get("id")
+    dirty = (data.get("commit_info") or {}).get("dirty")
+    out = [START, "", "## Results", ""]
+    out.append(f"Generated by `python -m benchmarks.report {source}` from the run of {when[:19].replace('T', ' ')} UTC"
+               + (f" at commit `{commit[:10]}`{' (with uncommitted changes)' if dirty else ''}" if commit else "")
+               + f". K = {k} Langevin steps per chain, batches {', '.join(map(str, batches))}; times are the "
+               f"`{stat}` over each benchmark's rounds. **Measured on this CPU; no GPU provider was measured.**")
+    if info.get("quick"):
+        out += ["", "**QUICK RUN (`JEBM_BENCH_QUICK=1`): batch 8 and K = 5 only; these are not the benchmark "
+                "figures and the targets cannot be checked from them.**"]
+    out += ["", "### Machine", ""] + machine_lines(data)
+    out += ["", "### Command", "", "```bash", COMMAND, "```", ""]
+    out += ["### Prior chain", "",
+            "Time of one whole K-step chain for the whole batch; chain-steps/s = B x K / time; GFLOP/s = "
+            "`PriorSpec.flops_per_chain_step()` x B x K / time (3 x the forward FLOPs, the count the targets use); "
+            "% of FMA peak against this run's peak above; % of peak, executed FLOPs: the same for the FLOPs a "
+            "sampler executes (forward + input gradient = 2 x the forward), so it cannot exceed 100%; "
+            "max abs diff: largest element-wise difference of the final state from the reference's, for the "
+            "providers that draw the same Philox noise.", ""]
+    out += prior_table(prows, stat) if prows else ["(no prior-chain measurements in this run)"]
+    if plot_rel:
+        out += ["", f"![time per chain against batch size]({plot_rel})"]
+    out += ["", "### Training iteration", ""]
+    if trows:
+        r0 = trows[0]
+        out += [f"One iteration of each scheme on jebm's `{r0['preset']}` configuration: dims {r0['dims']}, batch "
+                f"{r0['batch']}, {r0['prior_steps']} prior / {r0['post_steps']} posterior Langevin steps, "
+                f"{r0['space']}-space, {r0['decoder']} decoder.", ""]
+        out += train_table(trows, stat)
+    else:
+        out += ["(no training-iteration measurements in this run)"]
+    out += ["", "### Targets", "", "| target | measured | status | detail |", "|---|---:|---|---|"]
+    for t in targets:
+        out.append(f"| {t['name']} | {t['shown']} | **{t['status']}** | {t['note']} |")
+    sk = skipped_lines(info)
+    if sk:
+        out += ["", "### Not measured in this run", ""] + sk
+    out += ["", END]
+    return "\n".join(out) + "\n"
+
+
+def write_markdown(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        pre, rest = text.split(START, 1)
+        _, post = rest.split(END, 1)
+        text = pre + section.rstrip("\n") + post
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def plot(prows: list[dict], path: Path, data: dict, stat: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    configs = [c for c in CONFIG_ORDER if any(r["config"] == c for r in prows)]
+    configs += sorted({r["config"] for r in prows} - set(configs))
+    if not configs:
+        return
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.6 * len(configs), 4.0), squeeze=False)
+    for ax, config in zip(axes[0], configs):
+        providers = [p for p in PROVIDER_ORDER if any(r["config"] == config and r["provider"] == p for r in prows)]
+        for p in providers:
+            pts = sorted((r["batch"], r["ms"]) for r in prows if r["config"] == config and r["provider"] == p)
+            color, marker = PROVIDER_STYLE.get(p, (None, "o"))
+            ax.plot([b for b, _ in pts], [m for _, m in pts], marker=marker, color=color, label=p, lw=1.4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        batches = sorted({r["batch"] for r in prows if r["config"] == config})
+        ax.set_xticks(batches)
+        ax.set_xticklabels([str(b) for b in batches])
+        ax.minorticks_off() if len(batches) == 1 else None
+        ax.set_title(CONFIG_TITLES.get(config, config), fontsize=9)
+        ax.set_xlabel("batch size (chains)")
+        ax.set_ylabel(f"ms per K-step chain ({stat})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    m = data.get("jebm", {}).get("machine", {})
+    k = data.get("jebm", {}).get("n_steps", "?")
+    fig.suptitle(f"Prior chain, K={k}: time per chain vs batch, measured on CPU ({m.get('cpu_model', '?')}, "
+                 f"{m.get('cpus', '?')} cores, torch {m.get('torch', '?')}); no GPU", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv=None, *, default_markdown=Path("BENCHMARKS.md"), default_plot=Path("benchmarks/prior_chain.png"),
+         prog: str = "python -m benchmarks.report") -> int:
+    """The command: print the results, write the markdown section and the plot, check the targets."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", help="pytest-benchmark JSON (--benchmark-json) of the benchmarks/ suite, or jebm bench's")
+    ap.add_argument("--stat", choices=("min", "median", "mean"), default="min",
+                    help="timing statistic over each benchmark's rounds (default: min)")
+    ap.add_argument("--markdown", type=Path, default=Path(default_markdown),
+                    help="file whose results section is replaced")
+    ap.add_argument("--plot", type=Path, default=Path(default_plot), help="PNG of time per chain vs batch")
+    ap.add_argument("--no-write", action="store_true", help="print only; write neither the markdown nor the plot")
+    ap.add_argument("--no-check", action="store_true", help="exit 0 even if a target fails")
+    args = ap.parse_args(argv)
+
+    data = load(args.json)
+    prows = prior_rows(data, args.stat)
+    trows = train_rows(data, args.stat)
+    targets = check_targets(data, prows, trows)
+    plot_rel = None
+    if not args.no_write and prows:
+        plot(prows, args.plot, data, args.stat)
+        try:
+            plot_rel = os.path.relpath(args.plot.resolve(), args.markdown.resolve().parent)
+        except ValueError:
+            plot_rel = str(args.plot.resolve())
+    section = build_markdown(data, args.json, args.stat, plot_rel, prows, trows, targets)
+    print(section.replace(START + "\n", "").replace(END + "\n", ""))
+    if not args.no_write:
+        write_markdown(args.markdown, section)
+        print(f"wrote the results section of {args.markdown}" + (f" and {args.plot}" if plot_rel else ""))
+    for t in targets:
+        print(f"{t['status']:>12}  {t['name']}: {t['shown']} ({t['note']})")
+    failed = [t for t in targets if t["status"] != "PASS"]
+    if failed and not args.no_check:
+        print(f"{len(failed)} of {len(targets)} targets not met (or not measured); exit 1 (--no-check to ignore)")
+        return 1
+    return 0
+

@@ -1,0 +1,115 @@
+"""What the two learning schemes share: the negative-phase prior chains, the optimiser layout
+(one Adam for the EBM, one for the generator side, one for learned step sizes), the chains'
+sampling settings, and the iteration itself: ``loss`` (the scheme's own), then one backward pass
+and every optimiser's step.
+
+The trainer owns its chains' settings (``Trainer.sampling``, a ``SamplingSettings``): they start
+as the model's construction-time defaults (the run config's), a rollback replaces them with
+smaller step sizes (``scale_step_sizes``), and every sampling call gets them explicitly; the
+model's config is never written to.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..model import JEBM, SamplingSettings
+from .short_run import LearnedPosterior
+
+__all__ = ["Trainer", "PriorChains", "first_non_finite"]
+
+
+def first_non_finite(metrics: dict) -> str | None:
+    """The name of the first metric that is NaN or inf, or None."""
+    for k, v in metrics.items():
+        if v != v or v in (float("inf"), float("-inf")):
+            return k
+    return None
+
+
+class PriorChains:
+    """The negative-phase prior chains of a trainer: short-run from noise each iteration (the
+    papers' default), or persistent (``persistent_prior=True``): each iteration continues the
+    previous iteration's chains, kept in the model's sampling space and checkpointed so a resumed
+    run continues exactly."""
+
+    def __init__(self, persistent: bool):
+        self.persistent = bool(persistent)
+        self.state: list[torch.Tensor] | None = None
+
+    def sample(self, model: JEBM, n: int, *, generator, backend: str, **settings) -> list[torch.Tensor]:
+        """``n`` prior samples (z-space); ``settings``: the chain's ``SamplingSettings.prior()``."""
+        init = self.state if (self.persistent and self.state is not None and self.state[0].shape[0] == n) else None
+        z, info = model.sample_prior(n, generator=generator, backend=backend, init=init, return_info=True, **settings)
+        if self.persistent:
+            self.state = [t.detach() for t in info["state"]]
+        return z
+
+    def state_dict(self) -> dict:
+        return {"state": list(self.state)} if self.state is not None else {}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.state = list(d["state"]) if d.get("state") is not None else None
+
+
+class Trainer:
+    """Base of ``MLETrainer`` and ``VariationalTrainer``. A subclass sets ``opt_gen`` (the
+    generator side's optimiser) and defines ``loss``, ``posterior`` and ``modules``."""
+
+    opt_gen: torch.optim.Optimizer
+
+    def __init__(self, model: JEBM, cfg: dict):
+        self.model = model
+        self.cfg = cfg
+        self.betas = tuple(cfg["adam_betas"])
+        # Separate optimisers so the EBM and the generator keep the papers' separate learning rates
+        # and Adam statistics.
+        self.opt_ebm = (torch.optim.Adam(model.ebm_parameters(), lr=cfg["lr_ebm"], betas=self.betas)
+                        if model.has_ebm else None)
+        self.prior_chains = PriorChains(cfg["persistent_prior"])
+        self.short_run = LearnedPosterior(model, cfg) if cfg["learn_step_size"] else None
+        # The chains' settings as configured, and the ones in use (a rollback scales the step sizes).
+        self.base_sampling = SamplingSettings.from_config(model.config)
+        self.sampling = self.base_sampling
+
+    def scale_step_sizes(self, factor: float) -> None:
+        """Run every chain with the configured step sizes times ``factor`` from now on (rollback)."""
+        self.sampling = self.base_sampling.with_step_scale(factor)
+
+    def sample_prior(self, n: int, *, generator, backend: str) -> list[torch.Tensor]:
+        """The negative phase: ``n`` samples of the prior chains with this trainer's settings."""
+        return self.prior_chains.sample(self.model, n, generator=generator, backend=backend, **self.sampling.prior())
+
+    def modules(self) -> dict:
+        """Modules besides the model that a checkpoint must hold (the learned step sizes, if any)."""
+        return {"step_sizes": self.short_run.steps} if self.short_run is not None else {}
+
+    def buffers(self) -> dict:
+        """Non-module state a checkpoint must hold (the persistent chains)."""
+        return {"prior_chains": self.prior_chains}
+
+    def optimizers(self) -> dict:
+        opts = {"gen": self.opt_gen}
+        if self.opt_ebm is not None:
+            opts["ebm"] = self.opt_ebm
+        if self.short_run is not None:
+            opts["step_size"] = self.short_run.opt
+        return opts
+
+    def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
+        """One iteration. Returns (metrics, name of the first non-finite metric or None); with a
+        non-finite loss or energy no parameter is updated."""
+        values, total = self.loss(x, generator=generator, backend=backend)
+        bad = first_non_finite(values)
+        if bad is not None:
+            return values, bad
+        self.apply(total)
+        return values, None
+
+    def apply(self, total: torch.Tensor) -> None:
+        """The update from ``loss``'s scalar: one backward pass, then every optimiser steps.
+        (One backward pass is what DistributedDataParallel synchronises: jebm.train.distributed.)"""
+        for opt in self.optimizers().values():
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in self.optimizers().values():
+            opt.step()
