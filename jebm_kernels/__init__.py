@@ -10,7 +10,7 @@ torch.compile); ``diagnostics`` (ESS, split and nested R-hat of a trajectory). A
 from .dispatch import PRIORITY as _PRIORITY, available_backends
 from .energies import PosteriorEnergy, PriorEnergy
 from .philox import PhiloxGenerator, philox_rand, philox_randn
-from .sampler import langevin
+from .sampler import explain_fusion, langevin
 from .spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential
 from .torchebm_compat import LangevinSampler
 from . import diagnostics
@@ -19,7 +19,7 @@ from .graph_chain import GraphSafeChain
 from .ops import FusedPriorChain
 
 __all__ = [
-    "langevin", "LangevinSampler", "available_backends", "BACKENDS",
+    "langevin", "explain_fusion", "LangevinSampler", "available_backends", "BACKENDS",
     "philox_randn", "philox_rand", "PhiloxGenerator",
     "MLPSpec", "GaussianSpec", "PriorSpec", "mlp_spec_from_sequential", "PriorEnergy", "PosteriorEnergy",
     "GraphSafeChain", "FusedPriorChain", "ops", "diagnostics",

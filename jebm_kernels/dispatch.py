@@ -67,16 +67,38 @@ class Backend:
         """How the chain loop gets U and dU/dx when no whole-chain kernel runs the problem."""
         return autograd_energy_and_grad(problem)
 
+    def fuses(self, problem: Problem) -> bool:
+        """Whether ``run`` takes the whole-chain kernel for this problem."""
+        return self.prior_chain is not None and problem.spec is not None and self.prior_chain.reason(problem) is None
+
+    def why_not_fused(self, problem: Problem) -> str | None:
+        """None when ``run`` fuses the whole chain, else why not (the energy, or this backend)."""
+        if problem.spec is None:
+            return problem.why_not_fused or "the energy is not a fusable prior"
+        if self.prior_chain is None:
+            return f"the {self.name} backend has no whole-chain kernel"
+        return self.prior_chain.reason(problem)
+
     def run(self, problem: Problem) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        if self.prior_chain is not None and problem.spec is not None and self.prior_chain.reason(problem) is None:
+        if self.fuses(problem):
             return self.prior_chain.run(problem)
         return run_chain(problem, self.energy_and_grad(problem), self.update.propose)
 
 
 class ReferenceBackend(Backend):
+    """The specification: the torch loop, with autograd, whatever the energy. Its ``prior_chain``
+    (the same loop) serves the custom op where no kernel can."""
     name = "reference"
     prior_chain = prior_chain_reference
     update = update_reference
+
+    def fuses(self, problem):
+        return False
+
+    def why_not_fused(self, problem):
+        if problem.spec is None:
+            return super().why_not_fused(problem)
+        return "the reference backend runs the torch loop (the specification)"
 
 
 class CpuBackend(Backend):

@@ -22,7 +22,8 @@ from .energies import PosteriorEnergy, PriorEnergy
 from .philox import PhiloxGenerator, philox_rand, philox_randn
 from .spec import MLPSpec, PriorSpec, mlp_spec_from_sequential
 
-__all__ = ["Problem", "make_problem", "make_op_problem", "step_constants", "STATS_COLUMNS", "info_from_stats"]
+__all__ = ["Problem", "make_problem", "make_op_problem", "step_constants", "STATS_COLUMNS", "info_from_stats",
+           "fusable_spec"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -59,10 +60,20 @@ class Problem:
     spec: PriorSpec | None = None       # set when the energy is a fusable prior
     posterior: PosteriorEnergy | None = None
     squeeze_output: bool = False        # an nn.Sequential energy returns [B, 1]
+    tensor_spec: bool = False           # ``spec`` describes an energy of the single tensor z (not a list)
+    why_not_fused: str | None = None    # why the energy has no spec (recognize.py), None when it has one
     # The custom ops' noise position: an int64 tensor [seed, base offset]. When it is set,
     # ``offset`` counts from its base and ``seed`` is unused; kernels on the state's device read it
     # there (graph-safe), a CPU one is read on the host (``noise_position``).
     philox: torch.Tensor | None = None
+    # answers computed once per call (a backend's reasons: dispatch asks them more than once)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def remember(self, key, compute):
+        """``compute()``, once per problem and key."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     @property
     def batch(self) -> int:
@@ -193,18 +204,28 @@ def _per_layer(value, n_layers: int, what: str) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _fusable_spec(energy, dims) -> tuple[PriorSpec | None, PosteriorEnergy | None, bool]:
+def fusable_spec(energy, flat: list[torch.Tensor], *, is_list: bool, shapes=None):
+    """(spec, posterior, squeeze_output, why not) for ``energy`` of the flattened layers ``flat``:
+    the energy objects that carry a spec, an MLP ``nn.Sequential``, or any other callable of one
+    [B, d] tensor that ``recognize.py`` reads as an MLP energy by tracing it."""
+    from .recognize import recognize  # (recognize imports this module's names lazily: no cycle)
     if isinstance(energy, PriorEnergy):
-        return energy.spec, None, False
+        return energy.spec, None, False, None
     if isinstance(energy, PosteriorEnergy):
-        return energy.spec, energy, False
-    if isinstance(energy, nn.Sequential):
+        return energy.spec, energy, False, None
+    dims = [t.shape[1] for t in flat]
+    squeeze = isinstance(energy, nn.Sequential)
+    if squeeze:
         mlp = mlp_spec_from_sequential(energy)
         if mlp is not None and len(dims) == 1 and mlp.in_dim == dims[0] and mlp.out_dim == 1:
             spec = PriorSpec(dims=tuple(dims), layer_terms=(mlp,), energy_sign=1.0, base_sigma=(math.inf,))
-            return spec, None, True
-        return None, None, True
-    return None, None, False
+            return spec, None, True, None
+    if len(flat) != 1:
+        return None, None, squeeze, f"the energy takes {len(flat)} layers; only energies of one tensor are traced"
+    if shapes is not None and len(shapes[0]) != 2:
+        return None, None, squeeze, f"z has shape {tuple(shapes[0])}; only energies of a [B, d] tensor are traced"
+    spec, why = recognize(energy, flat[0], as_list=is_list, squeeze=squeeze)
+    return spec, None, squeeze, why
 
 
 def _spec_weights(spec: PriorSpec | None, posterior: PosteriorEnergy | None):
@@ -287,7 +308,7 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
         raise TypeError("generator must be None, a torch.Generator, a jebm_kernels.PhiloxGenerator "
                         f"or a (seed, offset) tuple; got {type(generator).__name__}")
 
-    spec, posterior, squeeze = _fusable_spec(energy, [t.shape[1] for t in flat])
+    spec, posterior, squeeze, why_not = fusable_spec(energy, flat, is_list=is_list, shapes=[t.shape for t in layers])
     _check_weights_match(spec, posterior, layers[0])
     if spec is not None and tuple(spec.dims) != tuple(t.shape[1] for t in flat):
         raise ValueError(f"the energy's prior has layer dims {tuple(spec.dims)} but z has "
@@ -297,7 +318,9 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
     problem = Problem(energy=energy, z=flat, shapes=[t.shape for t in layers], is_list=is_list,
                       n_steps=n_steps, step_sizes=steps, noise_scale=float(noise_scale),
                       prior_sigma=sigmas, mala=bool(mala), seed=stream.seed, offset=0,
-                      want_info=bool(return_info), spec=spec, posterior=posterior, squeeze_output=squeeze)
+                      want_info=bool(return_info), spec=spec, posterior=posterior, squeeze_output=squeeze,
+                      tensor_spec=spec is not None and not isinstance(energy, (PriorEnergy, PosteriorEnergy)),
+                      why_not_fused=why_not)
     problem.offset = stream.take(n_steps * problem.stride)
     return problem, stream
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from .dispatch import select
 from .problem import info_from_stats, make_problem
 
-__all__ = ["langevin"]
+__all__ = ["langevin", "explain_fusion"]
 
 
 def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, prior_sigma=None,
@@ -39,7 +39,9 @@ def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, pr
         return_info: also return a dict: ``energy`` and ``grad_norm`` (per-step chain means, at the
             state each step starts from), ``accept`` (per-step acceptance rate, MALA),
             ``accept_rate``, ``seed``, ``offset`` (replay with ``generator=(seed, offset)``),
-            ``n_steps`` and ``backend``.
+            ``n_steps``, ``backend`` (the backend that ran), ``fused`` (True when one whole-chain
+            kernel ran all the steps) and ``why_not_fused`` (None, or why the energy was run as
+            autograd + the backend's update: ``explain_fusion`` gives it without sampling).
 
     Returns:
         the final state in ``z``'s structure, and the info dict with ``return_info=True``.
@@ -49,10 +51,28 @@ def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, pr
                               return_info=return_info)
     chosen = select(backend, problem)
     flat, stats = chosen.run(problem)
+    fused_why = chosen.why_not_fused(problem)
     out = problem.restructure(flat)
     if not return_info:
         return out
     info = info_from_stats(problem, stats)
     info["accept_rate"] = (sum(info["accept"]) / len(info["accept"])) if info["accept"] else None
-    info.update(seed=problem.seed, offset=problem.offset, n_steps=problem.n_steps, backend=chosen.name)
+    info.update(seed=problem.seed, offset=problem.offset, n_steps=problem.n_steps, backend=chosen.name,
+                fused=fused_why is None, why_not_fused=fused_why)
     return out, info
+
+
+def explain_fusion(energy, z, *, backend: str = "auto", **kwargs) -> dict:
+    """Which backend ``langevin(energy, z, ...)`` would use and whether it would fuse the whole
+    chain, without sampling: {"backend", "fused", "why_not_fused", "spec"} (``spec``: the
+    ``PriorSpec`` read from the energy, or None). ``kwargs`` are ``langevin``'s (step_size, ...)."""
+    kwargs.setdefault("step_size", 0.1)
+    problem, _ = make_problem(energy, z, n_steps=kwargs.pop("n_steps", 1), step_size=kwargs.pop("step_size"),
+                              noise_scale=kwargs.pop("noise_scale", 1.0), prior_sigma=kwargs.pop("prior_sigma", None),
+                              generator=kwargs.pop("generator", (0, 0)), mala=kwargs.pop("mala", False),
+                              return_info=False)
+    if kwargs:
+        raise TypeError(f"explain_fusion got unexpected arguments {sorted(kwargs)}")
+    chosen = select(backend, problem)
+    why = chosen.why_not_fused(problem)
+    return {"backend": chosen.name, "fused": why is None, "why_not_fused": why, "spec": problem.spec}

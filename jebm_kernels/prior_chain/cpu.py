@@ -39,7 +39,12 @@ def _state_reason(problem: Problem) -> str | None:
 
 
 def prior_terms_reason(problem: Problem) -> str | None:
-    """Why the C++ kernels cannot evaluate this problem's prior (and MLP decoder), or None."""
+    """Why the C++ kernels cannot evaluate this problem's prior (and MLP decoder), or None (once
+    per call: it reads every weight)."""
+    return problem.remember("cpu.prior_terms_reason", lambda: _prior_terms_reason(problem))
+
+
+def _prior_terms_reason(problem: Problem) -> str | None:
     why = _state_reason(problem)
     if why is not None:
         return why
@@ -49,7 +54,7 @@ def prior_terms_reason(problem: Problem) -> str | None:
             return _FUSABLE_FAMILY
         return (f"the energy ({type(problem.energy).__name__}) is not a PriorEnergy, a PosteriorEnergy or a "
                 "fusable nn.Sequential, so there is nothing to fuse")
-    if not problem.is_list and not problem.squeeze_output:
+    if not problem.is_list and not problem.tensor_spec:
         return (f"a {type(problem.energy).__name__} takes z as a list with one [B, d] tensor per layer "
                 "(as the reference calls it), got a single tensor")
     if any(len(s) != 2 for s in problem.shapes):

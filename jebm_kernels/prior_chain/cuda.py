@@ -59,7 +59,7 @@ def kernel_reason(problem: Problem) -> str | None:
     spec = problem.spec
     if not problem.is_prior:
         return "not a fusable prior"
-    if not problem.is_list and not problem.squeeze_output:
+    if not problem.is_list and not problem.tensor_spec:
         return "a prior energy takes z as a list of [B, d] tensors"
     lim = extension.cuda_limits()
     L = len(spec.dims)

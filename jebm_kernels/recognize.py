@@ -1,0 +1,395 @@
+"""Recognise a fusable energy however it is written: trace it, read the graph as an MLP.
+
+An energy a user hands to ``langevin`` is a callable; the fused kernels need its weights and
+structure (a ``PriorSpec``). ``nn.Sequential`` of the MLP family is read directly
+(``spec.mlp_spec_from_sequential``). Anything else (a module with its own activation classes,
+``F.*`` calls in ``forward``, ``ModuleList`` loops, spectral-normalised Linear layers, a closure
+over modules, a hand-written Gaussian term) is traced here with ``make_fx`` at the dispatcher
+level, where all of those become the same few aten ops, and the graph is read as
+
+    U(z) = a * MLP(z) + q * ||z||^2      (a != 0, q >= 0; MLP: Linear, one activation, ..., Linear)
+
+The MLP may end in Linear(h, 1) (then squeezed, viewed, selected or summed to [B]) or in a wider
+layer summed or averaged over its features (a Linear of ones); consecutive Linear layers with no
+activation between them are multiplied out. Every tensor that does not depend on z (weights, their
+transposes, a spectral norm's W / sigma) is evaluated from the graph at each call, so the chain
+runs with the weights as they are at that call ("read at their current weights").
+
+What is not of that form (another op on z, two MLP terms, mixed activations, a constant term,
+a data-dependent branch that cannot be traced) is left to autograd, and ``why_not`` says why. A
+recognised spec is checked against the user's energy at the chain's start before it is used.
+Traces are cached per energy (a module, a bound method, or a function with its closure).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+import types
+import weakref
+
+import torch
+from torch import nn
+
+from .spec import MLPSpec, PriorSpec, prior_energy
+
+__all__ = ["TracedEnergy", "recognize"]
+
+aten = torch.ops.aten
+
+# aten activation op -> (activation_table name, how to read its parameter from the node's args)
+_ACT_OPS = {
+    aten.relu.default: ("relu", lambda a: 0.0),
+    aten.tanh.default: ("tanh", lambda a: 0.0),
+    aten.silu.default: ("silu", lambda a: 0.0),
+    aten.leaky_relu.default: ("leaky_relu", lambda a: float(a[1]) if len(a) > 1 else 0.01),
+    aten.gelu.default: ("gelu", lambda a: 0.0),
+    aten.softplus.default: ("softplus", lambda a: float(a[1]) if len(a) > 1 else 1.0),
+    aten.elu.default: ("elu", lambda a: float(a[1]) if len(a) > 1 else 1.0),
+}
+
+
+class NotFusable(Exception):
+    """The traced graph is not of the recognised form; the message says where."""
+
+
+@dataclass
+class _Const:
+    node: object  # an fx node whose value does not depend on z
+
+
+@dataclass
+class _Chain:
+    """h = MLP-so-far(z): Linear layers [(W node or tensor, b)], activations between them."""
+    linears: list
+    acts: list           # (name, param) after each linear (None: none yet after the last one)
+    width: int
+    square: bool = False  # z * z or z ** 2 (only of the input itself)
+
+
+@dataclass
+class _Sum:
+    """A [B] energy: a * MLP(z) + q * ||z||^2 (mlp None: no MLP term)."""
+    mlp: _Chain | None
+    a: float
+    q: float
+
+
+@dataclass
+class TracedEnergy:
+    """A recognised energy: the graph, and how to build its PriorSpec at each call."""
+    graph_module: torch.fx.GraphModule
+    plan: object          # _Sum with node references
+    dim: int
+
+    def spec(self) -> PriorSpec:
+        """The PriorSpec with the weights as they are now (the z-independent nodes evaluated)."""
+        values = _evaluate_constants(self.graph_module)
+        chain = self.plan.mlp
+        ws, bs = [], []
+        for w, b in chain.linears:
+            ws.append(_value(w, values))
+            bs.append(None if b is None else _value(b, values))
+        hidden = [a for a in chain.acts[:-1]]
+        act, param = hidden[0] if hidden else ("identity", 0.0)
+        out_act, out_param = chain.acts[-1] if chain.acts[-1] is not None else ("identity", 0.0)
+        if hidden and out_act != "identity" and (out_act, out_param) != (act, param) and out_param != param:
+            raise NotFusable("the output activation's parameter differs from the hidden one's")
+        if not hidden and out_act != "identity":
+            act, param = out_act, out_param
+        mlp = MLPSpec(tuple(w.detach() for w in ws), tuple(None if b is None else b.detach() for b in bs),
+                      act, param, out_act)
+        sigma = math.inf if self.plan.q == 0 else math.sqrt(1.0 / (2.0 * self.plan.q))
+        return PriorSpec(dims=(self.dim,), layer_terms=(mlp,), energy_sign=float(self.plan.a), base_sigma=(sigma,))
+
+
+def _value(x, values):
+    if torch.is_tensor(x):
+        return x
+    if isinstance(x, tuple):  # ("t", node): the transpose of a value; ("mm", a, b): a product
+        kind = x[0]
+        if kind == "t":
+            return _value(x[1], values).t()
+        if kind == "mm":
+            return _value(x[1], values) @ _value(x[2], values)
+        if kind == "mv":
+            return _value(x[1], values) @ _value(x[2], values)
+        if kind == "scale":
+            return _value(x[1], values) * x[2]
+        if kind == "add":
+            return _value(x[1], values) + _value(x[2], values)
+        if kind == "ones":
+            return torch.full((1, x[1]), x[2], dtype=x[3], device=x[4])
+    return values[x]
+
+
+def _evaluate_constants(gm: torch.fx.GraphModule) -> dict:
+    """Every z-independent node's value, computed now (a small interpreter over those nodes)."""
+    env: dict = {}
+    with torch.no_grad():  # the weights as values (a spectral norm's power iteration writes its buffers)
+        _run_constants(gm, env)
+    return env
+
+
+def _run_constants(gm: torch.fx.GraphModule, env: dict) -> None:
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            env[node] = getattr(gm, node.target)
+        elif node.op == "call_function" and node.meta.get("jebm_const"):
+            args = torch.fx.node.map_arg(node.args, lambda n: env[n])
+            kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
+            env[node] = node.target(*args, **kwargs)
+
+
+def _scalar(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def _read(gm: torch.fx.GraphModule, z_shape, squeeze: bool) -> _Sum:
+    """Walk the graph in order, giving each node a symbolic value; raise NotFusable otherwise."""
+    sym: dict = {}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise NotFusable(f"the energy takes {len(placeholders)} tensors; only single-tensor energies are traced")
+    B, D = z_shape
+    out = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            sym[node] = _Chain([], [], D)
+            sym[node].input = True
+            continue
+        if node.op == "get_attr":
+            sym[node] = _Const(node)
+            continue
+        if node.op == "output":
+            out = sym.get(node.args[0]) if not isinstance(node.args[0], (tuple, list)) else None
+            break
+        if node.op != "call_function":
+            raise NotFusable(f"a {node.op} node in the trace")
+        deps = [a for a in node.all_input_nodes]
+        if all(isinstance(sym.get(a), _Const) for a in deps):
+            node.meta["jebm_const"] = True
+            sym[node] = _Const(node)
+            continue
+        sym[node] = _apply(node, sym, B)
+    if squeeze and isinstance(out, _Chain) and out.linears and out.width == 1:
+        out = _Sum(out, 1.0, 0.0)  # an nn.Sequential's [B, 1], which langevin reads as [B]
+    if not isinstance(out, _Sum):
+        raise NotFusable("the energy's result is not a [B] sum of an MLP term and ||z||^2 terms")
+    if out.mlp is None:
+        raise NotFusable("no MLP term (a pure Gaussian needs no kernel)")
+    if not (math.isfinite(out.a) and out.a != 0 and math.isfinite(out.q) and out.q >= 0):
+        raise NotFusable(f"coefficients a = {out.a}, q = {out.q} outside a != 0, q >= 0")
+    return out
+
+
+def _is_input(v) -> bool:
+    return isinstance(v, _Chain) and getattr(v, "input", False) and not v.linears and not v.square
+
+
+def _linear(chain: _Chain, weight, bias, out_width: int) -> _Chain:
+    """chain followed by h @ weight^T + bias; consecutive Linear layers with no activation between
+    them are multiplied out (W2 (W1 h + b1) + b2)."""
+    if chain.square:
+        raise NotFusable("a Linear layer of z * z")
+    if chain.linears and chain.acts[-1] is None:
+        w1, b1 = chain.linears[-1]
+        w = ("mm", weight, w1)
+        b = bias if b1 is None else (("mv", weight, b1) if bias is None else ("add", ("mv", weight, b1), bias))
+        return _Chain(chain.linears[:-1] + [(w, b)], chain.acts[:-1] + [None], out_width)
+    return _Chain(chain.linears + [(weight, bias)], chain.acts + [None], out_width)
+
+
+def _apply(node, sym, B):
+    t = node.target
+    args = node.args
+    val = lambda a: sym.get(a) if isinstance(a, torch.fx.Node) else a
+
+    def const_shape(a):
+        return tuple(a.meta["val"].shape) if isinstance(a, torch.fx.Node) and "val" in a.meta else None
+
+    if t in (aten.addmm.default,):
+        bias, h, wt = (val(a) for a in args[:3])
+        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+            raise NotFusable("addmm with alpha/beta")
+        if isinstance(h, _Chain) and isinstance(wt, _Const) and isinstance(bias, _Const):
+            n_out = const_shape(args[2])[1]
+            if const_shape(args[0]) not in ((n_out,), (1, n_out)):
+                raise NotFusable("a bias that is not one value per output")
+            return _linear(h, ("t", args[2]), args[0] if const_shape(args[0]) == (n_out,) else ("t", args[0]), n_out)
+        raise NotFusable("a matrix product that is not z-dependent x weight")
+    if t in (aten.mm.default,):
+        h, wt = (val(a) for a in args[:2])
+        if isinstance(h, _Chain) and isinstance(wt, _Const):
+            return _linear(h, ("t", args[1]), None, const_shape(args[1])[1])
+        raise NotFusable("a matrix product that is not z-dependent x weight")
+    if t in _ACT_OPS:
+        h = val(args[0])
+        if not isinstance(h, _Chain) or not h.linears or h.acts[-1] is not None:
+            raise NotFusable(f"{t} not directly after a Linear layer")
+        name, read = _ACT_OPS[t]
+        if t is aten.gelu.default and node.kwargs.get("approximate", args[1] if len(args) > 1 else "none") == "tanh":
+            name = "gelu_tanh"
+        if t is aten.softplus.default and (args[2] if len(args) > 2 else 20) != 20:
+            raise NotFusable("Softplus with a threshold other than torch's 20")
+        if t is aten.elu.default and any((args[i] if len(args) > i else 1) != 1 for i in (2, 3)):
+            raise NotFusable("ELU with scale or input_scale other than 1")
+        return _Chain(h.linears, h.acts[:-1] + [(name, read(args))], h.width)
+    if t in (aten.pow.Tensor_Scalar,):
+        h = val(args[0])
+        if _is_input(h) and args[1] == 2:
+            return _Chain([], [], h.width, square=True)
+        raise NotFusable("a power other than z ** 2")
+    if t in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar):
+        a, b = val(args[0]), val(args[1])
+        if t in (aten.mul.Tensor, aten.mul.Scalar) and _is_input(a) and args[0] is args[1]:
+            return _Chain([], [], a.width, square=True)
+        s = _scalar(b)
+        if s is None and t in (aten.mul.Tensor, aten.mul.Scalar):
+            s, a = _scalar(a), b
+        if s is None or not isinstance(a, _Sum):
+            raise NotFusable(f"{t} other than an energy times a number")
+        if t in (aten.div.Tensor, aten.div.Scalar):
+            s = 1.0 / s
+        return _Sum(a.mlp, a.a * s, a.q * s)
+    if t is aten.neg.default:
+        a = val(args[0])
+        if not isinstance(a, _Sum):
+            raise NotFusable("a negation of something other than an energy")
+        return _Sum(a.mlp, -a.a, -a.q)
+    if t in (aten.add.Tensor, aten.sub.Tensor):
+        a, b = val(args[0]), val(args[1])
+        alpha = node.kwargs.get("alpha", 1)
+        if isinstance(a, _Chain) and isinstance(b, _Const) and a.linears and a.acts[-1] is None and t is aten.add.Tensor:
+            shape = const_shape(args[1])
+            if shape in ((a.width,), (1, a.width)):  # a bias added after a bias-free product
+                w, b0 = a.linears[-1]
+                bias = args[1] if b0 is None else ("add", b0, args[1])
+                return _Chain(a.linears[:-1] + [(w, bias)], a.acts, a.width)
+        if not (isinstance(a, _Sum) and isinstance(b, _Sum)):
+            raise NotFusable(f"{t} of something other than two energies")
+        sign = alpha if t is aten.add.Tensor else -alpha
+        if a.mlp is not None and b.mlp is not None:
+            raise NotFusable("two MLP terms")
+        return _Sum(a.mlp or b.mlp, a.a if a.mlp is not None else sign * b.a, a.q + sign * b.q)
+    if t in (aten.sum.dim_IntList, aten.mean.dim):
+        h = val(args[0])
+        dims = list(args[1]) if len(args) > 1 and args[1] is not None else None
+        keep = (args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
+        if dims not in ([-1], [1]) or keep:
+            raise NotFusable("a sum or mean that is not over the last dimension")
+        if not isinstance(h, _Chain):
+            raise NotFusable("a sum of something other than the MLP's output or z * z")
+        scale = 1.0 / h.width if t is aten.mean.dim else 1.0
+        if h.square:
+            return _Sum(None, 0.0, scale)
+        if not h.linears:
+            raise NotFusable("a sum of z itself")
+        if h.width == 1:
+            return _Sum(h, scale, 0.0)
+        # sum over a wide layer = a Linear of ones (after an activation) or folded into the last Linear
+        ones = ("ones", h.width, scale, node.meta["val"].dtype, node.meta["val"].device)
+        return _Sum(_linear(h, ones, None, 1), 1.0, 0.0)
+    if t in (aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.view.default, aten.reshape.default,
+             aten._unsafe_view.default, aten.select.int, aten.flatten.using_ints):
+        h = val(args[0])
+        shape = tuple(node.meta["val"].shape) if "val" in node.meta else None
+        if isinstance(h, _Chain) and h.linears and h.width == 1 and shape == (B,):
+            if t is aten.select.int and (args[1] not in (1, -1) or args[2] != 0):
+                raise NotFusable("a select other than [:, 0]")
+            return _Sum(h, 1.0, 0.0)
+        if isinstance(h, (_Chain, _Sum)) and shape is not None and h is not None:
+            if isinstance(h, _Sum) and shape == (B,):
+                return h
+            if isinstance(h, _Chain) and shape == (B, h.width):
+                return h
+        raise NotFusable(f"{t} that is not the final [B, 1] -> [B]")
+    if t in (aten.clone.default, aten.alias.default, aten.detach.default):
+        return val(args[0])  # the same values (autograd's saved outputs show up as detach)
+    if t in (aten.t.default, aten.transpose.int):
+        raise NotFusable(f"{t} of a z-dependent value")
+    raise NotFusable(f"{t} on a value that depends on z")
+
+
+# --------------------------------------------------------------------------------- the cache
+
+_CACHE: "weakref.WeakKeyDictionary | dict" = {}
+_MAX_CACHE = 256
+
+
+def _identity(energy):
+    """A key that is the same for the same energy: a module (by identity), a bound method, or a
+    function with the objects its closure and defaults hold (a lambda rebuilt per call over the
+    same modules hits the cache)."""
+    if isinstance(energy, nn.Module):
+        return ("module", id(energy)), (energy,)
+    if isinstance(energy, types.MethodType):
+        return ("method", id(energy.__self__), energy.__func__), (energy.__self__,)
+    if isinstance(energy, types.FunctionType):
+        cells = tuple(c.cell_contents for c in (energy.__closure__ or ()))
+        held = cells + tuple(energy.__defaults__ or ())
+        return ("function", energy.__code__, tuple(id(o) for o in held)), held
+    return ("object", id(energy)), (energy,)
+
+
+def _trace(fn, z: torch.Tensor, squeeze: bool) -> TracedEnergy:
+    from torch.fx.experimental.proxy_tensor import make_fx
+    try:
+        with torch.enable_grad():
+            gm = make_fx(fn, tracing_mode="real")(z.detach())
+    except Exception as exc:  # data-dependent control flow, ops without a trace, ...
+        msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise NotFusable(f"it could not be traced ({type(exc).__name__}: {msg})") from None
+    plan = _read(gm, tuple(z.shape), squeeze)
+    return TracedEnergy(gm, plan, int(z.shape[1]))
+
+
+def recognize(energy, z: torch.Tensor, *, as_list: bool = False,
+              squeeze: bool = False) -> tuple[PriorSpec | None, str | None]:
+    """(spec, None) when ``energy`` of the single [B, d] tensor ``z`` (given to it as ``[z]`` with
+    ``as_list``; its [B, 1] result read as [B] with ``squeeze``) is of the MLP form, checked against
+    the energy at ``z``; else (None, why not). Only float32 energies are traced (the kernels' type)."""
+    if z.dim() != 2 or z.dtype != torch.float32:
+        return None, "only energies of one [B, d] float32 tensor are traced for fusion"
+    if z.device.type == "meta":
+        return None, "z is on the meta device"
+
+    def fn(t):
+        u = energy([t] if as_list else t)
+        return u.squeeze(-1) if squeeze and torch.is_tensor(u) and u.dim() == 2 and u.shape[-1] == 1 else u
+
+    key, held = _identity(energy)
+    key = key + (tuple(z.shape[1:]), z.dtype, str(z.device))
+    entry = _CACHE.get(key)
+    if entry is not None and any(r() is None or r() is not o for r, o in zip(entry[0], held)):
+        entry = None
+    if entry is None:
+        try:
+            traced: TracedEnergy | str = _trace(fn, z, squeeze)
+        except NotFusable as exc:
+            traced = str(exc)
+        refs = []
+        for o in held:
+            try:
+                refs.append(weakref.ref(o))
+            except TypeError:
+                refs.append(lambda o=o: o)
+        entry = (refs, traced)
+        if len(_CACHE) >= _MAX_CACHE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = entry
+    traced = entry[1]
+    if isinstance(traced, str):
+        return None, traced
+    try:
+        spec = traced.spec()
+    except NotFusable as exc:
+        return None, str(exc)
+    except Exception as exc:  # evaluating the weights failed (an op that needs its module's state)
+        return None, f"its weights could not be read from the trace ({type(exc).__name__}: {exc})"
+    # the recognised form must reproduce the energy here (a rebound global, an op the reading missed)
+    with torch.no_grad():
+        want = fn(z)
+        got = prior_energy(spec, [z])
+    if not torch.is_tensor(want) or want.shape != got.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+        return None, "the traced MLP does not reproduce the energy at the chain's start"
+    return spec, None
