@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from jebm.bench.configs import BATCHES, N_STEPS, QUICK
+from jebm.bench.configs import BATCHES, N_STEPS, QUICK, make_case
 from jebm.bench.machine import FmaPeak, cpu_seconds, load_average, machine, matmul_rate
+from jebm.bench.providers import (PHILOX_PROVIDERS, compiled_mode, flat_state, make_runner, max_abs_diff,
+                                  relative_diff)
 from jebm.bench.timing import rounds_for
 
 HERE = Path(__file__).resolve().parent
@@ -154,3 +156,53 @@ def stat(benchmark, name: str) -> float | None:
     if benchmark.stats is None:
         return None
     return float(getattr(benchmark.stats.stats, name))
+
+
+# ---- one chain benchmark (prior and posterior configurations) ------------------------------------
+
+# The reference's final state per (config, batch): the providers on the same Philox stream are
+# compared with it.
+_REFERENCE: dict = {}
+
+
+def _reference_state(config: str, batch: int):
+    key = (config, batch)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = flat_state(make_case(config, batch).langevin("reference"))
+    return _REFERENCE[key]
+
+
+def bench_chain(benchmark, config: str, batch: int, provider: str) -> None:
+    """Time one whole K-step chain of ``config`` at ``batch`` on ``provider`` and record its figures
+    in ``extra_info`` (see benchmarks/test_prior_chain.py)."""
+    case = make_case(config, batch)
+    benchmark.group = f"{case.kind.replace('_', ' ')}: {config}, batch {batch}, K={case.n_steps}"
+    run, why = make_runner(provider, case)
+    if run is None:
+        skip_with(why, kind=case.kind, config=config, batch=batch, provider=provider)
+
+    out, rounds = run_timed(benchmark, run)  # make_runner has called it once (compiled, warmed up)
+    state = flat_state(out)
+    assert all(bool(torch.isfinite(t).all()) for t in state), f"{provider} returned NaN/inf on {config}"
+    if provider == "reference":
+        _REFERENCE[(config, batch)] = state
+
+    info = benchmark.extra_info
+    info.update(
+        kind=case.kind, config=config, batch=batch, n_steps=case.n_steps, provider=provider,
+        dims=list(case.dims), space=case.space, device="cuda" if provider in ("triton", "cuda") else "cpu",
+        flops_per_call=case.flops_per_call, chain_steps_per_call=case.chain_steps_per_call,
+        flops_per_chain_step=case.flops_per_chain_step, rounds=rounds, torch_threads=torch.get_num_threads(),
+    )
+    if provider == "compiled":
+        info["compiled_mode"] = compiled_mode()
+    seconds = stat(benchmark, "min")
+    if seconds is not None:
+        fma = best_fma_peak()  # so far; the report uses the whole run's best
+        gflops = case.flops_per_call / seconds / 1e9 if case.flops_per_call else None
+        info.update(stat="min", ms_per_chain=seconds * 1e3, chain_steps_per_s=case.chain_steps_per_call / seconds,
+                    gflops=gflops, fma_peak_gflops=fma,
+                    frac_fma_peak=(gflops / fma) if fma and gflops else None)
+    if provider in PHILOX_PROVIDERS:
+        ref = _reference_state(config, batch)
+        info.update(max_abs_diff_vs_reference=max_abs_diff(state, ref), rel_diff_vs_reference=relative_diff(state, ref))

@@ -1,5 +1,7 @@
 """One training iteration of each scheme (mle, variational) on jebm's "default" configuration,
-with each sampler backend.
+with each sampler backend, and with the Langevin loops users would otherwise run in their place
+(``plain``: autograd.grad + torch.randn, eager; ``compiled``: torch.compile of that step;
+``jebm.bench.peers``, put under the same model and trainer by ``patched_langevin``).
 
 Interface used: ``jebm.train.presets.resolve_config("default", scheme=..., backend=...)``,
 ``jebm.model.JEBM.from_config(cfg, data.shape)``, ``jebm.train.make_trainer(model, cfg)`` and
@@ -21,12 +23,14 @@ import torch
 
 import jebm_kernels as jk
 
+from jebm.bench.peers import CompiledLangevin, patched_langevin, plain_langevin
 from jebm.bench.providers import gpu_reason
 
 from . import harness
 
 SCHEMES = ("mle", "variational")
-BACKENDS = ("reference", "cpu", "triton", "cuda")
+BACKENDS = ("reference", "plain", "compiled", "cpu", "triton", "cuda")
+PEERS = {"plain": plain_langevin, "compiled": CompiledLangevin()}
 CASES = list(itertools.product(SCHEMES, BACKENDS))
 PRESET = "default"
 
@@ -56,11 +60,12 @@ def test_train_iteration(benchmark, peak, scheme, backend):
         if why is not None:
             harness.skip_with(why, **where)
         device = "cuda"
-    if backend not in jk.available_backends():
+    if backend not in PEERS and backend not in jk.available_backends():
         harness.skip_with(f"backend {backend!r} is not available here (jebm_kernels.available_backends() = "
                           f"{jk.available_backends()})", **where)
 
-    cfg = resolve_config(PRESET, scheme=scheme, backend=backend)
+    peer = PEERS.get(backend)
+    cfg = resolve_config(PRESET, scheme=scheme, backend="reference" if peer else backend)
     data = load_dataset(cfg["dataset"], cfg["data_root"], split="train")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
@@ -71,7 +76,11 @@ def test_train_iteration(benchmark, peak, scheme, backend):
     gen = jk.PhiloxGenerator(cfg["seed"])
 
     def iteration():
-        values, bad = trainer.step(x, generator=gen, backend=backend)
+        if peer is not None:
+            with patched_langevin(peer):
+                values, bad = trainer.step(x, generator=gen, backend="reference")
+        else:
+            values, bad = trainer.step(x, generator=gen, backend=backend)
         if device == "cuda":
             torch.cuda.synchronize()
         if bad is not None:

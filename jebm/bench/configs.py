@@ -26,21 +26,27 @@ import torch
 from torch import nn
 
 import jebm_kernels as jk
-from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential, prior_energy
+from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential
 
 from ..train.presets import resolve_config
 
-__all__ = ["QUICK", "BATCHES", "N_STEPS", "CONFIG_NAMES", "CONFIG_TITLES", "Case", "make_case",
+__all__ = ["QUICK", "BATCHES", "N_STEPS", "CONFIG_NAMES", "PRIOR_CONFIGS", "POSTERIOR_CONFIGS", "CONFIG_TITLES",
+           "Case", "make_case",
            "WEIGHT_SEED", "START_SEED", "NOISE_SEED"]
 
 QUICK = os.environ.get("JEBM_BENCH_QUICK", "0") not in ("", "0")
 BATCHES: tuple[int, ...] = (8,) if QUICK else (8, 100, 1000)
 N_STEPS: int = 5 if QUICK else 60
-CONFIG_NAMES = ("lebm", "cvpr", "iccv")
+PRIOR_CONFIGS = ("lebm", "cvpr", "iccv")
+POSTERIOR_CONFIGS = ("posterior", "closure-mlp", "closure-conv")
+CONFIG_NAMES = PRIOR_CONFIGS + POSTERIOR_CONFIGS
 CONFIG_TITLES = {
     "lebm": "LEBM, d=100, MLP 100-200-200-1 GELU",
     "cvpr": "CVPR 2023 CIFAR-10 prior, L=2, d=(128,100)",
     "iccv": "ICCV 2023 five-layer prior, d=(64,32,16,8,4), eps-space",
+    "posterior": "jebm default model's posterior, MLP decoder, eps-space",
+    "closure-mlp": "closure posterior, MLP decoder 32-256-256-784",
+    "closure-conv": "closure posterior, small conv decoder to 1x16x16",
 }
 
 WEIGHT_SEED = 0        # torch seed of every configuration's weights
@@ -120,27 +126,41 @@ class Case:
     config: str
     batch: int
     n_steps: int
-    energy: object                    # what is passed to ``langevin`` (nn.Sequential or PriorEnergy)
+    energy: object                    # what is passed to ``langevin`` (nn.Sequential, PriorEnergy, a closure)
     z0: object                        # a tensor [B, d] or a list of [B, d_l]
     step_size: float
     prior_sigma: float | None
-    flops_spec: PriorSpec             # for FLOP counts: PriorSpec.flops_per_chain_step()
+    flops_spec: PriorSpec | None      # for FLOP counts: PriorSpec.flops_per_chain_step() (None: not counted)
     arch_source: str = ""
     device: str = "cpu"
     net: nn.Sequential | None = field(default=None, repr=False)  # LEBM's module
+    step_flops: int | None = None     # FLOPs per chain step when flops_spec does not count them all
+    kind: str = "prior_chain"         # "prior_chain" or "posterior_chain"
 
     @property
     def dims(self) -> tuple[int, ...]:
-        return tuple(self.flops_spec.dims)
+        return tuple(t.shape[1] for t in self.layers)
+
+    @property
+    def space(self) -> str:
+        return self.flops_spec.space if self.flops_spec is not None else "z"
+
+    @property
+    def flops_per_chain_step(self) -> int | None:
+        """3 x the forward FLOPs of one chain step (PriorSpec.flops_per_chain_step's count), or None."""
+        if self.step_flops is not None:
+            return self.step_flops
+        return None if self.flops_spec is None else self.flops_spec.flops_per_chain_step()
 
     @property
     def layers(self) -> list[torch.Tensor]:
         return list(self.z0) if isinstance(self.z0, (list, tuple)) else [self.z0]
 
     @property
-    def flops_per_call(self) -> int:
+    def flops_per_call(self) -> int | None:
         """FLOPs of one whole chain for the whole batch: per chain-step FLOPs x B x K."""
-        return self.flops_spec.flops_per_chain_step() * self.batch * self.n_steps
+        f = self.flops_per_chain_step
+        return None if f is None else f * self.batch * self.n_steps
 
     @property
     def chain_steps_per_call(self) -> int:
@@ -151,8 +171,10 @@ class Case:
         (the energy plus the prior_sigma term)."""
         if self.net is not None:
             u = self.net(xs[0]).squeeze(-1)
-        else:
-            u = prior_energy(self.energy.spec, list(xs))
+        elif isinstance(self.energy, (jk.PriorEnergy, jk.PosteriorEnergy)):
+            u = self.energy(list(xs))
+        else:  # a closure of one tensor
+            u = self.energy(xs[0])
         if self.prior_sigma is not None:
             for x in xs:
                 u = u + x.pow(2).sum(-1) / (2 * self.prior_sigma * self.prior_sigma)
@@ -169,6 +191,13 @@ class Case:
         if self.net is not None:
             net = _frozen(copy.deepcopy(self.net).to(device))  # .to() moves a module in place
             return replace(self, z0=z0, energy=net, net=net, device=str(device))
+        if isinstance(self.energy, jk.PosteriorEnergy):
+            e = self.energy
+            moved = jk.PosteriorEnergy(_move_spec(e.spec, device), _move_mlp(e.decoder, device), e.x_obs.to(device),
+                                       e.sigma_x)
+            return replace(self, z0=z0, energy=moved, flops_spec=moved.spec, device=str(device))
+        if not isinstance(self.energy, jk.PriorEnergy):  # a closure: built again on the device
+            return _closure_posterior(self.config, self.batch, self.n_steps, device)
         spec = _move_spec(self.energy.spec, device)
         return replace(self, z0=z0, energy=jk.PriorEnergy(spec), device=str(device))
 
@@ -193,12 +222,78 @@ def make_case(config: str, batch: int, n_steps: int = N_STEPS) -> Case:
         spec = _with_seed(WEIGHT_SEED, lambda: _prior_spec(arch))
         z0 = _with_seed(START_SEED, lambda: [torch.randn(batch, d) for d in spec.dims])
         return Case(config, batch, n_steps, jk.PriorEnergy(spec), z0, STEP_SIZE, None, spec, source)
+    if config == "posterior":
+        return _jebm_posterior(batch, n_steps)
+    if config in ("closure-mlp", "closure-conv"):
+        return _closure_posterior(config, batch, n_steps)
     raise ValueError(f"unknown configuration {config!r}; choose one of {CONFIG_NAMES}")
+
+
+POST_STEP_SIZE = 0.1  # the papers' posterior chain
+SIGMA_X = 0.3
+
+
+def _jebm_posterior(batch: int, n_steps: int) -> Case:
+    """The posterior of jebm's ``default`` model (random weights from WEIGHT_SEED) given the first
+    ``batch`` images of the bundled digits, as its trainer samples z+: a ``PosteriorEnergy`` with
+    the model's MLP decoder, in the preset's space."""
+    from ..data import load_dataset
+    from ..model import JEBM
+    cfg = resolve_config("default")
+    data = load_dataset("digits", split="all")
+    model = _with_seed(WEIGHT_SEED, lambda: JEBM.from_config(cfg, data.shape))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    reps = -(-batch // len(data.images))
+    x = data.images.repeat(reps, 1, 1, 1)[:batch]
+    energy = model.posterior_energy_fn(x, cfg["space"])
+    z0 = _with_seed(START_SEED, lambda: [torch.randn(batch, d) for d in model.dims])
+    dec = energy.decoder
+    return Case("posterior", batch, n_steps, energy, z0, cfg["post_step_size"], None, energy.spec,
+                "jebm.train.presets.PRESETS['default'] (JEBM.posterior_energy_fn)",
+                step_flops=energy.spec.flops_per_chain_step() + 3 * dec.flops_per_row(), kind="posterior_chain")
+
+
+def _closure_posterior(config: str, batch: int, n_steps: int, device="cpu") -> Case:
+    """A posterior written as users write it: a Python closure, ||x - g(z)||^2 / (2 sigma_x^2) +
+    ||z||^2 / 2, with an MLP decoder 32-256-256-784 (tanh) or a small conv decoder (Linear 32 ->
+    64x4x4, two stride-2 transposed convolutions to 1x16x16, tanh); x fixed random images in
+    [-1, 1]. Not a fusable form (the decoder's output is compared with data): the kernels run it
+    as autograd + their update."""
+    d = 32
+
+    def build():
+        if config == "closure-mlp":
+            return nn.Sequential(nn.Linear(d, 256), nn.LeakyReLU(LEAK), nn.Linear(256, 256), nn.LeakyReLU(LEAK),
+                                 nn.Linear(256, 784), nn.Tanh()), (784,)
+        return nn.Sequential(nn.Linear(d, 64 * 4 * 4), nn.Unflatten(1, (64, 4, 4)), nn.LeakyReLU(LEAK),
+                             nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.LeakyReLU(LEAK),
+                             nn.ConvTranspose2d(32, 1, 4, 2, 1), nn.Tanh()), (1, 16, 16)
+
+    dec, shape = _with_seed(WEIGHT_SEED, build)
+    dec = dec.to(device)
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    x = _with_seed(START_SEED + 1, lambda: torch.rand(batch, *shape) * 2 - 1).to(device)
+    two_var = 2 * SIGMA_X * SIGMA_X
+
+    def energy(z):
+        return (x - dec(z)).reshape(z.shape[0], -1).pow(2).sum(-1) / two_var + 0.5 * z.pow(2).sum(-1)
+
+    z0 = _with_seed(START_SEED, lambda: torch.randn(batch, d)).to(device)
+    flops = 3 * 2 * (d * 256 + 256 * 256 + 256 * 784) if config == "closure-mlp" else None  # conv: not counted
+    return Case(config, batch, n_steps, energy, z0, POST_STEP_SIZE, None, None,
+                "jebm/bench/configs.py (a closure over an nn.Sequential decoder)", device=str(device),
+                step_flops=flops, kind="posterior_chain")
 
 
 def describe(config: str) -> str:
     """One line: the architecture of a configuration and the FLOPs of one chain step."""
     c = make_case(config, 1, 1)
+    if config in POSTERIOR_CONFIGS:
+        flops = c.flops_per_chain_step
+        return (CONFIG_TITLES[config] + f"; z dims {c.dims}; step {c.step_size}"
+                + (f"; {flops / 1e6:.3f} MFLOP per chain step" if flops else "") + f"; from {c.arch_source}")
     s = c.flops_spec
     parts = []
     for l, t in enumerate(s.layer_terms):

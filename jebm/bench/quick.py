@@ -20,10 +20,10 @@ import torch
 
 import jebm_kernels as jk
 
-from .configs import CONFIG_NAMES, make_case
+from .configs import CONFIG_NAMES, PRIOR_CONFIGS, make_case
 from .machine import cpu_seconds, load_average, machine, matmul_rate
 from .providers import PHILOX_PROVIDERS, PROVIDERS, flat_state, gpu_reason, make_runner, max_abs_diff, relative_diff
-from .results import prior_rows, prior_table
+from .results import chain_rows, prior_table
 from .timing import time_rounds
 
 __all__ = ["run_bench", "DEFAULT_OUT", "DEFAULT_BATCHES", "DEFAULT_STEPS", "DEFAULT_BUDGET_S", "default_providers"]
@@ -35,14 +35,15 @@ DEFAULT_BUDGET_S = 0.25
 
 
 def default_providers() -> list[str]:
-    """The sampler backends available here, the reference first (the baseline of every speed-up);
+    """The sampler backends available here, the reference first, and the plain loop users write
+    (``compiled`` is left out by default: compiling takes longer than the whole quick run);
     triton and cuda only with a GPU (the providers time them on CUDA tensors)."""
     avail = jk.available_backends()
     gpu = ("triton", "cuda") if gpu_reason() is None else ()
-    return [p for p in ("reference", "cpu", *gpu) if p in avail]
+    return [p for p in ("reference", "plain", "cpu", *gpu) if p in avail or p == "plain"]
 
 
-def run_bench(out=None, *, configs=CONFIG_NAMES, batches=DEFAULT_BATCHES, n_steps: int = DEFAULT_STEPS,
+def run_bench(out=None, *, configs=PRIOR_CONFIGS, batches=DEFAULT_BATCHES, n_steps: int = DEFAULT_STEPS,
               providers=None, budget_s: float = DEFAULT_BUDGET_S, log=print) -> Path:
     """Time the whole K-step prior chain per (configuration, batch, provider); write the JSON to
     ``out`` (default ``.benchmarks/jebm-bench.json``) and return its path. ``log`` gets one line
@@ -76,27 +77,27 @@ def run_bench(out=None, *, configs=CONFIG_NAMES, batches=DEFAULT_BATCHES, n_step
             for provider in providers:
                 run, why = make_runner(provider, case)
                 if run is None:
-                    info["skipped"].append(dict(kind="prior_chain", config=config, batch=batch, provider=provider,
+                    info["skipped"].append(dict(kind=case.kind, config=config, batch=batch, provider=provider,
                                                 reason=why))
                     log(f"{config:5s} B={batch:<5d} {provider:10s} skipped: {why}")
                     continue
-                # make_runner ran the backends once already (its check), and compiled the compile provider
+                # make_runner ran the backends once already (its check), and compiled the compiled provider
                 warmup = 1 if provider == "torchebm" else 0
                 result, stats = time_rounds(run, budget_s=budget_s, min_rounds=2, warmup=warmup)
                 state = flat_state(result)
-                extra = dict(kind="prior_chain", config=config, batch=batch, n_steps=n_steps, provider=provider,
-                             dims=list(case.dims), space=case.flops_spec.space,
+                extra = dict(kind=case.kind, config=config, batch=batch, n_steps=n_steps, provider=provider,
+                             dims=list(case.dims), space=case.space,
                              device="cuda" if provider in ("triton", "cuda") else "cpu",
                              flops_per_call=case.flops_per_call, chain_steps_per_call=case.chain_steps_per_call,
-                             flops_per_chain_step=case.flops_spec.flops_per_chain_step(), rounds=stats["rounds"],
+                             flops_per_chain_step=case.flops_per_chain_step, rounds=stats["rounds"],
                              torch_threads=torch.get_num_threads(), stat="min", ms_per_chain=stats["min"] * 1e3)
                 if provider == "reference":
                     reference_state = state
                 elif provider in PHILOX_PROVIDERS and reference_state is not None:
                     extra.update(max_abs_diff_vs_reference=max_abs_diff(state, reference_state),
                                  rel_diff_vs_reference=relative_diff(state, reference_state))
-                records.append({"name": f"prior_chain[{config}-B{batch}-{provider}]", "group":
-                                f"prior chain: {config}, batch {batch}, K={n_steps}", "stats": stats,
+                records.append({"name": f"{case.kind}[{config}-B{batch}-{provider}]", "group":
+                                f"{case.kind.replace('_', ' ')}: {config}, batch {batch}, K={n_steps}", "stats": stats,
                                 "extra_info": extra})
                 log(f"{config:5s} B={batch:<5d} {provider:10s} {stats['min'] * 1e3:10.2f} ms per chain "
                     f"({stats['rounds']} rounds)")
@@ -116,6 +117,7 @@ def run_bench(out=None, *, configs=CONFIG_NAMES, batches=DEFAULT_BATCHES, n_step
     finally:
         tmp.unlink(missing_ok=True)
     log("")
-    for line in prior_table(prior_rows(data, "min"), "min"):
-        log(line)
+    for kind in ("prior_chain", "posterior_chain"):
+        for line in prior_table(chain_rows(data, "min", kind), "min"):
+            log(line)
     return path

@@ -417,6 +417,7 @@ def _section_benchmarks(benchmarks) -> str:
     data = _read_json(path)
     stat = "min"
     prows, trows = br.prior_rows(data, stat), br.train_rows(data, stat)
+    orows = br.chain_rows(data, stat, "posterior_chain")
     info = data.get("jebm", {})
     when = str(data.get("datetime", ""))[:19].replace("T", " ")
     source = "<code>jebm bench</code>" if info.get("source") == "jebm bench" else "the benchmarks/ suite"
@@ -439,9 +440,12 @@ def _section_benchmarks(benchmarks) -> str:
             br.plot(prows, png, data, stat)
             if png.is_file():
                 out.append(_figure(png, "time per chain against batch size"))
+    if orows:
+        out.append("<h3>Posterior chain</h3>")
+        out.append(_md_table(br.prior_table(orows, stat)))
     out.append("<h3>Training iteration</h3>")
     out.append(_md_table(br.train_table(trows, stat)) if trows else _missing("no training-iteration measurements"))
-    targets = br.check_targets(data, prows, trows)
+    targets = br.check_targets(data, prows, trows, orows)
     out.append("<h3>Targets</h3>")
     out.append(_table(["target", "measured", "status", "detail"],
                       [[_e(t["name"]), _e(t["shown"]), f"<b>{_e(t['status'])}</b>", _e(t["note"])] for t in targets]))

@@ -1,0 +1,27 @@
+"""The posterior chain (K Langevin steps, whole batch) per configuration, batch and provider, as
+benchmarks/test_prior_chain.py times the prior chain (same providers and figures).
+
+Configurations (``jebm.bench.configs.POSTERIOR_CONFIGS``): ``posterior``, jebm's default model's
+posterior with its MLP decoder (a ``PosteriorEnergy``: fused whole by the cpu backend); and two
+energies written as users write them, Python closures ||x - g(z)||^2 / (2 sigma_x^2) + ||z||^2 / 2
+over an MLP decoder (``closure-mlp``) and a small conv decoder (``closure-conv``), which no kernel
+fuses: autograd gives their gradient and the backend's fused update does the rest.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from jebm.bench.configs import BATCHES, POSTERIOR_CONFIGS
+from jebm.bench.providers import PROVIDERS
+
+from . import harness
+
+CASES = list(itertools.product(POSTERIOR_CONFIGS, BATCHES, PROVIDERS))
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+@pytest.mark.parametrize("config,batch,provider", CASES, ids=[f"{c}-B{b}-{p}" for c, b, p in CASES])
+def test_posterior_chain(benchmark, peak, config, batch, provider):
+    harness.bench_chain(benchmark, config, batch, provider)
