@@ -255,3 +255,56 @@ def test_opcheck_on_cuda(philox_device):
         [t.cpu() for t in x], [t.cpu() for t in g], args[4].cpu(), 55, [0.3, 0.2], 0.9, True)
     for a, b in zip(moved + noise + [uniform], cpu_moved + cpu_noise + [cpu_uniform]):
         helpers.assert_close_where(a.cpu(), b, atol=2e-6, rtol=1e-6, what="CUDA vs C++ update op")
+
+
+# ------------------------------------------------------------- the Triton ops (torch.library.triton_op)
+
+def _triton_op_args(device):
+    """Arguments of jebm::prior_chain_triton and jebm::multi_layer_update_triton for a small prior."""
+    from jebm_kernels.prior_chain import triton as prior_chain_triton
+    from jebm_kernels.problem import make_problem
+    from jebm_kernels.update import triton as update_triton
+    from jebm_kernels.device_tables import device_table
+    from backend_runners import move_spec
+    spec = move_spec(make_prior((3, 17), hidden=(9,), space="eps", joint=True, seed=12), device)
+    z = [t.to(device) for t in start(5, spec.dims)]
+    problem, _ = make_problem(jk.PriorEnergy(spec), z, n_steps=3, step_size=[0.3, 0.2], noise_scale=1.0,
+                              prior_sigma=None, generator=(SEED, OFFSET), mala=True, return_info=True)
+    chain = prior_chain_triton.op_args(problem)
+    sizes = [5 * d for d in spec.dims]
+    x = torch.cat([t.reshape(-1) for t in z])
+    update = update_triton.op_args(
+        x, x.flip(0).contiguous(), sizes, SEED, OFFSET, n_uniform=5, write_noise=True,
+        h=device_table(problem.h, torch.float32, device), c=device_table(problem.c, torch.float32, device),
+        starts=device_table([0, sizes[0]], torch.int64, device), size_t=device_table(sizes, torch.int64, device))
+    return chain, update
+
+
+def test_triton_ops_opcheck():
+    """The Triton kernels are torch.library.triton_ops, so torch.compile sees into them on a GPU.
+    Under the interpreter (no GPU) a kernel cannot run on fake tensors, so there the checks are the
+    schema, the autograd registration and the fake (meta) implementations; on a GPU, all of them."""
+    pytest.importorskip("triton")
+    gpu = torch.cuda.is_available()
+    if not gpu and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    utils = None if gpu else ("test_schema", "test_autograd_registration", "test_faketensor")
+    chain, update = _triton_op_args("cuda" if gpu else "cpu")
+    for op, args in ((torch.ops.jebm.prior_chain_triton.default, chain),
+                     (torch.ops.jebm.multi_layer_update_triton.default, update)):
+        if utils is None:
+            torch.library.opcheck(op, args)
+        else:
+            torch.library.opcheck(op, args, test_utils=utils)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor compiles Triton kernels for a GPU")
+def test_compile_sees_the_triton_update_kernel():
+    """torch.compile of a function that calls the Triton update op equals eager, with the kernel in
+    inductor's graph (a triton_op, not an opaque custom op)."""
+    _, update = _triton_op_args("cuda")
+    fn = lambda *a: [t * 1.0 for t in torch.ops.jebm.multi_layer_update_triton(*a)]  # noqa: E731
+    eager = fn(*update)
+    compiled = torch.compile(fn, fullgraph=True)(*update)
+    for a, b in zip(compiled, eager):
+        assert torch.equal(a, b)

@@ -119,7 +119,7 @@ try:
 except ImportError:  # triton is optional: the backend reports itself unavailable
     triton = None
 
-__all__ = ["reason", "run", "launch", "TritonTables"]
+__all__ = ["reason", "run", "op_args", "TritonTables"]
 
 LIN_W = 8     # columns of the lin table
 LAYF_W = 8    # columns of the layf table
@@ -773,12 +773,30 @@ def _precision(device) -> str:
     return p
 
 
-def run(problem: Problem, *, block_b: int = 16, block_k: int = 32, block_n: int = 64, block_e: int = 64,
-        num_warps: int = 4, max_programs: int | None = None):
+def run(problem: Problem, **blocks):
     """The whole chain of ``problem`` (a fusable prior, float32) in one launch: (final layers
     [B, d_l], statistics [K, 3] or None). With ``problem.philox`` on the state's device the
     kernel reads seed and base offset from that tensor (what a captured CUDA graph needs to draw
-    new noise on each replay). Block sizes: see the module docstring."""
+    new noise on each replay). ``blocks``: ``op_args``'s block sizes (the module docstring)."""
+    stats = problem.new_stats()
+    if problem.n_steps == 0:
+        return [t.clone() for t in problem.z], stats
+    args = op_args(problem, **blocks)
+    out, stat_buf = torch.ops.jebm.prior_chain_triton(*args)
+    B, K, dims = problem.batch, problem.n_steps, problem.dims
+    if stats is not None:
+        n_blocks = stat_buf.numel() // (4 * K)
+        stats.copy_(stat_buf.view(K, n_blocks, 4).sum(1)[:, :3] / B)
+        if not problem.mala:
+            stats[:, 2] = 0
+    final = [c.view(B, d) for c, d in zip(out.split([B * d for d in dims]), dims)]
+    return final, stats
+
+
+def op_args(problem: Problem, *, block_b: int = 16, block_k: int = 32, block_n: int = 64, block_e: int = 64,
+            num_warps: int = 4, max_programs: int | None = None) -> tuple:
+    """The arguments of ``jebm::prior_chain_triton`` for ``problem`` (K >= 1): the packed tables
+    and weights, the sizes, the noise position and the kernel's flags and tiles."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     for name, v in (("block_b", block_b), ("block_k", block_k), ("block_n", block_n), ("block_e", block_e)):
@@ -792,10 +810,6 @@ def run(problem: Problem, *, block_b: int = 16, block_k: int = 32, block_n: int 
         raise TypeError(f"the Triton prior chain works in float32, got {dtype}")
     dims = problem.dims
     D = sum(dims)
-    stats = problem.new_stats()
-    if K == 0:
-        return [t.clone() for t in z], stats
-
     packed = TritonTables(spec, device, dtype)
     q = problem.quadratic_coefficients()
     floors = [g.sigma_floor for g in spec.gaussians] + [0.0] * (L - len(spec.gaussians))
@@ -804,26 +818,45 @@ def run(problem: Problem, *, block_b: int = 16, block_k: int = 32, block_n: int 
     layf = device_table([v for row in layf for v in row], torch.float32, device)
 
     x = torch.cat([t.reshape(-1) for t in z]).contiguous()
-    out = torch.empty_like(x)
     n_blocks = triton.cdiv(B, block_b)
     if max_programs is None:
         max_programs = (8 * torch.cuda.get_device_properties(device).multi_processor_count
                         if device.type == "cuda" else n_blocks)
     n_prog = max(1, min(n_blocks, max_programs))
-    scratch = torch.empty(n_prog * block_b * packed.tot, dtype=torch.float32, device=device)
-    stat_buf = torch.zeros((K if stats is not None else 1) * n_blocks * 4, dtype=torch.float32, device=device)
     gauss = spec.space == "eps" or spec.base_sigma is None
     seed, offset, philox = problem.noise_position(by_pointer=True)
-    _prior_chain_kernel[(n_prog,)](
-        x, out, packed.weights, packed.lin, packed.linp, packed.mlp, packed.lay, layf, packed.reg,
-        scratch, stat_buf, B, L, D, packed.tot, K, problem.stride, packed.joint, n_blocks,
-        float(spec.energy_sign), seed, offset, philox if philox is not None else packed.reg,
-        SPACE_EPS=spec.space == "eps", GAUSS=gauss, MALA=problem.mala, STATS=stats is not None,
-        BB=block_b, KC=block_k, NC=block_n, EC=block_e, PREC=_precision(device), num_warps=num_warps,
-        PHILOX_FROM_PTR=philox is not None)
-    if stats is not None:
-        stats.copy_(stat_buf.view(K, n_blocks, 4).sum(1)[:, :3] / B)
-        if not problem.mala:
-            stats[:, 2] = 0
-    final = [c.view(B, d) for c, d in zip(out.split([B * d for d in dims]), dims)]
-    return final, stats
+    return (x, packed.weights, packed.lin, packed.linp, packed.mlp, packed.lay, layf, packed.reg,
+            philox if philox is not None else packed.reg, B, L, D, packed.tot, K, problem.stride, packed.joint,
+            n_blocks, n_prog, float(spec.energy_sign), seed - (1 << 64) if seed >= 1 << 63 else seed, offset,
+            spec.space == "eps", gauss, problem.mala, problem.want_info, block_b, block_k, block_n, block_e,
+            _precision(device), num_warps, philox is not None)
+
+
+if triton is not None:
+
+    @torch.library.triton_op("jebm::prior_chain_triton", mutates_args=())
+    def _prior_chain_triton_op(x: torch.Tensor, weights: torch.Tensor, lin: torch.Tensor, linp: torch.Tensor,
+                               mlp: torch.Tensor, lay: torch.Tensor, layf: torch.Tensor, reg: torch.Tensor,
+                               philox: torch.Tensor, B: int, L: int, D: int, tot: int, n_steps: int, stride: int,
+                               joint: int, n_blocks: int, n_prog: int, sign: float, seed: int, offset: int,
+                               space_eps: bool, gauss: bool, mala: bool, stats: bool, block_b: int, block_k: int,
+                               block_n: int, block_e: int, precision: str, num_warps: int,
+                               philox_from_ptr: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole chain in one launch (the tables: ``TritonTables``; ``run`` builds the call).
+        Returns the final flat state and the per-block statistics [K (or 1), blocks, 4]."""
+        out = torch.empty_like(x)
+        scratch = torch.empty(n_prog * block_b * tot, dtype=torch.float32, device=x.device)
+        stat_buf = torch.zeros((n_steps if stats else 1) * n_blocks * 4, dtype=torch.float32, device=x.device)
+        torch.library.wrap_triton(_prior_chain_kernel)[(n_prog,)](
+            x, out, weights, lin, linp, mlp, lay, layf, reg, scratch, stat_buf, B, L, D, tot, n_steps, stride,
+            joint, n_blocks, sign, 0 if philox_from_ptr else seed & ((1 << 64) - 1), offset, philox,
+            SPACE_EPS=space_eps, GAUSS=gauss, MALA=mala, STATS=stats, BB=block_b, KC=block_k, NC=block_n,
+            EC=block_e, PREC=precision, num_warps=num_warps, PHILOX_FROM_PTR=philox_from_ptr)
+        return out, stat_buf
+
+    @_prior_chain_triton_op.register_fake
+    def _prior_chain_triton_fake(x, weights, lin, linp, mlp, lay, layf, reg, philox, B, L, D, tot, n_steps, stride,
+                                 joint, n_blocks, n_prog, sign, seed, offset, space_eps, gauss, mala, stats, block_b,
+                                 block_k, block_n, block_e, precision, num_warps, philox_from_ptr):
+        # the interpreter (TRITON_INTERPRET=1) cannot run a kernel on fake tensors: give the shapes
+        return x.new_empty(x.shape), x.new_empty(((n_steps if stats else 1) * n_blocks * 4,))

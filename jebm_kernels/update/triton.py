@@ -30,7 +30,7 @@ try:
 except ImportError:  # triton is optional: the backend reports itself unavailable
     triton = None
 
-__all__ = ["reason", "propose", "launch", "available", "interpreting"]
+__all__ = ["reason", "propose", "launch", "op_args", "available", "interpreting"]
 
 if triton is not None:
 
@@ -124,9 +124,11 @@ def propose(problem: Problem, x: list[torch.Tensor], g: list[torch.Tensor], k: i
 
 def launch(x: torch.Tensor, g: torch.Tensor, sizes: list[int], seed: int, offset: int, *, h: torch.Tensor,
            c: torch.Tensor, starts: torch.Tensor, size_t: torch.Tensor, n_uniform: int = 0,
-           write_noise: bool = False, clamp: tuple[float, float] | None = None, out: torch.Tensor | None = None,
-           block: int = 1024, philox: torch.Tensor | None = None):
-    """Move every layer of the flat state ``x`` [N] one Langevin step in one launch.
+           write_noise: bool = False, clamp: tuple[float, float] | None = None, block: int = 1024,
+           philox: torch.Tensor | None = None):
+    """Move every layer of the flat state ``x`` [N] one Langevin step in one launch, through the
+    ``jebm::multi_layer_update_triton`` op (a ``torch.library.triton_op``: torch.compile sees the
+    Triton kernel inside it).
 
     Returns (moved state, normals or None, uniforms or None). ``sizes`` are the per-layer element
     counts (B * d_l), in order; ``x`` and ``g`` are contiguous float32 on one device; ``h``, ``c``
@@ -144,17 +146,44 @@ def launch(x: torch.Tensor, g: torch.Tensor, sizes: list[int], seed: int, offset
         raise ValueError("x and g must be contiguous 1-D tensors of one shape")
     if sum(sizes) != x.numel() or len(sizes) != h.numel() or not sizes:
         raise ValueError(f"layer sizes {sizes} do not add up to the state's {x.numel()} elements")
-    device = x.device
-    out = torch.empty_like(x) if out is None else out
-    noise = torch.empty_like(x) if write_noise else out
-    uniform = torch.empty(max(n_uniform, 1), dtype=torch.float32, device=device)
-    if philox is not None and (philox.dtype != torch.int64 or philox.numel() != 2 or philox.device != device):
-        raise ValueError(f"philox must be an int64 tensor [seed, offset] on {device}, got "
+    if philox is not None and (philox.dtype != torch.int64 or philox.numel() != 2 or philox.device != x.device):
+        raise ValueError(f"philox must be an int64 tensor [seed, offset] on {x.device}, got "
                          f"{philox.dtype} {tuple(philox.shape)} on {philox.device}")
-    lo, hi = clamp if clamp is not None else (0.0, 0.0)
-    grid = (triton.cdiv(max(max(sizes), n_uniform), block), len(sizes) + 1)
-    _multi_layer_update_kernel[grid](
-        x, g, out, noise, uniform, starts, size_t, h, c, len(sizes), n_uniform, x.numel(),
-        0 if philox is not None else seed, offset, philox if philox is not None else starts, lo, hi,
-        WRITE_NOISE=write_noise, CLAMP=clamp is not None, BLOCK=block, PHILOX_FROM_PTR=philox is not None)
+    args = op_args(x, g, sizes, seed, offset, h=h, c=c, starts=starts, size_t=size_t, n_uniform=n_uniform,
+                   write_noise=write_noise, clamp=clamp, block=block, philox=philox)
+    out, noise, uniform = torch.ops.jebm.multi_layer_update_triton(*args)
     return out, (noise if write_noise else None), (uniform[:n_uniform] if n_uniform else None)
+
+
+def op_args(x, g, sizes, seed, offset, *, h, c, starts, size_t, n_uniform=0, write_noise=False, clamp=None,
+            block=1024, philox=None) -> tuple:
+    """``launch``'s arguments as ``jebm::multi_layer_update_triton`` takes them (tests opcheck it)."""
+    lo, hi = clamp if clamp is not None else (0.0, 0.0)
+    signed_seed = seed - (1 << 64) if seed >= 1 << 63 else seed  # the op's int is int64
+    return (x, g, starts, size_t, h, c, philox if philox is not None else starts, signed_seed, offset, max(sizes),
+            n_uniform, write_noise, clamp is not None, float(lo), float(hi), block, philox is not None)
+
+
+if triton is not None:
+
+    @torch.library.triton_op("jebm::multi_layer_update_triton", mutates_args=())
+    def _update_triton_op(x: torch.Tensor, g: torch.Tensor, starts: torch.Tensor, size_t: torch.Tensor,
+                          h: torch.Tensor, c: torch.Tensor, philox: torch.Tensor, seed: int, offset: int,
+                          max_size: int, n_uniform: int, write_noise: bool, clamp: bool, lo: float, hi: float,
+                          block: int, philox_from_ptr: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = torch.empty_like(x)
+        noise = torch.empty_like(x) if write_noise else torch.empty(0, dtype=x.dtype, device=x.device)
+        uniform = torch.empty(max(n_uniform, 1), dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(max(max_size, n_uniform), block), h.numel() + 1)
+        torch.library.wrap_triton(_multi_layer_update_kernel)[grid](
+            x, g, out, noise if write_noise else out, uniform, starts, size_t, h, c, h.numel(), n_uniform,
+            x.numel(), 0 if philox_from_ptr else seed & ((1 << 64) - 1), offset, philox, lo, hi,
+            WRITE_NOISE=write_noise, CLAMP=clamp, BLOCK=block, PHILOX_FROM_PTR=philox_from_ptr)
+        return out, noise, uniform
+
+    @_update_triton_op.register_fake
+    def _update_triton_fake(x, g, starts, size_t, h, c, philox, seed, offset, max_size, n_uniform, write_noise,
+                            clamp, lo, hi, block, philox_from_ptr):
+        # the interpreter (TRITON_INTERPRET=1) cannot run a kernel on fake tensors: give the shapes
+        noise = x.new_empty(x.shape if write_noise else (0,))
+        return x.new_empty(x.shape), noise, x.new_empty((max(n_uniform, 1),))
