@@ -222,9 +222,8 @@ def fusable_spec(energy, flat: list[torch.Tensor], *, is_list: bool, shapes=None
             return spec, None, True, None
     if len(flat) != 1:
         return None, None, squeeze, f"the energy takes {len(flat)} layers; only energies of one tensor are traced"
-    if shapes is not None and len(shapes[0]) != 2:
-        return None, None, squeeze, f"z has shape {tuple(shapes[0])}; only energies of a [B, d] tensor are traced"
-    spec, why = recognize(energy, flat[0], as_list=is_list, squeeze=squeeze)
+    spec, why = recognize(energy, flat[0], as_list=is_list, squeeze=squeeze,
+                          shape=shapes[0] if shapes is not None else None)
     return spec, None, squeeze, why
 
 

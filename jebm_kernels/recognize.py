@@ -290,19 +290,21 @@ def _apply(node, sym, B):
         ones = ("ones", h.width, scale, node.meta["val"].dtype, node.meta["val"].device)
         return _Sum(_linear(h, ones, None, 1), 1.0, 0.0)
     if t in (aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.view.default, aten.reshape.default,
-             aten._unsafe_view.default, aten.select.int, aten.flatten.using_ints):
+             aten._unsafe_view.default, aten.select.int, aten.flatten.using_ints, aten.unsqueeze.default):
         h = val(args[0])
         shape = tuple(node.meta["val"].shape) if "val" in node.meta else None
+        if shape is None or not shape or shape[0] != B:
+            raise NotFusable(f"{t} that mixes the batch with the features")
+        per_row = math.prod(shape[1:])
         if isinstance(h, _Chain) and h.linears and h.width == 1 and shape == (B,):
             if t is aten.select.int and (args[1] not in (1, -1) or args[2] != 0):
                 raise NotFusable("a select other than [:, 0]")
             return _Sum(h, 1.0, 0.0)
-        if isinstance(h, (_Chain, _Sum)) and shape is not None and h is not None:
-            if isinstance(h, _Sum) and shape == (B,):
-                return h
-            if isinstance(h, _Chain) and shape == (B, h.width):
-                return h
-        raise NotFusable(f"{t} that is not the final [B, 1] -> [B]")
+        if isinstance(h, _Chain) and t is not aten.select.int and per_row == h.width:
+            return h  # a view of each chain's row-major features: the same values
+        if isinstance(h, _Sum) and shape == (B,):
+            return h
+        raise NotFusable(f"{t} that is not a view of each chain's features")
     if t in (aten.clone.default, aten.alias.default, aten.detach.default):
         return val(args[0])  # the same values (autograd's saved outputs show up as detach)
     if t in (aten.t.default, aten.transpose.int):
@@ -343,22 +345,26 @@ def _trace(fn, z: torch.Tensor, squeeze: bool) -> TracedEnergy:
     return TracedEnergy(gm, plan, int(z.shape[1]))
 
 
-def recognize(energy, z: torch.Tensor, *, as_list: bool = False,
-              squeeze: bool = False) -> tuple[PriorSpec | None, str | None]:
-    """(spec, None) when ``energy`` of the single [B, d] tensor ``z`` (given to it as ``[z]`` with
-    ``as_list``; its [B, 1] result read as [B] with ``squeeze``) is of the MLP form, checked against
-    the energy at ``z``; else (None, why not). Only float32 energies are traced (the kernels' type)."""
+def recognize(energy, z: torch.Tensor, *, as_list: bool = False, squeeze: bool = False,
+              shape=None) -> tuple[PriorSpec | None, str | None]:
+    """(spec, None) when ``energy`` of the single tensor ``z`` (flattened to [B, d]; the energy gets
+    it reshaped to ``shape``, e.g. LEBM's [B, nz, 1, 1], and as ``[z]`` with ``as_list``; its
+    [B, 1] result read as [B] with ``squeeze``) is of the MLP form, checked against the energy at
+    ``z``; else (None, why not). Only float32 energies are traced (the kernels' type)."""
     if z.dim() != 2 or z.dtype != torch.float32:
         return None, "only energies of one [B, d] float32 tensor are traced for fusion"
     if z.device.type == "meta":
         return None, "z is on the meta device"
 
+    shape = tuple(shape) if shape is not None else tuple(z.shape)
+
     def fn(t):
+        t = t.reshape(shape) if tuple(t.shape) != shape else t
         u = energy([t] if as_list else t)
         return u.squeeze(-1) if squeeze and torch.is_tensor(u) and u.dim() == 2 and u.shape[-1] == 1 else u
 
     key, held = _identity(energy)
-    key = key + (tuple(z.shape[1:]), z.dtype, str(z.device))
+    key = key + (shape[1:], z.dtype, str(z.device), as_list, squeeze)
     entry = _CACHE.get(key)
     if entry is not None and any(r() is None or r() is not o for r, o in zip(entry[0], held)):
         entry = None

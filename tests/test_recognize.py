@@ -113,6 +113,31 @@ def test_differently_written_mlp_energies_are_fused(name):
     assert jk.explain_fusion(energy, z)["fused"]
 
 
+class LebmNetE(nn.Module):
+    """The official LEBM code's _netE as written: z [B, nz, 1, 1] squeezed, the score viewed back."""
+
+    def __init__(self, nz=D, ndf=20):
+        super().__init__()
+        self.ebm = nn.Sequential(nn.Linear(nz, ndf), GELU(), nn.Linear(ndf, ndf), GELU(), nn.Linear(ndf, 1))
+
+    def forward(self, z):
+        return self.ebm(z.squeeze()).view(-1, 1, 1, 1)
+
+
+@needs_cpp
+def test_the_official_lebm_prior_on_four_dimensional_z_is_fused():
+    """LEBM's sample_langevin_prior_z energy, en = netE(z).squeeze() with the N(0, sigma^2) term as
+    prior_sigma, on its [B, nz, 1, 1] latents: traced, fused, the caller's shape returned."""
+    net_e = _seeded(LebmNetE)
+    energy = lambda z: net_e(z).squeeze()  # noqa: E731  (LEBM's energy(score) with 'identity' form)
+    z = torch.randn(9, D, 1, 1, generator=torch.Generator().manual_seed(4))
+    kw = dict(n_steps=30, step_size=0.4, prior_sigma=1.0, generator=(3, 4), return_info=True)
+    out, info = jk.langevin(energy, z, **kw)
+    assert info["fused"] and out.shape == z.shape
+    ref, _ = jk.langevin(energy, z, backend="reference", **kw)
+    assert_close_where(out, ref, atol=2e-5, rtol=2e-5, what="LEBM prior")
+
+
 @pytest.mark.parametrize("name", list(MUST_NOT_FUSE))
 def test_other_energies_are_not_fused_and_say_why(name):
     make, why = MUST_NOT_FUSE[name]

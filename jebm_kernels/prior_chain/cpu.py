@@ -57,7 +57,7 @@ def _prior_terms_reason(problem: Problem) -> str | None:
     if not problem.is_list and not problem.tensor_spec:
         return (f"a {type(problem.energy).__name__} takes z as a list with one [B, d] tensor per layer "
                 "(as the reference calls it), got a single tensor")
-    if any(len(s) != 2 for s in problem.shapes):
+    if not problem.tensor_spec and any(len(s) != 2 for s in problem.shapes):
         return f"a fused energy takes each layer as [B, d]; z has shapes {[tuple(s) for s in problem.shapes]}"
     lim = extension.cpu_limits()
     L = len(spec.dims)
