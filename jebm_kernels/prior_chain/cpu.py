@@ -20,22 +20,13 @@ from .. import extension
 from ..fusable import activations_reason, float32_constants_reason, named_mlps, scalars_reason, tensor_reason
 from ..problem import Problem
 from ..spec import MLPSpec
+from ..update import cpu as update_cpu
 
 __all__ = ["reason", "prior_terms_reason", "run", "posterior_energy_and_grad"]
 
 _FUSABLE_FAMILY = ("this nn.Sequential is not of the fusable family: Linear layers with one activation "
                    "(LeakyReLU, GELU, SiLU, Softplus(threshold=20), Tanh, ReLU, ELU) between them, ending in "
                    "Linear(h, 1) on z's single layer")
-
-
-def _state_reason(problem: Problem) -> str | None:
-    if extension.cpu_ext is None:
-        return f"the C++ extension jebm_kernels._C is not built ({extension.cpu_error()})"
-    if problem.device.type != "cpu":
-        return f"tensors on {problem.device}; the cpu backend runs CPU tensors"
-    if problem.dtype != torch.float32:
-        return f"the cpu backend works in float32, got {problem.dtype}"
-    return None
 
 
 def prior_terms_reason(problem: Problem) -> str | None:
@@ -45,7 +36,7 @@ def prior_terms_reason(problem: Problem) -> str | None:
 
 
 def _prior_terms_reason(problem: Problem) -> str | None:
-    why = _state_reason(problem)
+    why = update_cpu.reason(problem)  # the extension, CPU tensors, float32
     if why is not None:
         return why
     spec = problem.spec
