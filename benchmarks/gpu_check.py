@@ -201,12 +201,14 @@ def summary_markdown(results: dict) -> str:
     for backend in TRAIN_BACKENDS:
         data = results.get("steps", {}).get(f"bench-train-{backend}", {}).get("data") or {}
         for mode, m in (data.get("modes") or {}).items():
+            graphs = "-" if "chains" not in m else f"{m.get('captured')}/{m.get('chains')}"
+            note = m.get("error", "") or "; ".join(m.get("capture_errors") or [])[:200]
             rows.append(f"| {backend} | {mode} | {_fmt_ms(m.get('s_per_iter'))} | {m.get('iters', '-')} | "
-                        f"{_fmt_ms(m.get('warmup_s'))} | {m.get('error', '')} |")
+                        f"{_fmt_ms(m.get('warmup_s'))} | {graphs} | {note} |")
     if rows:
         md += ["", "## Training iteration: cvpr-cifar10 preset, MLE, batch 100 (random 3x32x32 images)", "",
-               "| backend | mode | per iteration | timed iterations | warm-up (2 it., incl. capture) | error |",
-               "|---|---|---|---|---|---|", *rows]
+               "| backend | mode | per iteration | timed iterations | warm-up (2 it., incl. capture) | chains captured | "
+               "error |", "|---|---|---|---|---|---|---|", *rows]
     md.append("")
     return "\n".join(md)
 
@@ -568,6 +570,10 @@ def step_bench_train(part: Partial, backend: str) -> int:
             entry.update(s_per_iter=(time.perf_counter() - t0) / n, iters=n, warmup_s=warm,
                          loss_recon=float(values["loss_recon"]), graphs=trainer.device_path is not None
                          and trainer.device_path.capture)
+            if trainer.device_path is not None:
+                entries = list(trainer.device_path.chains.entries.values())
+                entry.update(chains=len(entries), captured=sum(e.captured for e in entries),
+                             capture_errors=[e.capture_error for e in entries if e.capture_error])
             del model, trainer
         except Exception as exc:  # noqa: BLE001
             entry["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"

@@ -159,6 +159,21 @@ def test_chain_cache_builds_and_captures_once_per_key(capture):
     assert e.chain.calls[-1] == (2**63 + 1 - 2**64, 5)
 
 
+def test_a_chain_that_cannot_be_captured_runs_eagerly_with_a_warning():
+    class Uncapturable(FakeChain):
+        def capture(self):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    cache, gen = ChainCache(True), jk.PhiloxGenerator(1)
+    entry = cache.get(("k",), Uncapturable, gen)
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+        out = entry.run([torch.zeros(1, 2)], gen)
+    assert torch.equal(out[0], torch.ones(1, 2)) and not entry.captured
+    assert "not permitted" in entry.capture_error
+    entry.run([torch.zeros(1, 2)], gen)  # no second attempt, no second warning
+    assert entry.runs == 2
+
+
 # ---- metrics on the device and their read points ------------------------------------------------
 
 def test_device_metrics_read_the_last_values_or_the_first_divergence():
@@ -199,7 +214,7 @@ def test_device_path_modes(monkeypatch):
     monkeypatch.setenv(ENV, "0")
     assert make_trainer(model, cfg).device_path is None
     monkeypatch.setenv(ENV, "eager")
-    assert make_trainer(model, {**cfg, "learn_step_size": True}).device_path is None
+    assert make_trainer(model, {**cfg, "learn_step_size": True, "backend": "reference"}).device_path is None
     monkeypatch.setenv(ENV, "sometimes")
     with pytest.raises(ValueError, match=ENV):
         make_trainer(model, cfg)

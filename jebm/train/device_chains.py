@@ -23,6 +23,7 @@ On the CPU all of this runs eagerly (capture off): that is how it is tested with
 from __future__ import annotations
 
 from collections import OrderedDict
+import warnings
 
 import torch
 
@@ -114,6 +115,7 @@ class ChainEntry:
         self.capture_pending = bool(capture)
         self.seed = seed       # the seed in the chain's device tensor (host copy: no read back)
         self.runs = 0
+        self.capture_error: str | None = None  # why the capture failed (the chain then runs eagerly)
 
     def run(self, start: list[torch.Tensor], generator: jk.PhiloxGenerator) -> list[torch.Tensor]:
         """K steps from ``start`` with the generator's next ``n_steps * stride`` counters (what
@@ -122,8 +124,14 @@ class ChainEntry:
         offset = generator.take(chain.chunk)
         chain.set_input(list(start))
         if self.capture_pending:  # the first use: warm-up and capture (host syncs; outside any checked loop)
-            chain.capture()
             self.capture_pending = False
+            try:
+                chain.capture()
+            except Exception as exc:  # noqa: BLE001  a chain that cannot be captured still runs, eagerly
+                chain._graph = None
+                self.capture_error = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"jebm: could not capture the {type(chain).__name__} in a CUDA graph "
+                              f"({self.capture_error}); it runs eagerly", RuntimeWarning, stacklevel=2)
         if generator.seed != self.seed:
             chain.philox[0].fill_(_signed(generator.seed))
             self.seed = generator.seed
