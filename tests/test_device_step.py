@@ -340,20 +340,21 @@ def test_no_host_sync_in_an_iteration_after_warm_up(monkeypatch, scheme, backend
 @needs_gpu
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_the_graphed_iteration_computes_the_eager_iteration(monkeypatch, backend):
-    """Same starts, same noise, same kernels: the parameters after three iterations agree."""
-    params, metrics = {}, {}
+    """Same starts, same noise, same kernels: each iteration's metrics agree (a misaligned noise
+    position would move them by far more than float rounding)."""
+    history = {}
     for mode in ("0", "auto"):
         model, trainer, x = _cuda_trainer("mle", backend, monkeypatch, mode=mode, decoder="mlp")
-        gen = jk.PhiloxGenerator(5)
+        assert (trainer.device_path is None) == (mode == "0")
+        gen, history[mode] = jk.PhiloxGenerator(5), []
         for _ in range(3):
             values, _ = trainer.step(x, generator=gen, backend=backend)
-        params[mode] = [p.detach().clone() for p in model.parameters()]
-        metrics[mode] = {k: float(v) for k, v in values.items()}
-        assert gen.offset > 0
-    for a, b in zip(params["0"], params["auto"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    for k in metrics["0"]:
-        assert metrics["auto"][k] == pytest.approx(metrics["0"][k], rel=1e-3, abs=1e-4), k
+            history[mode].append({k: float(v) for k, v in values.items()})
+        history[mode].append(gen.offset)
+    assert history["0"][-1] == history["auto"][-1]  # the same counters were taken
+    for eager, graphed in zip(history["0"][:-1], history["auto"][:-1]):
+        for k in eager:
+            assert graphed[k] == pytest.approx(eager[k], rel=1e-4, abs=1e-5), k
 
 
 @needs_gpu
