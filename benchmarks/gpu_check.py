@@ -54,6 +54,7 @@ import os
 from pathlib import Path
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -244,7 +245,9 @@ def step_command(step: Step, out_dir: Path, partial: Path) -> list[str]:
                      if str(p.relative_to(ROOT)) not in GPU_TEST_FILES]
             junit = "junit-suite.xml"
         xdist = ["-n", str(max(1, min(12, (os.cpu_count() or 2) - 2)))] if _has_module("xdist") else []
-        return [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *xdist, f"--junitxml={out_dir / junit}", *files]
+        per_test = ["--timeout=150"] if _has_module("pytest_timeout") else []  # one hung test does not eat the step
+        return [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *xdist, *per_test, f"--junitxml={out_dir / junit}",
+                *files]
     return [py, "-m", "benchmarks.gpu_check", "--step", step.name, "--partial", str(partial)]
 
 
@@ -254,23 +257,31 @@ def _has_module(name: str) -> bool:
 
 
 def run_step(step: Step, out_dir: Path, timeout_s: float, env: dict, log) -> dict:
+    """Run one step in its own process group (killed whole at the timeout: pytest-xdist workers
+    too), its output streamed into the log as it comes."""
     partial = Path(tempfile.mkdtemp(prefix="gpu_check_")) / f"{step.name}.json"
     cmd = step_command(step, out_dir, partial)
     log.write(f"\n===== {step.name}: {' '.join(cmd)} (timeout {timeout_s:.0f} s)\n")
     log.flush()
+    start_pos = log.tell()
     t0 = time.perf_counter()
-    status, rc, output = "passed", None, ""
+    rc = None
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=timeout_s)
-        rc, output = proc.returncode, proc.stdout
+        rc = proc.wait(timeout=timeout_s)
         status = "passed" if rc == 0 else "failed"
-    except subprocess.TimeoutExpired as exc:
+    except subprocess.TimeoutExpired:
         status = "timeout"
-        output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     seconds = time.perf_counter() - t0
-    log.write(output)
     log.flush()
+    with open(log.name, errors="replace") as f:
+        f.seek(start_pos)
+        output = f.read()
     data = None
     if partial.exists():
         try:

@@ -169,3 +169,38 @@ def test_benchmark_steps_run_on_the_cpu_at_tiny_sizes(tmp_path, step):
         m = data["modes"]
         assert m["eager"]["loss_recon"] == m["graphed"]["loss_recon"]  # the device path computes the same iteration
         assert "graphed" in data["summary"]
+
+
+def test_a_step_streams_its_output_and_is_killed_whole_at_its_timeout(tmp_path, monkeypatch):
+    pid_file = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              "print('started', flush=True)\n"
+              "time.sleep(60)\n")
+    monkeypatch.setattr(gc, "step_command", lambda step, out_dir, partial: [sys.executable, "-c", script])
+    with open(tmp_path / gc.LOG_NAME, "a") as log:
+        r = gc.run_step(gc.STEPS[0], tmp_path, 3.0, dict(__import__("os").environ), log)
+    assert r["status"] == "timeout" and "started" in r["tail"] and r["seconds"] < 30
+    assert "started" in (tmp_path / gc.LOG_NAME).read_text()
+    import os
+    import time
+    pid = int(pid_file.read_text())
+    def gone():  # no such process, or a zombie waiting for whoever adopted it
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+
+    for _ in range(50):  # the grandchild went with its group
+        if gone():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the step's child process outlived the timeout")
+
+    monkeypatch.setattr(gc, "step_command", lambda step, out_dir, partial: [
+        sys.executable, "-c", f"import json; open({str(partial)!r}, 'w').write(json.dumps({{'summary': 'ok'}}))"])
+    with open(tmp_path / gc.LOG_NAME, "a") as log:
+        r = gc.run_step(gc.STEPS[0], tmp_path, 30.0, dict(__import__("os").environ), log)
+    assert r["status"] == "passed" and r["data"] == {"summary": "ok"} and r["summary"] == "ok"
