@@ -32,6 +32,13 @@ trainer's Langevin step sizes (``Trainer.sampling``; the model's config is never
 ``rollback_step_factor`` and retries, up to N times; each rollback is a
 ``metrics.jsonl`` line ``{"iter": <reloaded iteration>, "rollback": k, "diverged_at": ...,
 "lr_scale": ..., "step_scale": ...}`` and later lines carry the scales.
+
+GPU path (issue 14, ``jebm.train.device_step``): with the model on CUDA an iteration runs its
+chains from CUDA graphs and reads nothing on the host; the metrics are read, and checked for
+divergence, every ``log_every`` iterations and at every checkpoint, snapshot and the last
+iteration. A divergence is then handled as of its first non-finite iteration (same log lines,
+same checkpoint to roll back to); the iterations after it up to the read were computed and
+discarded. ``JEBM_DEVICE_PATH=0`` restores the per-iteration host check on CUDA.
 """
 from __future__ import annotations
 
@@ -53,6 +60,7 @@ from .build import build_model, load_training_data
 from .checkpoint import (CHECKPOINT_NAME, PREVIOUS_NAME, newest_good_checkpoint, remove_stale_temporaries,
                          save_checkpoint)
 from .data_order import DistributedBatchSampler
+from .device_step import DeviceMetrics, must_read
 from .metrics_log import MetricsLog, plot_curves, read_metrics
 from .presets import resolve_config, upgrade_config
 from .run_state import RunState
@@ -191,6 +199,8 @@ def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, de
         done = state.restore(ckpt)
     model.train()
     step = dp.make_step(trainer, ctx, device)
+    # issue 14 hook: on the GPU path the metrics stay on the device between read points (device_step.py)
+    device_metrics = DeviceMetrics() if getattr(trainer, "device_path", None) is not None and not ctx.enabled else None
 
     dp.barrier(ctx)  # every rank has read the run folder before rank 0 writes to it
     if ctx.is_main:
@@ -251,6 +261,12 @@ def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, de
                 x = images[sampler.batch(it)]
                 values, bad = step(x, generator=state.gen, backend=cfg["backend"])
                 it += 1
+                if device_metrics is not None:  # issue 14 hook: read (and check) only at read points
+                    device_metrics.add(it, values)
+                    if not must_read(it, cfg, total):
+                        bar.update(1)
+                        continue
+                    values, bad, it = device_metrics.read(it)  # on divergence: the first bad iteration
                 if bad is not None:
                     log.write({"iter": it, "diverged": bad, **values})
                     it = diverged(it, bad, (

@@ -52,7 +52,7 @@ class MLETrainer(Trainer):
         if self.short_run is not None:
             z_pos, post_metrics = self.short_run.sample(x, self.sampling, generator=generator)
         else:
-            z_pos = model.sample_posterior(x, generator=generator, backend=backend, **self.sampling.posterior())
+            z_pos = self.sample_posterior(x, generator=generator, backend=backend)  # issue 14 hook (Trainer)
         z_neg = self.sample_prior(x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
 
         recon = model.decode(z_pos[0])
@@ -74,4 +74,4 @@ class MLETrainer(Trainer):
         metrics.update(post_metrics)
         if self.short_run is not None:
             total = total + self.short_run.surrogate()  # the step sizes' gradient, through the same backward
-        return {k: float(v.detach()) for k, v in metrics.items()}, total
+        return self.metric_values(metrics), total  # issue 14 hook: floats, or device tensors on the GPU path

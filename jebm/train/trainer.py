@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..model import JEBM, SamplingSettings
+from .device_step import DevicePath  # issue 14: the GPU path
 from .short_run import LearnedPosterior
 
 __all__ = ["Trainer", "PriorChains", "first_non_finite"]
@@ -70,6 +71,8 @@ class Trainer:
         # The chains' settings as configured, and the ones in use (a rollback scales the step sizes).
         self.base_sampling = SamplingSettings.from_config(model.config)
         self.sampling = self.base_sampling
+        # issue 14 hook: the GPU path (chains in CUDA graphs, metrics on the device); None on the CPU
+        self.device_path = DevicePath.auto(self)
 
     def scale_step_sizes(self, factor: float) -> None:
         """Run every chain with the configured step sizes times ``factor`` from now on (rollback)."""
@@ -77,7 +80,23 @@ class Trainer:
 
     def sample_prior(self, n: int, *, generator, backend: str) -> list[torch.Tensor]:
         """The negative phase: ``n`` samples of the prior chains with this trainer's settings."""
+        if self.device_path is not None:  # issue 14 hook: the GPU path
+            return self.device_path.sample_prior(self.prior_chains, n, generator=generator, backend=backend,
+                                                 settings=self.sampling)
         return self.prior_chains.sample(self.model, n, generator=generator, backend=backend, **self.sampling.prior())
+
+    def sample_posterior(self, x: torch.Tensor, *, generator, backend: str) -> list[torch.Tensor]:
+        """The positive phase's posterior chain with this trainer's settings (z-space layers)."""
+        if self.device_path is not None:  # issue 14 hook: the GPU path
+            return self.device_path.sample_posterior(x, generator=generator, backend=backend, settings=self.sampling)
+        return self.model.sample_posterior(x, generator=generator, backend=backend, **self.sampling.posterior())
+
+    def metric_values(self, metrics: dict) -> dict:
+        """An iteration's metrics as ``loss`` returns them: floats (a host read), or on the GPU path
+        detached device tensors that the loop reads every ``log_every`` iterations (issue 14 hook)."""
+        if self.device_path is not None:
+            return {k: v.detach() if torch.is_tensor(v) else v for k, v in metrics.items()}
+        return {k: float(v.detach()) for k, v in metrics.items()}
 
     def modules(self) -> dict:
         """Modules besides the model that a checkpoint must hold (the learned step sizes, if any)."""
@@ -97,8 +116,15 @@ class Trainer:
 
     def step(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, str | None]:
         """One iteration. Returns (metrics, name of the first non-finite metric or None); with a
-        non-finite loss or energy no parameter is updated."""
+        non-finite loss or energy no parameter is updated.
+
+        On the GPU path (``device_path``) the values are device tensors, nothing is read on the
+        host, the update is always applied and the first element is never a metric name: the
+        training loop checks them at its read points (``jebm.train.device_step``)."""
         values, total = self.loss(x, generator=generator, backend=backend)
+        if self.device_path is not None:  # issue 14 hook: no host read; the loop checks later
+            self.apply(total)
+            return values, None
         bad = first_non_finite(values)
         if bad is not None:
             return values, bad

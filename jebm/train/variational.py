@@ -103,4 +103,4 @@ class VariationalTrainer(Trainer):
             if loss_ebm is not None:
                 total = total + model.F([t.detach() for t in z_q]).mean() - F_pos
             total = total + self.short_run.surrogate()  # the step sizes' gradient, through the same backward
-        return {k: float(v.detach()) for k, v in metrics.items()}, total
+        return self.metric_values(metrics), total  # issue 14 hook: floats, or device tensors on the GPU path
