@@ -28,7 +28,7 @@ the output folder and the output of every step is appended to ``gpu_check.log``:
    fresh process checks that the cuda and triton backends are available.
 4. ``bench-prior``: the CVPR CIFAR-10 prior (``make_case("cvpr", 100)``: B = 100, K = 60): the
    eager reference (``langevin(backend="reference")``), the reference captured as a CUDA graph
-   (``jebm.train.device_chains.TorchGraphChain``: the reference's ops, autograd and the torch
+   (``GraphSafeChain(kernel="reference")``: the reference's ops, autograd and the torch
    update, with its Philox noise computed from a device tensor, captured once and replayed), the
    fused triton and cuda chains through ``langevin``, and the cuda chain in a captured
    ``GraphSafeChain``; final states compared with the reference's.
@@ -480,7 +480,6 @@ def step_bench_prior(part: Partial) -> int:
 
     import jebm_kernels as jk
     from jebm.bench.configs import CONFIG_TITLES, NOISE_SEED, make_case
-    from jebm.train.device_chains import TorchGraphChain
 
     device = _device()
     case = make_case("cvpr", 4, n_steps=2) if _smoke() else make_case("cvpr", 100, n_steps=60)
@@ -520,9 +519,9 @@ def step_bench_prior(part: Partial) -> int:
             return lambda: chain(case.layers)
         return make
 
-    measure("reference-graphed", graphed(TorchGraphChain),
+    measure("reference-graphed", graphed(jk.GraphSafeChain, kernel="reference"),
             "the reference's ops (autograd + torch update) with Philox noise computed from a device tensor, "
-            "captured once in a CUDA graph and replayed (jebm.train.device_chains.TorchGraphChain)")
+            "captured once in a CUDA graph and replayed (GraphSafeChain(kernel='reference'))")
     for b in ("triton", "cuda"):
         measure(b, lambda b=b: (lambda: case.langevin(b)), f"langevin(backend='{b}'): the fused whole-chain kernel")
     measure("cuda-graphed", graphed(jk.GraphSafeChain, kernel="cuda"),

@@ -9,7 +9,7 @@ torch.compile); ``diagnostics`` (ESS, split and nested R-hat of a trajectory). A
 """
 from .dispatch import PRIORITY as _PRIORITY, available_backends
 from .energies import PosteriorEnergy, PriorEnergy
-from .philox import PhiloxGenerator, philox_rand, philox_randn
+from .philox import PhiloxGenerator, philox_rand, philox_randn, philox_tensor
 from .sampler import explain_fusion, langevin
 from .spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential
 from .torchebm_compat import LangevinSampler
@@ -20,7 +20,7 @@ from .ops import FusedPriorChain
 
 __all__ = [
     "langevin", "explain_fusion", "LangevinSampler", "available_backends", "BACKENDS",
-    "philox_randn", "philox_rand", "PhiloxGenerator",
+    "philox_randn", "philox_rand", "PhiloxGenerator", "philox_tensor",
     "MLPSpec", "GaussianSpec", "PriorSpec", "mlp_spec_from_sequential", "PriorEnergy", "PosteriorEnergy",
     "GraphSafeChain", "FusedPriorChain", "ops", "diagnostics",
 ]

@@ -44,7 +44,8 @@ class GraphSafeChain:
     ``step_size``, ``noise_scale``, ``prior_sigma``, ``generator``, ``mala``); float32 only.
     ``kernel``: "auto" (the custom ops, on ``dispatch``'s choice: C++ on CPU, csrc's CUDA kernel or
     Triton on a GPU) or the name of a backend to use ("triton": the Triton kernels, which CPU
-    tensors run under ``TRITON_INTERPRET=1``; "cuda"; "cpu").
+    tensors run under ``TRITON_INTERPRET=1``; "cuda"; "cpu"; "reference": the torch loop, its noise
+    computed from the device tensor, so it too can be captured).
 
     ``chain(z)`` copies ``z`` into the input buffers, runs (or replays, after ``capture()``) the K
     steps and returns the final state in ``z``'s structure. After capture the returned tensors
@@ -138,12 +139,31 @@ class GraphSafeChain:
         torch.cuda.current_stream(self.problem.device).wait_stream(side)
         self.philox.copy_(saved)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._static_out = self.step()
-        self._graph = graph
+        try:
+            with torch.cuda.graph(graph):
+                static_out = self.step()
+        except Exception:
+            self.philox.copy_(saved)  # the chain stays usable, eagerly
+            raise
+        self._graph, self._static_out = graph, static_out
         # the cached device tables the captured kernels read must outlive the graph
         self._pinned = live_tables()
         return self
+
+    @property
+    def captured(self) -> bool:
+        """Whether calls replay a captured CUDA graph."""
+        return self._graph is not None
+
+    def set_position(self, seed: int, offset: int) -> None:
+        """Start the next chain at Philox (seed, offset): two fills on the device (no host-to-device
+        copy, so it may sit between replays of a captured graph without a sync)."""
+        if not isinstance(seed, int) or not 0 <= seed <= _MASK64:
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        if not isinstance(offset, int) or not 0 <= offset < 2**63:
+            raise ValueError(f"offset must be an int in [0, 2**63), got {offset!r}")
+        self.philox[0].fill_(seed - (1 << 64) if seed >= 1 << 63 else seed)
+        self.philox[1].fill_(offset)
 
     def state(self) -> tuple[int, int]:
         """(seed, offset) where the next chain starts (reads the device tensor: a host sync)."""

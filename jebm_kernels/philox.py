@@ -23,7 +23,8 @@ import math
 
 import torch
 
-__all__ = ["philox_randint4x", "philox_randn", "philox_rand", "PhiloxGenerator", "uint_to_uniform", "philox_tensor"]
+__all__ = ["philox_randint4x", "philox_randn", "philox_rand", "philox_randn_from", "philox_rand_from",
+           "PhiloxGenerator", "uint_to_uniform", "philox_tensor"]
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
@@ -50,7 +51,12 @@ def _check_seed_offset(seed: int, offset: int, n: int) -> None:
 def philox_randint4x(seed: int, offset: int, n: int, *, device=None) -> tuple[torch.Tensor, ...]:
     """The four Philox4x32-10 words for counters offset .. offset+n-1, as int64 tensors in [0, 2^32)."""
     _check_seed_offset(seed, offset, n)
-    idx = torch.arange(n, dtype=torch.int64, device=device)
+    return _words(seed, offset, torch.arange(n, dtype=torch.int64, device=device))
+
+
+def _words(seed, offset, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Philox4x32-10 of counters offset + idx under ``seed``; seed and offset are Python ints or
+    0-d int64 tensors (a seed's 64 bits stored signed: the masks below recover its two words)."""
     # offset + idx may exceed 2^63: split the 64-bit counter into two 32-bit words first.
     off_lo, off_hi = offset & _MASK32, offset >> 32
     lo = idx + off_lo  # < 2^33
@@ -68,6 +74,21 @@ def philox_randint4x(seed: int, offset: int, n: int, *, device=None) -> tuple[to
         k0 = (k0 + _KEY_A) & _MASK32
         k1 = (k1 + _KEY_B) & _MASK32
     return c0, c1, c2, c3
+
+
+def philox_randn_from(philox: torch.Tensor, base: int, n: int) -> torch.Tensor:
+    """``philox_randn(seed, offset + base, n)`` with (seed, offset) read from the int64 tensor
+    ``philox = [seed, offset]`` (``philox_tensor``) on its own device: nothing is read back on the
+    host, so a CUDA graph that captured the call draws fresh noise once the tensor is advanced.
+    Bit for bit the host version's values."""
+    w0, w1, _, _ = _words(philox[0], philox[1] + base, torch.arange(n, dtype=torch.int64, device=philox.device))
+    return _box_muller(uint_to_uniform(w0), uint_to_uniform(w1))
+
+
+def philox_rand_from(philox: torch.Tensor, base: int, n: int) -> torch.Tensor:
+    """``philox_rand(seed, offset + base, n)`` read from ``philox`` as ``philox_randn_from`` does."""
+    w0, _, _, _ = _words(philox[0], philox[1] + base, torch.arange(n, dtype=torch.int64, device=philox.device))
+    return uint_to_uniform(w0)
 
 
 def uint_to_uniform(w: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from .energies import PosteriorEnergy, PriorEnergy
-from .philox import PhiloxGenerator, philox_rand, philox_randn
+from .philox import PhiloxGenerator, philox_rand, philox_rand_from, philox_randn, philox_randn_from
 from .spec import MLPSpec, PriorSpec, mlp_spec_from_sequential
 
 __all__ = ["Problem", "make_problem", "make_op_problem", "step_constants", "STATS_COLUMNS", "info_from_stats",
-           "fusable_spec"]
+           "fusable_spec", "ChainInfo"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -143,12 +143,19 @@ class Problem:
 
     def step_noise(self, k: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Step k's per-layer Philox normals [B, d_l] and, with MALA, the chains' uniforms [B],
-        in this module's noise layout (the torch specification of the stream)."""
+        in this module's noise layout (the torch specification of the stream). With ``philox`` on
+        the state's GPU they are computed from it there (no host read: capturable)."""
         B, dims = self.batch, self.dims
-        seed, base, _ = self.noise_position(k)
-        flat = philox_randn(seed, base, B * sum(dims), device=self.device).to(self.dtype)
-        noise = [c.reshape(B, d) for c, d in zip(flat.split([B * d for d in dims]), dims)]
-        uniform = philox_rand(seed, base + B * sum(dims), B, device=self.device) if self.mala else None
+        n = B * sum(dims)
+        if self.philox is not None and self.philox.device.type != "cpu":
+            base = self.offset + k * self.stride
+            flat = philox_randn_from(self.philox, base, n)
+            uniform = philox_rand_from(self.philox, base + n, B) if self.mala else None
+        else:
+            seed, base, _ = self.noise_position(k)
+            flat = philox_randn(seed, base, n, device=self.device)
+            uniform = philox_rand(seed, base + n, B, device=self.device) if self.mala else None
+        noise = [c.reshape(B, d) for c, d in zip(flat.to(self.dtype).split([B * d for d in dims]), dims)]
         return noise, uniform
 
     def new_stats(self) -> torch.Tensor | None:
@@ -253,7 +260,7 @@ def _check_weights_match(spec, posterior, z0: torch.Tensor) -> None:
 
 
 def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, generator, mala,
-                 return_info) -> tuple[Problem, PhiloxGenerator]:
+                 return_info, check_finite: bool = True) -> tuple[Problem, PhiloxGenerator]:
     if not callable(energy):
         raise TypeError(f"energy must be callable (z -> per-chain energies [B]), got {type(energy).__name__}")
     is_list = isinstance(z, (list, tuple))
@@ -293,7 +300,8 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
         raise ValueError("mala=True needs noise_scale > 0 (a noiseless proposal has no density)")
     sigmas = None if prior_sigma is None else _per_layer(prior_sigma, len(layers), "prior_sigma")
     flat = [t.detach().reshape(B, -1) for t in layers]
-    if not all(bool(torch.isfinite(t).all()) for t in flat):
+    # (a host read of the state: on a GPU, a sync; ``check_finite=False`` skips it)
+    if check_finite and not all(bool(torch.isfinite(t).all()) for t in flat):
         bad = next(i for i, t in enumerate(flat) if not bool(torch.isfinite(t).all()))
         raise ValueError(f"z[{bad}] contains NaN or inf: start chains from finite values")
 
@@ -375,6 +383,70 @@ def make_op_problem(spec: PriorSpec | None, z, philox: torch.Tensor, step_sizes,
                    noise_scale=float(noise_scale), prior_sigma=tuple(prior_sigma) if prior_sigma else None,
                    mala=bool(mala), seed=0, offset=int(step_offset), want_info=bool(want_info), spec=spec,
                    philox=philox)
+
+
+class ChainInfo(dict):
+    """``langevin``'s info: a dict whose per-step lists (``energy``, ``grad_norm``, ``accept``) and
+    ``accept_rate`` are read from the [K, 3] statistics tensor (``info["stats"]``, on the state's
+    device) only when first asked for, so a caller on a GPU that does not look at them never waits
+    for the device."""
+
+    _LAZY = ("energy", "grad_norm", "accept", "accept_rate")
+
+    def __init__(self, problem: Problem, stats: torch.Tensor | None, **fields):
+        super().__init__(stats=stats, **fields)
+        self._problem = problem
+        self._read = False
+
+    def _fill(self) -> None:
+        if not self._read:
+            self._read = True
+            lists = info_from_stats(self._problem, dict.__getitem__(self, "stats"))
+            lists["accept_rate"] = sum(lists["accept"]) / len(lists["accept"]) if lists["accept"] else None
+            dict.update(self, lists)
+
+    def __getitem__(self, key):
+        if key in self._LAZY:
+            self._fill()
+        return dict.__getitem__(self, key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __contains__(self, key):
+        return key in self._LAZY or dict.__contains__(self, key)
+
+    def keys(self):
+        self._fill()
+        return dict.keys(self)
+
+    def items(self):
+        self._fill()
+        return dict.items(self)
+
+    def values(self):
+        self._fill()
+        return dict.values(self)
+
+    def __iter__(self):
+        self._fill()
+        return dict.__iter__(self)
+
+    def __len__(self):
+        self._fill()
+        return dict.__len__(self)
+
+    def __repr__(self):
+        self._fill()
+        return dict.__repr__(self)
+
+    def __eq__(self, other):
+        self._fill()
+        return dict.__eq__(self, other)
+
+    def copy(self):
+        self._fill()
+        return dict(self)
 
 
 def info_from_stats(problem: Problem, stats: torch.Tensor | None) -> dict:

@@ -10,13 +10,14 @@ tau < 1 gives the "cold" chains the papers use for short-run training; tau = 1 i
 from __future__ import annotations
 
 from .dispatch import select
-from .problem import info_from_stats, make_problem
+from .problem import ChainInfo, make_problem
 
 __all__ = ["langevin", "explain_fusion"]
 
 
 def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, prior_sigma=None,
-             generator=None, backend: str = "auto", mala: bool = False, return_info: bool = False):
+             generator=None, backend: str = "auto", mala: bool = False, return_info: bool = False,
+             check_finite: bool = True):
     """Run ``n_steps`` of (MALA-corrected, with ``mala=True``) Langevin dynamics on ``energy``.
 
     Args:
@@ -41,25 +42,26 @@ def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, pr
             ``accept_rate``, ``seed``, ``offset`` (replay with ``generator=(seed, offset)``),
             ``n_steps``, ``backend`` (the backend that ran), ``fused`` (True when one whole-chain
             kernel ran all the steps) and ``why_not_fused`` (None, or why the energy was run as
-            autograd + the backend's update: ``explain_fusion`` gives it without sampling).
+            autograd + the backend's update: ``explain_fusion`` gives it without sampling), and
+            ``stats``, the [K, 3] statistics tensor on z's device; the per-step lists are read from
+            it only when asked for (no device sync otherwise).
+        check_finite: refuse a start with NaN or inf (a host read of z: on a GPU a sync; pass
+            False in a loop that must not wait for the device).
 
     Returns:
         the final state in ``z``'s structure, and the info dict with ``return_info=True``.
     """
     problem, _ = make_problem(energy, z, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
                               prior_sigma=prior_sigma, generator=generator, mala=mala,
-                              return_info=return_info)
+                              return_info=return_info, check_finite=check_finite)
     chosen = select(backend, problem)
     flat, stats = chosen.run(problem)
     fused_why = chosen.why_not_fused(problem)
     out = problem.restructure(flat)
     if not return_info:
         return out
-    info = info_from_stats(problem, stats)
-    info["accept_rate"] = (sum(info["accept"]) / len(info["accept"])) if info["accept"] else None
-    info.update(seed=problem.seed, offset=problem.offset, n_steps=problem.n_steps, backend=chosen.name,
-                fused=fused_why is None, why_not_fused=fused_why)
-    return out, info
+    return out, ChainInfo(problem, stats, seed=problem.seed, offset=problem.offset, n_steps=problem.n_steps,
+                          backend=chosen.name, fused=fused_why is None, why_not_fused=fused_why)
 
 
 def explain_fusion(energy, z, *, backend: str = "auto", **kwargs) -> dict:

@@ -19,7 +19,8 @@ from jebm_kernels.philox import philox_tensor
 
 from jebm.model import JEBM
 from jebm.train import make_trainer
-from jebm.train.device_chains import ChainCache, TorchGraphChain, chain_kernel, device_philox_randn
+from jebm.train.device_chains import ChainCache, chain_kernel
+from jebm_kernels.philox import philox_randn_from
 from jebm.train.device_step import ENV, DeviceMetrics, DevicePath, must_read
 from jebm.train.presets import resolve_config
 from jebm.train.trainer import Trainer, first_non_finite
@@ -70,7 +71,7 @@ def both_paths(monkeypatch, tmp_path, name, **kw):
 def test_device_philox_is_the_stream_bit_for_bit(seed, offset):
     ph = philox_tensor(seed, offset)
     for base, n in ((0, 1), (11, 1000), (2**32, 77)):
-        got = device_philox_randn(ph, base, n)
+        got = philox_randn_from(ph, base, n)
         want = jk.philox_randn(seed, offset + base, n)
         assert torch.equal(got.view(torch.int32), want.view(torch.int32))
 
@@ -82,7 +83,8 @@ def _model(decoder="mlp", **kw):
 
 
 @pytest.mark.parametrize("what", ["prior-eps", "prior-z", "posterior-mlp", "posterior-conv"])
-def test_torch_graph_chain_is_the_reference_chain_bit_for_bit(what):
+def test_the_capturable_reference_chain_is_the_reference_bit_for_bit(what):
+    """GraphSafeChain(kernel="reference"): the torch loop with its noise read from the device tensor."""
     kind, var = what.split("-")
     model = _model(decoder="conv" if var == "conv" else "mlp")
     z0 = [torch.randn(5, d) for d in model.dims]
@@ -92,7 +94,7 @@ def test_torch_graph_chain_is_the_reference_chain_bit_for_bit(what):
         energy = model.posterior_energy_fn(torch.rand(5, 1, 8, 8) * 2 - 1, "eps")
     kw = dict(n_steps=3, step_size=[0.3, 0.2], noise_scale=0.7)
     want = jk.langevin(energy, z0, generator=(2**63 + 5, 1234), backend="reference", **kw)
-    chain = TorchGraphChain(energy, z0, generator=(2**63 + 5, 1234), **kw)
+    chain = jk.GraphSafeChain(energy, z0, generator=(2**63 + 5, 1234), kernel="reference", **kw)
     got = chain(z0)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     # the device position advanced by one chain: a second call continues the stream
@@ -103,7 +105,7 @@ def test_torch_graph_chain_is_the_reference_chain_bit_for_bit(what):
 
 def test_chain_kernel_names():
     cpu = torch.device("cpu")
-    assert chain_kernel("reference", cpu) == "torch"
+    assert chain_kernel("reference", cpu) == "reference"
     assert chain_kernel("auto", cpu) == "auto"
     assert chain_kernel("cpu", cpu) == "cpu"
 
@@ -111,20 +113,24 @@ def test_chain_kernel_names():
 # ---- capture bookkeeping ----------------------------------------------------------------------
 
 class FakeChain:
-    """A chain's interface (chunk, philox, set_input, capture, __call__), recording what happens."""
+    """A chain's interface (chunk, philox, set_input, set_position, capture, captured, __call__),
+    recording what happens."""
 
     def __init__(self, generator):
         self.chunk = 10
         self.philox = philox_tensor(*generator)
         self.calls, self.captures, self.inputs = [], 0, None
-        self._graph = None
+        self.captured = False
 
     def set_input(self, z):
         self.inputs = [t.clone() for t in z]
 
+    def set_position(self, seed, offset):
+        self.philox.copy_(philox_tensor(seed, offset))
+
     def capture(self):
         self.captures += 1
-        self._graph = object()
+        self.captured = True
 
     def __call__(self):
         self.calls.append(tuple(self.philox.tolist()))

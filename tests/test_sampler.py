@@ -194,3 +194,29 @@ def test_bad_input_gets_a_clear_error(kwargs, err, match):
     energy, z = args.pop("energy"), args.pop("z")
     with pytest.raises(err, match=match):
         jk.langevin(energy, z, **args)
+
+
+def test_info_reads_the_statistics_only_when_asked_and_check_finite_can_be_skipped():
+    """The per-step lists come from the [K, 3] statistics tensor on first access (a caller on a GPU
+    that never looks at them never waits for the device); check_finite=False skips the host read of
+    the start (the chain then simply carries the NaN)."""
+    z = torch.randn(4, 2)
+    out, info = jk.langevin(E, z, n_steps=3, step_size=0.1, generator=(1, 0), return_info=True, mala=True)
+    assert not info._read and tuple(info["stats"].shape) == (3, 3)
+    assert len(info["energy"]) == 3 and info._read
+    assert info["accept_rate"] == sum(info["accept"]) / 3 and "grad_norm" in info
+    assert info["energy"] == [float(v) for v in info["stats"][:, 0]]
+    bad = z.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        jk.langevin(E, bad, n_steps=1, step_size=0.1)
+    out = jk.langevin(E, bad, n_steps=1, step_size=0.1, check_finite=False)
+    assert torch.isnan(out[0]).any() and torch.isfinite(out[1:]).all()
+
+
+def test_graph_safe_chain_position_is_set_on_the_device():
+    chain = jk.GraphSafeChain(E, torch.randn(4, 2), n_steps=2, step_size=0.1, generator=(5, 0), kernel="reference")
+    chain.set_position(2**64 - 3, 77)
+    assert chain.state() == (2**64 - 3, 77) and not chain.captured
+    with pytest.raises(ValueError, match="offset"):
+        chain.set_position(1, -1)

@@ -9,9 +9,7 @@ __all__ = ["reason", "propose"]
 
 
 def reason(problem: Problem) -> str | None:
-    if problem.philox is not None and problem.philox.device.type != "cpu":
-        return "the noise position is a GPU tensor (graph-safe), which only a kernel reads without a host sync"
-    return None
+    return None  # any device; a noise position on the GPU is read there (Problem.step_noise)
 
 
 def propose(problem: Problem, x: list[torch.Tensor], g: list[torch.Tensor], k: int):
