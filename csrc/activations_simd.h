@@ -62,15 +62,15 @@ JEBM_INLINE vf act_v(float p, vf a, vf& d) {
 
 template <int ACT>
 void act_rows_t(float p, float* buf, float* der, size_t n) {
-    for (size_t i = 0; i < n; i += V) {
+    flat_for(n, [&](size_t i, int m) {
         vf d;
-        const vf v = act_v<ACT>(p, ld(buf + i), d);
-        st(buf + i, v);
-        st(der + i, d);
-    }
+        const vf v = act_v<ACT>(p, ldp(buf + i, m), d);
+        stp(buf + i, v, m);
+        stp(der + i, d, m);
+    });
 }
 
-// buf[n] <- act(buf), der[n] <- act'(buf); n a multiple of V.
+// buf[n] <- act(buf), der[n] <- act'(buf).
 static_assert(ACT_COUNT == 9, "a new activation code: add its branch to act_v and its case here");
 void act_rows(int act, float p, float* buf, float* der, size_t n) {
     switch (act) {

@@ -34,7 +34,7 @@
 // the FMA instructions' width in bits; 128 = AVX2's FMA on 4-float vectors), JEBM_TILE_R,
 // JEBM_TILE_C, JEBM_ISA_NAME.
 #if !defined(JEBM_NS) || !defined(JEBM_VW) || !defined(JEBM_FMA) || !defined(JEBM_TILE_R) || \
-    !defined(JEBM_TILE_C) || !defined(JEBM_ISA_NAME)
+    !defined(JEBM_NB) || !defined(JEBM_ISA_NAME)
 #error "isa_kernels.h is included by a chain_<isa>.cpp after it defines the JEBM_* macros"
 #endif
 #define JEBM_ISA_KERNELS 1
@@ -55,7 +55,8 @@ namespace {
 #include "update.h"
 
 const IsaOps kOps = {
-    JEBM_ISA_NAME, V, NB, pack_model, release_model, run_chain, run_eval, update, randn, rand_, activation,
+    JEBM_ISA_NAME, V, NB, pack_model, release_model, work_alloc, work_free, chain_range, run_eval, update, randn, rand_,
+    activation,
 };
 
 }  // namespace

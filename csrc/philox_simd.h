@@ -154,3 +154,10 @@ inline vu lane_index() {
     for (int i = 0; i < V; ++i) r[i] = (uint32_t)i;
     return r;
 }
+
+// The normals of n flat elements, one vector at a time: vector i draws counters start(i) + inc(i)
+// and is handed to put(i, m, xi) (m: its elements, V but for the last).
+template <class S, class I, class P>
+JEBM_INLINE void for_normals(size_t n, uint64_t seed, S start, I inc, P put) {
+    flat_for(n, [&](size_t i, int m) { put(i, m, normal_vec(seed, start(i), inc(i))); });
+}
