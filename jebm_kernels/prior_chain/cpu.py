@@ -11,8 +11,20 @@ carrying dU/dz_1 back through the Gaussians) (``posterior_energy_and_grad``).
 Float32 CPU tensors only. Everything is checked here before an address reaches C++ (dtype,
 device, shape, contiguity: non-contiguous tensors are copied; NaN/inf in weights or observations
 is reported); the C++ side checks sizes and addresses again and raises ValueError.
+
+Per-call work is done once per version of the weights: the NaN/inf scan of a weight and the
+packed C++ model (``_C.Model``: the weights in the kernels' panel layout, each thread's scratch)
+are kept and reused while the tensors are the same objects with the same stamp (address, shape,
+strides, dtype and ``_version``). Every in-place write autograd can see bumps ``_version``
+(an optimizer step, ``load_state_dict``, ``w.add_(...)`` under ``no_grad``), so the next call
+re-reads the weights; writes through ``.data`` (``w.data.copy_(...)``) do not: call
+``clear_caches()`` after those. Entries go when their tensors do (weak references); inference
+tensors (no version counter) are never cached.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
+import weakref
 
 import torch
 
@@ -21,11 +33,97 @@ from ..fusable import activations_reason, float32_constants_reason, named_mlps, 
 from ..problem import Problem
 from ..spec import MLPSpec
 
-__all__ = ["reason", "prior_terms_reason", "run", "posterior_energy_and_grad"]
+__all__ = ["reason", "prior_terms_reason", "run", "posterior_energy_and_grad", "clear_caches"]
 
 _FUSABLE_FAMILY = ("this nn.Sequential is not of the fusable family: Linear layers with one activation "
                    "(LeakyReLU, GELU, SiLU, Softplus(threshold=20), Tanh, ReLU, ELU) between them, ending in "
                    "Linear(h, 1) on z's single layer")
+
+
+# ------------------------------------------------------------------------------------- caches
+
+def _stamp(t: torch.Tensor):
+    """What identifies a tensor's values without reading them, or None (no version counter)."""
+    try:
+        return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t._version)
+    except RuntimeError:  # an inference tensor
+        return None
+
+
+class _FiniteChecked:
+    """Tensors found free of NaN/inf, each at the stamp it had then (weakly held)."""
+
+    def __init__(self):
+        self._d: dict[int, tuple] = {}
+
+    def finite(self, t: torch.Tensor) -> bool:
+        st = _stamp(t)
+        e = self._d.get(id(t))
+        if st is not None and e is not None and e[0]() is t and e[1] == st:
+            return True
+        ok = bool(torch.isfinite(t.detach()).all())
+        if ok and st is not None:
+            key, d = id(t), self._d
+
+            def gone(ref, key=key, d=d):
+                e = d.get(key)
+                if e is not None and e[0] is ref:
+                    del d[key]
+
+            self._d[key] = (weakref.ref(t, gone), st)
+        return ok
+
+    def clear(self):
+        self._d.clear()
+
+
+class _ModelCache:
+    """Packed C++ models by (configuration, the identities of their tensors), kept while every
+    tensor is alive and keeps its stamp; the least recently used go beyond ``size``."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._d: OrderedDict = OrderedDict()
+
+    def get(self, key, tensors):
+        e = self._d.get(key)
+        if e is None:
+            return None
+        refs, stamps, value = e
+        if all(r() is t and st == _stamp(t) for r, t, st in zip(refs, tensors, stamps)):
+            self._d.move_to_end(key)
+            return value
+        del self._d[key]
+        return None
+
+    def put(self, key, tensors, value):
+        stamps = [_stamp(t) for t in tensors]
+        if any(st is None for st in stamps):
+            return
+        d = self._d
+
+        def gone(_ref, key=key, d=d):
+            d.pop(key, None)
+
+        d[key] = ([weakref.ref(t, gone) for t in tensors], stamps, value)
+        d.move_to_end(key)
+        while len(d) > self.size:
+            d.popitem(last=False)
+
+    def clear(self):
+        self._d.clear()
+
+
+_FINITE = _FiniteChecked()
+_MODELS = _ModelCache()
+_LAST_REASON: list = [None, None]  # [weakref to the last problem asked about, its answer]
+
+
+def clear_caches() -> None:
+    """Forget every weight check and packed model (after writing weights through ``.data``)."""
+    _FINITE.clear()
+    _MODELS.clear()
+    _LAST_REASON[0] = _LAST_REASON[1] = None
 
 
 def _state_reason(problem: Problem) -> str | None:
@@ -39,7 +137,26 @@ def _state_reason(problem: Problem) -> str | None:
 
 
 def prior_terms_reason(problem: Problem) -> str | None:
-    """Why the C++ kernels cannot evaluate this problem's prior (and MLP decoder), or None."""
+    """Why the C++ kernels cannot evaluate this problem's prior (and MLP decoder), or None.
+
+    Asked twice of one call (by the dispatch rule, then by ``run``'s backend): the second answer
+    is the first's."""
+    last = _LAST_REASON[0]
+    if last is not None and last() is problem:
+        return _LAST_REASON[1]
+    why = _prior_terms_reason(problem)
+    _LAST_REASON[0], _LAST_REASON[1] = weakref.ref(problem), why
+    return why
+
+
+def _weight_reason(t, what: str, device) -> str | None:
+    why = tensor_reason(t, what, device, "cpu")
+    if why is None and t.numel() and not _FINITE.finite(t):
+        return f"{what} contains NaN or inf"
+    return why
+
+
+def _prior_terms_reason(problem: Problem) -> str | None:
     why = _state_reason(problem)
     if why is not None:
         return why
@@ -72,8 +189,8 @@ def prior_terms_reason(problem: Problem) -> str | None:
         if any(not 1 <= w <= lim["max_width"] for w in widths):
             return f"the {name} has a layer width outside [1, {lim['max_width']}]: {widths}"
         for i, (w, b) in enumerate(zip(m.weights, m.biases)):
-            why = tensor_reason(w, f"the {name}'s weight {i}", problem.device, "cpu", finite=True) or (
-                None if b is None else tensor_reason(b, f"the {name}'s bias {i}", problem.device, "cpu", finite=True))
+            why = _weight_reason(w, f"the {name}'s weight {i}", problem.device) or (
+                None if b is None else _weight_reason(b, f"the {name}'s bias {i}", problem.device))
             if why:
                 return why
     why = (activations_reason(mlps, extension.ext_activations("cpu"), "cpu") or scalars_reason(spec, mlps)
@@ -104,7 +221,7 @@ def reason(problem: Problem) -> str | None:
 
 # ------------------------------------------------------------------------------------- packing
 
-def _mlp_arg(m: MLPSpec, keep: list) -> tuple:
+def _mlp_arg(m: MLPSpec, codes: dict, keep: list) -> tuple:
     sizes = [m.in_dim] + [int(w.shape[0]) for w in m.weights]
     ws, bs = [], []
     for w, b in zip(m.weights, m.biases):
@@ -117,19 +234,18 @@ def _mlp_arg(m: MLPSpec, keep: list) -> tuple:
             b = b.detach().contiguous()
             keep.append(b)
             bs.append(b.data_ptr())
-    codes = extension.cpu_ext.act_codes()
     return (sizes, ws, bs, codes[m.activation], float(m.act_param), codes[m.out_activation])
 
 
 def _build_model(problem: Problem, with_decoder: bool):
-    """The C++ Model (weights packed once, here) and the tensors that must outlive it."""
+    """The C++ Model (weights packed once per version of the weights: ``_MODELS``) and the
+    tensors that must outlive it."""
     spec = problem.spec
-    keep: list = []
-    mlps: list = []
+    specs: list[MLPSpec] = []
 
     def add(m: MLPSpec) -> int:
-        mlps.append(_mlp_arg(m, keep))
-        return len(mlps) - 1
+        specs.append(m)
+        return len(specs) - 1
 
     terms = [add(t) if t is not None else -1 for t in spec.layer_terms]
     joint = add(spec.joint_term) if spec.joint_term is not None else -1
@@ -142,8 +258,23 @@ def _build_model(problem: Problem, with_decoder: bool):
         sigma_x = post.sigma_x
     base = [float(s) for s in spec.base_sigma] if spec.base_sigma is not None else []
     ps = [float(s) for s in problem.prior_sigma] if problem.prior_sigma is not None else []
-    model = extension.cpu_ext.Model(list(spec.dims), mlps, terms, joint, gauss, floors, 1 if spec.space == "eps" else 0,
-                                    float(spec.energy_sign), base, ps, decoder, float(sigma_x))
+    space = 1 if spec.space == "eps" else 0
+    ext = extension.cpu_ext
+    tensors = [t for m in specs for t in (*m.weights, *m.biases) if t is not None]
+    # the instruction set is part of the key: set_isa() changes the kernels a new Model runs
+    key = (ext.isa(), tuple(spec.dims), tuple((m.activation, float(m.act_param), m.out_activation,
+                                               tuple(b is None for b in m.biases)) for m in specs),
+           tuple(terms), joint, tuple(gauss), tuple(floors), space, float(spec.energy_sign), tuple(base), tuple(ps),
+           decoder, float(sigma_x), tuple(id(t) for t in tensors))
+    hit = _MODELS.get(key, tensors)
+    if hit is not None:
+        return hit
+    keep: list = []
+    codes = ext.act_codes()
+    mlps = [_mlp_arg(m, codes, keep) for m in specs]
+    model = ext.Model(list(spec.dims), mlps, terms, joint, gauss, floors, space, float(spec.energy_sign), base, ps,
+                      decoder, float(sigma_x))
+    _MODELS.put(key, tensors, (model, keep))
     return model, keep
 
 
