@@ -261,8 +261,9 @@ def _build_model(problem: Problem, with_decoder: bool):
     space = 1 if spec.space == "eps" else 0
     ext = extension.cpu_ext
     tensors = [t for m in specs for t in (*m.weights, *m.biases) if t is not None]
-    # the instruction set is part of the key: set_isa() changes the kernels a new Model runs
-    key = (ext.isa(), tuple(spec.dims), tuple((m.activation, float(m.act_param), m.out_activation,
+    # the extension and its instruction set are part of the key: set_isa() changes the kernels a
+    # new Model runs
+    key = (id(ext), ext.isa(), tuple(spec.dims), tuple((m.activation, float(m.act_param), m.out_activation,
                                                tuple(b is None for b in m.biases)) for m in specs),
            tuple(terms), joint, tuple(gauss), tuple(floors), space, float(spec.energy_sign), tuple(base), tuple(ps),
            decoder, float(sigma_x), tuple(id(t) for t in tensors))
