@@ -43,9 +43,10 @@ _FUSABLE_FAMILY = ("this nn.Sequential is not of the fusable family: Linear laye
 # ------------------------------------------------------------------------------------- caches
 
 def _stamp(t: torch.Tensor):
-    """What identifies a tensor's values without reading them, or None (no version counter)."""
+    """What identifies a tensor's values without reading them, or None (no version counter).
+    (dtype and device changes come with a new address: ``.data = other``.)"""
     try:
-        return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t._version)
+        return (t._version, t.data_ptr(), t.shape, t.stride())
     except RuntimeError:  # an inference tensor
         return None
 
@@ -85,19 +86,18 @@ class _ModelCache:
         self.size = size
         self._d: OrderedDict = OrderedDict()
 
-    def get(self, key, tensors):
+    def get(self, key, tensors, stamps):
         e = self._d.get(key)
         if e is None:
             return None
-        refs, stamps, value = e
-        if all(r() is t and st == _stamp(t) for r, t, st in zip(refs, tensors, stamps)):
+        refs, old, value = e
+        if old == stamps and all(r() is t for r, t in zip(refs, tensors)):
             self._d.move_to_end(key)
             return value
         del self._d[key]
         return None
 
-    def put(self, key, tensors, value):
-        stamps = [_stamp(t) for t in tensors]
+    def put(self, key, tensors, stamps, value):
         if any(st is None for st in stamps):
             return
         d = self._d
@@ -116,14 +116,37 @@ class _ModelCache:
 
 _FINITE = _FiniteChecked()
 _MODELS = _ModelCache()
+_VERIFIED = _ModelCache(size=32)  # weight sets whose every per-tensor check passed, by identity
+_LIMITS = extension.cpu_limits()
 _LAST_REASON: list = [None, None]  # [weakref to the last problem asked about, its answer]
+_LAST_STAMPS: list = [None, None, None]  # [weakref to that problem, its MLPs' tensors, their stamps]
+
+
+def _tensors_and_stamps(problem: Problem, mlps):
+    """The weight tensors of ``mlps`` (in order) and their stamps, computed once per call (the
+    memo lives from the dispatch rule's question to the end of ``run``: _forget_call)."""
+    tensors = [t for _, m in mlps for t in (*m.weights, *m.biases) if t is not None]
+    last = _LAST_STAMPS[0]
+    if (last is not None and last() is problem and len(_LAST_STAMPS[1]) == len(tensors)
+            and all(a is b for a, b in zip(_LAST_STAMPS[1], tensors))):
+        return tensors, _LAST_STAMPS[2]
+    stamps = [_stamp(t) for t in tensors]
+    _LAST_STAMPS[:] = [weakref.ref(problem), tensors, stamps]
+    return tensors, stamps
+
+
+def _forget_call() -> None:
+    """End of a call: its answers are not reused by the next one (which may see new weights)."""
+    _LAST_REASON[0] = _LAST_REASON[1] = None
+    _LAST_STAMPS[:] = [None, None, None]
 
 
 def clear_caches() -> None:
     """Forget every weight check and packed model (after writing weights through ``.data``)."""
     _FINITE.clear()
     _MODELS.clear()
-    _LAST_REASON[0] = _LAST_REASON[1] = None
+    _VERIFIED.clear()
+    _forget_call()
 
 
 def _state_reason(problem: Problem) -> str | None:
@@ -171,7 +194,7 @@ def _prior_terms_reason(problem: Problem) -> str | None:
                 "(as the reference calls it), got a single tensor")
     if any(len(s) != 2 for s in problem.shapes):
         return f"a fused energy takes each layer as [B, d]; z has shapes {[tuple(s) for s in problem.shapes]}"
-    lim = extension.cpu_limits()
+    lim = _LIMITS
     L = len(spec.dims)
     if L > lim["max_latent"]:
         return f"{L} latent layers; the cpu kernels take at most {lim['max_latent']}"
@@ -181,18 +204,25 @@ def _prior_terms_reason(problem: Problem) -> str | None:
     mlps = named_mlps(spec, problem.posterior.decoder if problem.posterior is not None else None)
     if len(mlps) > lim["max_mlps"]:
         return f"{len(mlps)} MLPs; the cpu kernels take at most {lim['max_mlps']}"
-    for name, m in mlps:
-        if len(m.weights) > lim["max_linear_per_mlp"]:
-            return (f"the {name} has {len(m.weights)} Linear layers; the cpu kernels take at most "
-                    f"{lim['max_linear_per_mlp']}")
-        widths = [m.in_dim] + [w.shape[0] for w in m.weights]
-        if any(not 1 <= w <= lim["max_width"] for w in widths):
-            return f"the {name} has a layer width outside [1, {lim['max_width']}]: {widths}"
-        for i, (w, b) in enumerate(zip(m.weights, m.biases)):
-            why = _weight_reason(w, f"the {name}'s weight {i}", problem.device) or (
-                None if b is None else _weight_reason(b, f"the {name}'s bias {i}", problem.device))
-            if why:
-                return why
+    # the per-MLP and per-tensor checks depend only on the tensors (shapes, device, dtype, values):
+    # skipped while the same tensors keep the stamps they passed with
+    tensors, stamps = _tensors_and_stamps(problem, mlps)
+    key = (tuple(len(m.weights) for _, m in mlps), tuple(b is None for _, m in mlps for b in m.biases),
+           tuple(id(t) for t in tensors))
+    if _VERIFIED.get(key, tensors, stamps) is None:
+        for name, m in mlps:
+            if len(m.weights) > lim["max_linear_per_mlp"]:
+                return (f"the {name} has {len(m.weights)} Linear layers; the cpu kernels take at most "
+                        f"{lim['max_linear_per_mlp']}")
+            widths = [m.in_dim] + [w.shape[0] for w in m.weights]
+            if any(not 1 <= w <= lim["max_width"] for w in widths):
+                return f"the {name} has a layer width outside [1, {lim['max_width']}]: {widths}"
+            for i, (w, b) in enumerate(zip(m.weights, m.biases)):
+                why = _weight_reason(w, f"the {name}'s weight {i}", problem.device) or (
+                    None if b is None else _weight_reason(b, f"the {name}'s bias {i}", problem.device))
+                if why:
+                    return why
+        _VERIFIED.put(key, tensors, stamps, True)
     why = (activations_reason(mlps, extension.ext_activations("cpu"), "cpu") or scalars_reason(spec, mlps)
            or float32_constants_reason(problem, "cpu"))
     if why:
@@ -260,14 +290,14 @@ def _build_model(problem: Problem, with_decoder: bool):
     ps = [float(s) for s in problem.prior_sigma] if problem.prior_sigma is not None else []
     space = 1 if spec.space == "eps" else 0
     ext = extension.cpu_ext
-    tensors = [t for m in specs for t in (*m.weights, *m.biases) if t is not None]
+    tensors, stamps = _tensors_and_stamps(problem, [(None, m) for m in specs])
     # the extension and its instruction set are part of the key: set_isa() changes the kernels a
     # new Model runs
     key = (id(ext), ext.isa(), tuple(spec.dims), tuple((m.activation, float(m.act_param), m.out_activation,
                                                tuple(b is None for b in m.biases)) for m in specs),
            tuple(terms), joint, tuple(gauss), tuple(floors), space, float(spec.energy_sign), tuple(base), tuple(ps),
            decoder, float(sigma_x), tuple(id(t) for t in tensors))
-    hit = _MODELS.get(key, tensors)
+    hit = _MODELS.get(key, tensors, stamps)
     if hit is not None:
         return hit
     keep: list = []
@@ -275,7 +305,7 @@ def _build_model(problem: Problem, with_decoder: bool):
     mlps = [_mlp_arg(m, codes, keep) for m in specs]
     model = ext.Model(list(spec.dims), mlps, terms, joint, gauss, floors, space, float(spec.energy_sign), base, ps,
                       decoder, float(sigma_x))
-    _MODELS.put(key, tensors, (model, keep))
+    _MODELS.put(key, tensors, stamps, (model, keep))
     return model, keep
 
 
@@ -289,6 +319,7 @@ def run(problem: Problem, accept_record: torch.Tensor | None = None):
     """
     B, K = problem.batch, problem.n_steps
     model, keep = _build_model(problem, with_decoder=True)
+    _forget_call()
     x = [t.contiguous() for t in problem.z]
     out = [torch.empty_like(t) for t in x]
     xobs = 0
@@ -322,6 +353,7 @@ def posterior_energy_and_grad(problem: Problem):
     B, dims = problem.batch, problem.dims
     post = problem.posterior
     model, keep = _build_model(problem, with_decoder=False)
+    _forget_call()
     eps_space = problem.spec.space == "eps"
     x_obs, two_var = post.x_obs.detach(), 2 * post.sigma_x * post.sigma_x
     nt = extension.threads()
