@@ -12,7 +12,9 @@
 //
 // Instruction set: chosen once at import with __builtin_cpu_supports (AVX-512 F/DQ/BW/VL, else
 // AVX2+FMA, else the baseline build); the environment variable JEBM_ISA or set_isa() can pick a
-// lower one (tests use that to run the generic code on an AVX2 machine).
+// lower one (tests use that to run the generic code on an AVX2 machine) or a narrow build alone
+// (avx512-narrow8, avx512-narrow, avx2-narrow). With the best one, a call combines the wide
+// kernels and their narrow companions (Model::plan).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -521,8 +523,9 @@ PYBIND11_MODULE(_C, m) {
           py::arg("value"), py::arg("deriv"), "An activation's value and derivative at n floats (for tests).");
 
     py::class_<Model>(m, "Model",
-                      "An energy (prior, optional MLP decoder) with its weights packed for this CPU; "
-                      "packing happens here, once per langevin call.")
+                      "An energy (prior, optional MLP decoder) with its weights packed for this CPU (here for the "
+                      "current instruction set, on first use for its narrow companions); jebm_kernels' cpu backend "
+                      "keeps one per version of the weights, and each thread's scratch is kept between calls.")
         .def(py::init<const std::vector<int64_t>&, const std::vector<MLPArg>&, const std::vector<int64_t>&, int64_t,
                       const std::vector<int64_t>&, const std::vector<double>&, int64_t, double,
                       const std::vector<double>&, const std::vector<double>&, int64_t, double>(),

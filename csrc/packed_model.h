@@ -1,6 +1,8 @@
-// The model as the CPU kernels hold it: each MLP's weights packed once per call into forward (W)
-// and input-gradient (W^T) panels (gemm.h), the layer offsets of concat(z); and the per-thread
-// scratch of one chain block (Work), carved out of one aligned allocation.
+// The model as the CPU kernels hold it: each MLP's weights packed into forward (W) and
+// input-gradient (W^T) panels (gemm.h), the layer offsets of concat(z); and the per-thread scratch
+// of one chain block (Work), carved out of one aligned allocation. A model is packed once per
+// version of the weights (jebm_kernels/prior_chain/cpu.py keeps _C.Model objects), once per build
+// it runs on (bindings.cpp packs each on first use).
 // Part of isa_kernels.h (uses gemm.h; ModelDesc from kernels.h).
 #pragma once
 #ifndef JEBM_ISA_KERNELS
