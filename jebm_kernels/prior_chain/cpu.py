@@ -14,12 +14,13 @@ is reported); the C++ side checks sizes and addresses again and raises ValueErro
 
 Per-call work is done once per version of the weights: the NaN/inf scan of a weight and the
 packed C++ model (``_C.Model``: the weights in the kernels' panel layout, each thread's scratch)
-are kept and reused while the tensors are the same objects with the same stamp (address, shape,
-strides, dtype and ``_version``). Every in-place write autograd can see bumps ``_version``
-(an optimizer step, ``load_state_dict``, ``w.add_(...)`` under ``no_grad``), so the next call
-re-reads the weights; writes through ``.data`` (``w.data.copy_(...)``) do not: call
-``clear_caches()`` after those. Entries go when their tensors do (weak references); inference
-tensors (no version counter) are never cached.
+are kept and reused while the tensors are the same objects with the same stamp (``_version`` and
+address). Every in-place write autograd can see bumps ``_version`` (an optimizer step,
+``load_state_dict``, ``w.add_(...)`` under ``no_grad``, ``set_``, ``resize_``), and a new tensor
+behind a parameter (``w.data = other``) has another address, so the next call re-reads the weights.
+Writes through ``.data`` (``w.data.copy_(...)``) bump nothing, nor does ``w.data = w.data.t()``
+(same address): call ``clear_caches()`` after those. Entries go when their tensors do (weak
+references); inference tensors (no version counter) are never cached.
 """
 from __future__ import annotations
 
@@ -43,12 +44,18 @@ _FUSABLE_FAMILY = ("this nn.Sequential is not of the fusable family: Linear laye
 # ------------------------------------------------------------------------------------- caches
 
 def _stamp(t: torch.Tensor):
-    """What identifies a tensor's values without reading them, or None (no version counter).
-    (dtype and device changes come with a new address: ``.data = other``.)"""
+    """What identifies a tensor's values without reading them, or None (no version counter)."""
     try:
-        return (t._version, t.data_ptr(), t.shape, t.stride())
+        return (t._version, t.data_ptr())
     except RuntimeError:  # an inference tensor
         return None
+
+
+def _stamps(tensors: list) -> list:
+    try:
+        return [(t._version, t.data_ptr()) for t in tensors]
+    except RuntimeError:  # an inference tensor among them
+        return [_stamp(t) for t in tensors]
 
 
 class _FiniteChecked:
@@ -130,7 +137,7 @@ def _tensors_and_stamps(problem: Problem, mlps):
     if (last is not None and last() is problem and len(_LAST_STAMPS[1]) == len(tensors)
             and all(a is b for a, b in zip(_LAST_STAMPS[1], tensors))):
         return tensors, _LAST_STAMPS[2]
-    stamps = [_stamp(t) for t in tensors]
+    stamps = _stamps(tensors)
     _LAST_STAMPS[:] = [weakref.ref(problem), tensors, stamps]
     return tensors, stamps
 
