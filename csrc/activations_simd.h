@@ -21,11 +21,16 @@ JEBM_INLINE vf act_v(float p, vf a, vf& d) {
         d = sel(pos, splat(1.0f), splat(0.0f));
         return sel(pos, a, sel(a != a, a, splat(0.0f)));
     } else if constexpr (ACT == ACT_GELU) {
+        // a Phi(a) = a (1 + erf(x)) / 2, x = a / sqrt(2); e1 = 1 + erf(x) from verf's two fits
+        // directly: 1 + x P(x^2) below 1, else erfc(|x|) = exp(-x^2) Q(1/|x|) / |x| (0 from 4 on)
+        // and e1 = 2 - erfc or erfc by the sign (no cancellation on the negative side)
         const vf x = a * kSqrt1_2;
-        const vf ex = vexp(-(x * x));  // exp(-a^2 / 2): erf's tail and the normal density
-        const vf e1 = 1.0f + verf_ex(x, ex);
-        d = 0.5f * e1 + a * (kInvSqrt2Pi * ex);
-        return (a * 0.5f) * e1;
+        const vf x2 = x * x;
+        const vf ex = vexp_nonpos(-x2);  // exp(-a^2 / 2): erfc's factor and the normal density
+        const vf ax = vabs(x);
+        const vf e1 = sel(ax < 1.0f, 1.0f + erf_small_poly(x2) * x, erfc_big(ax, ex, x > 0.0f));
+        d = sel(a != a, a, 0.5f * e1 + a * (kInvSqrt2Pi * ex));
+        return sel(a != a, a, (a * 0.5f) * e1);
     } else if constexpr (ACT == ACT_GELU_TANH) {
         const vf a2 = a * a;
         const vf inner = kSqrt2OverPi * (a + kGeluTanhC * a2 * a);
@@ -62,15 +67,15 @@ JEBM_INLINE vf act_v(float p, vf a, vf& d) {
 
 template <int ACT>
 void act_rows_t(float p, float* buf, float* der, size_t n) {
-    for (size_t i = 0; i < n; i += V) {
+    flat_for(n, [&](size_t i, int m) {
         vf d;
-        const vf v = act_v<ACT>(p, ld(buf + i), d);
-        st(buf + i, v);
-        st(der + i, d);
-    }
+        const vf v = act_v<ACT>(p, ldp(buf + i, m), d);
+        stp(buf + i, v, m);
+        stp(der + i, d, m);
+    });
 }
 
-// buf[n] <- act(buf), der[n] <- act'(buf); n a multiple of V.
+// buf[n] <- act(buf), der[n] <- act'(buf).
 static_assert(ACT_COUNT == 9, "a new activation code: add its branch to act_v and its case here");
 void act_rows(int act, float p, float* buf, float* der, size_t n) {
     switch (act) {

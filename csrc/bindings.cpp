@@ -12,7 +12,9 @@
 //
 // Instruction set: chosen once at import with __builtin_cpu_supports (AVX-512 F/DQ/BW/VL, else
 // AVX2+FMA, else the baseline build); the environment variable JEBM_ISA or set_isa() can pick a
-// lower one (tests use that to run the generic code on an AVX2 machine).
+// lower one (tests use that to run the generic code on an AVX2 machine) or a narrow build alone
+// (avx512-narrow8, avx512-narrow, avx2-narrow). With the best one, a call combines the wide
+// kernels and their narrow companions (Model::plan).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -20,6 +22,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <atomic>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -37,22 +41,29 @@ namespace {
 
 const IsaOps* g_isa = nullptr;
 // True while g_isa is the best instruction set this CPU has (not forced to another by JEBM_ISA or
-// set_isa): then small batches may run on the narrow kernels (see Model::pick).
+// set_isa): then a call runs on the wide kernels and its narrow companions (see Model::plan).
 bool g_auto = true;
+
+// Every kernel build, best first: the wide kernels of an instruction set, then its narrow ones
+// (blocks of 8 or 4 chains), which the automatic choice uses for small batches and for the last
+// chains of a call. Forcing a name (JEBM_ISA, set_isa) runs every block on that build alone.
+constexpr const char* kIsaNames[] = {"avx512", "avx512-narrow8", "avx512-narrow", "avx2", "avx2-narrow", "generic"};
 
 bool cpu_has(const std::string& name) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (name == "avx512")
+    if (name.rfind("avx512", 0) == 0)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-    if (name == "avx2" || name == "avx2-narrow") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (name.rfind("avx2", 0) == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
     return name == "generic";
 }
 
 const IsaOps* isa_by_name(const std::string& name) {
     if (name == "avx512") return isa_avx512();
+    if (name == "avx512-narrow8") return isa_avx512_narrow8();
+    if (name == "avx512-narrow") return isa_avx512_narrow();
     if (name == "avx2") return isa_avx2();
     if (name == "avx2-narrow") return isa_avx2_narrow();
     if (name == "generic") return isa_generic();
@@ -61,9 +72,34 @@ const IsaOps* isa_by_name(const std::string& name) {
 
 std::vector<std::string> usable_isas() {
     std::vector<std::string> out;
-    for (const char* n : {"avx512", "avx2", "avx2-narrow", "generic"})
+    for (const char* n : kIsaNames)
         if (isa_by_name(n) && cpu_has(n)) out.push_back(n);
     return out;
+}
+
+// The builds a call may combine, widest first: under the automatic choice the wide kernels and
+// their narrow companions, otherwise the forced build alone.
+std::vector<const IsaOps*> isa_family(const IsaOps* isa, bool automatic) {
+    std::vector<const IsaOps*> f{isa};
+    if (!automatic) return f;
+    const char* narrow[2] = {nullptr, nullptr};
+    if (isa == isa_avx512()) {
+        narrow[0] = "avx512-narrow8";
+        narrow[1] = "avx512-narrow";
+    } else if (isa == isa_avx2()) {
+        narrow[0] = "avx2-narrow";
+    }
+    for (const char* n : narrow)
+        if (n && isa_by_name(n) && cpu_has(n)) f.push_back(isa_by_name(n));
+    return f;
+}
+
+// Relative cost of one block of a build: its chains, weighted by how much less of the FMA peak a
+// narrow block's GEMM reaches (measured on Zen 5 and Zen 1: ~85% with 8 chains, ~65% with 4).
+double block_cost(const IsaOps* ops, int widest) {
+    const int nb = ops->block_chains;
+    if (nb >= widest || nb >= ops->vector_width) return nb;
+    return nb * (nb >= 8 ? 1.2 : 1.5);
 }
 
 void set_isa(const std::string& name) {
@@ -173,14 +209,18 @@ public:
             if (!(std::isfinite(sigma_x) && sigma_x > 0)) bad("sigma_x must be finite and > 0");
             d.dec_den = two_sigma_squared(sigma_x, "sigma_x");
         }
+        family_ = isa_family(ops_, g_auto);
+        packed_.assign(family_.size(), nullptr);
         model_ = ops_->pack(desc_.get());
         if (!model_) throw std::bad_alloc();
-        if (g_auto && (ops_ == isa_avx512() || ops_ == isa_avx2()) && cpu_has("avx2")) small_ = isa_avx2_narrow();
+        packed_[0] = model_;
     }
 
     ~Model() {
-        if (model_) ops_->release(model_);
-        if (small_model_) small_->release(small_model_);
+        for (size_t t = 0; t < works_.size(); ++t)
+            if (works_[t]) family_[t % family_.size()]->work_free(works_[t]);
+        for (size_t v = 0; v < family_.size(); ++v)
+            if (packed_[v]) family_[v]->release(packed_[v]);
     }
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
@@ -215,14 +255,7 @@ public:
             sa.assign((size_t)(K * B), 0);
             a.st_accept = sa.data();
         }
-        const IsaOps* ops = pick(a.B, a.nthreads);
-        void* packed = ops == ops_ ? model_ : small_model_;
-        int rc;
-        {
-            py::gil_scoped_release nogil;
-            rc = ops->chain(packed, &a);
-        }
-        if (rc) throw std::bad_alloc();
+        run_plan(a);
         for (int64_t k = 0; k < K; ++k) {
             if (e_out) {
                 double se_k = 0, sg_k = 0;
@@ -285,29 +318,102 @@ public:
     std::string isa() const { return ops_->name; }
 
 private:
-    // Chains one thread computes (padding lanes included) when B chains in blocks of nb are shared
-    // by nt threads.
-    static int64_t lanes_per_thread(int64_t B, int nb, int nt) {
-        const int64_t blocks = (B + nb - 1) / nb;
-        return (blocks + nt - 1) / nt * nb;
+    // One piece of a call: chains b0 .. b0 + n - 1 on build v (blocks of its block_chains).
+    struct Piece {
+        int v;
+        int64_t b0, n;
+    };
+
+    // How a call's B chains are shared: thread t gets chains [B t / nt, B (t + 1) / nt) (the same
+    // count, +-1, for every thread: no thread waits for another's padding), and runs them as whole
+    // blocks of the widest build, then the rest on the cheapest mix of blocks (block_cost). Every
+    // build does the same arithmetic per chain, so the result depends on neither the plan nor the
+    // thread count. Batch 8 on 2 threads: one 4-chain block per thread (wide: one half-empty
+    // block on one thread).
+    std::vector<std::vector<Piece>> plan(int64_t B, int nt) const {
+        const int nv = (int)family_.size();
+        const int widest = family_[0]->block_chains;
+        // best[r]: the cheapest cover of r < widest chains: (cost, build of its first block)
+        std::vector<double> best(widest, 0.0);
+        std::vector<int> first(widest, 0);
+        for (int r = 1; r < widest; ++r) {
+            best[r] = 1e300;
+            for (int v = 0; v < nv; ++v) {
+                const int nb = family_[v]->block_chains;
+                const double c = block_cost(family_[v], widest) + (r > nb ? best[r - nb] : 0.0);
+                if (c < best[r]) {
+                    best[r] = c;
+                    first[r] = v;
+                }
+            }
+        }
+        std::vector<std::vector<Piece>> out((size_t)nt);
+        for (int t = 0; t < nt; ++t) {
+            int64_t lo = B * t / nt;
+            const int64_t hi = B * (t + 1) / nt;
+            const int64_t full = (hi - lo) / widest * widest;
+            if (full) out[t].push_back({0, lo, full});
+            lo += full;
+            while (lo < hi) {
+                const int v = first[hi - lo];
+                const int64_t n = std::min<int64_t>(hi - lo, family_[v]->block_chains);
+                if (!out[t].empty() && out[t].back().v == v && out[t].back().b0 + out[t].back().n == lo)
+                    out[t].back().n += n;
+                else
+                    out[t].push_back({v, lo, n});
+                lo += n;
+            }
+        }
+        return out;
     }
 
-    // The wide kernels, or the narrow ones when a small batch would leave threads idle or lanes
-    // empty: narrow is chosen when its lanes per thread, weighted by how much narrower its vectors
-    // are (the worst case, a CPU whose FMA throughput scales with width), are no more than the
-    // wide kernels'. Batch 8 on 2 threads: avx2 runs one 16-chain block (half empty) on one
-    // thread, narrow two 4-chain blocks, one per thread (CVPR prior, K = 60: 39.6 -> 14.6 ms
-    // per chain on the 2-core Zen 1 machine, BENCHMARKS.md). The results are bitwise the same either way. Packs the narrow model once.
-    const IsaOps* pick(int64_t B, int nt) {
-        if (!small_) return ops_;
-        const int64_t wide = lanes_per_thread(B, ops_->block_chains, nt);
-        const int64_t narrow = lanes_per_thread(B, small_->block_chains, nt) * (ops_->vector_width / small_->vector_width);
-        if (narrow > wide) return ops_;
-        if (!small_model_) {
-            small_model_ = small_->pack(desc_.get());
-            if (!small_model_) throw std::bad_alloc();
+    // Runs the call by plan(): the builds' weights packed on first use, each thread's scratch kept
+    // for the next call (unless another thread runs this model at the same time).
+    void run_plan(const ChainArgs& a) {
+        const int nt = (int)std::min<int64_t>(a.nthreads, std::max<int64_t>(a.B, 1));
+        const auto pieces = plan(a.B, nt);
+        const int nv = (int)family_.size();
+        for (const auto& tp : pieces)
+            for (const Piece& p : tp)
+                if (!packed_[p.v]) {
+                    packed_[p.v] = family_[p.v]->pack(desc_.get());
+                    if (!packed_[p.v]) throw std::bad_alloc();
+                }
+        struct Busy {
+            std::atomic<bool>& flag;
+            bool own;
+            ~Busy() {
+                if (own) flag.store(false);
+            }
+        } busy{busy_, !busy_.exchange(true)};
+        std::vector<void*> local;
+        std::vector<void*>& works = busy.own ? works_ : local;
+        if (works.size() < (size_t)nt * nv) works.resize((size_t)nt * nv, nullptr);
+        std::atomic<int> failed{0};
+        auto run_thread = [&](int t) {
+            for (const Piece& p : pieces[t]) {
+                void*& w = works[(size_t)t * nv + p.v];
+                if (!w) w = family_[p.v]->work_alloc(packed_[p.v]);
+                if (!w) {
+                    failed = 1;
+                    return;
+                }
+                family_[p.v]->chain_range(packed_[p.v], w, &a, p.b0, p.n);
+            }
+        };
+        {
+            py::gil_scoped_release nogil;
+            if (nt == 1) {
+                run_thread(0);
+            } else {
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+                for (int t = 0; t < nt; ++t) run_thread(t);
+            }
         }
-        return small_;
+        if (!busy.own)
+            for (size_t i = 0; i < local.size(); ++i)
+                if (local[i]) family_[i % nv]->work_free(local[i]);
+        if (failed) throw std::bad_alloc();
     }
 
     template <class T>
@@ -318,9 +424,11 @@ private:
 
     const IsaOps* ops_;
     std::unique_ptr<ModelDesc> desc_;
-    void* model_ = nullptr;
-    const IsaOps* small_ = nullptr;   // narrow kernels for small batches, or nullptr
-    void* small_model_ = nullptr;
+    void* model_ = nullptr;                // packed for ops_ (= packed_[0])
+    std::vector<const IsaOps*> family_;    // the builds a call may combine, widest (ops_) first
+    std::vector<void*> packed_;            // the model packed for each, on first use
+    std::vector<void*> works_;             // [thread * family size + build]: scratch kept between calls
+    std::atomic<bool> busy_{false};        // a call is using works_
     int D_ = 0;
 };
 
@@ -415,8 +523,9 @@ PYBIND11_MODULE(_C, m) {
           py::arg("value"), py::arg("deriv"), "An activation's value and derivative at n floats (for tests).");
 
     py::class_<Model>(m, "Model",
-                      "An energy (prior, optional MLP decoder) with its weights packed for this CPU; "
-                      "packing happens here, once per langevin call.")
+                      "An energy (prior, optional MLP decoder) with its weights packed for this CPU (here for the "
+                      "current instruction set, on first use for its narrow companions); jebm_kernels' cpu backend "
+                      "keeps one per version of the weights, and each thread's scratch is kept between calls.")
         .def(py::init<const std::vector<int64_t>&, const std::vector<MLPArg>&, const std::vector<int64_t>&, int64_t,
                       const std::vector<int64_t>&, const std::vector<double>&, int64_t, double,
                       const std::vector<double>&, const std::vector<double>&, int64_t, double>(),

@@ -25,6 +25,20 @@ void store_rows(const float* rows, int d, int64_t b0, int nb, float* dst) {
     }
 }
 
+// The Philox counter increments of a layer's noise over one vector of a block's rows: element
+// (row j, chain b) of layer l draws counter lbase + b * d_l + j (problem.py's layout). A vector at
+// flat index i of the layer's rows (j0 = i / NB, b0 = i % NB) covers lanes (i + t): counters
+// lbase + j0 + inc[t], inc[t] = ((b0 + t) % NB) * d_l + (b0 + t) / NB. b0 takes NB / V values in a
+// wide block (one pattern per vector of chains), only 0 in a narrow one (V / NB rows per vector).
+constexpr int kIncPatterns = NB > V ? NB / V : 1;
+inline void noise_increments(int dl, vu* inc) {
+    for (int p = 0; p < kIncPatterns; ++p)
+        for (int t = 0; t < V; ++t) {
+            const uint32_t q = (uint32_t)(p * V + t);
+            inc[p][t] = (q % NB) * (uint32_t)dl + q / NB;
+        }
+}
+
 void chain_block(const Model& M, Work& W, const ChainArgs& A, int64_t b0, int nb) {
     const ModelDesc& d = M.d;
     const int L = d.L;
@@ -33,29 +47,32 @@ void chain_block(const Model& M, Work& W, const ChainArgs& A, int64_t b0, int nb
     if (d.decoder >= 0) load_rows(A.xobs, d.P, b0, nb, W.XO);
     float *X = W.X, *G = W.G, *XP = W.XP, *GP = W.GP, *U = W.U, *UP = W.UP;
     const vu lane = lane_index();
+    vu incs[kMaxLatent][kIncPatterns];
+    for (int l = 0; l < L; ++l) noise_increments(d.dims[l], incs[l]);
     if (A.K > 0) eval_block(M, W, X, U, G, nullptr, nullptr);
     for (int64_t k = 0; k < A.K; ++k) {
         if (A.st_energy) {
             for (int i = 0; i < nb; ++i) A.st_energy[k * B + b0 + i] = U[i];
-            for (int c = 0; c < TC; ++c) st(W.lane + c * V, vsqrt(sum_sq_rows(G, M.D, c)));
+            for (int c = 0; c < TC; ++c) stc(W.lane + c * CV, csqrt(sum_sq_rows(G, M.D, c)));
             for (int i = 0; i < nb; ++i) A.st_gnorm[k * B + b0 + i] = W.lane[i];
         }
         const uint64_t base = A.offset + (uint64_t)k * A.stride;
-        // the proposal x - h g + c xi, xi at the problem.py layout
+        // the proposal x - h g + c xi, xi at the problem.py layout, over each layer's rows
         for (int l = 0; l < L; ++l) {
             const int dl = d.dims[l];
-            const vf h = splat(A.h[l]), cc = splat(A.c[l]);
-            vu inc[TC];
-            for (int c = 0; c < TC; ++c) inc[c] = (lane + (uint32_t)(c * V)) * (uint32_t)dl;
+            const float h = A.h[l], cc = A.c[l];
             const uint64_t lbase = base + (uint64_t)B * M.off[l] + (uint64_t)b0 * dl;
-            for (int j = 0; j < dl; ++j) {
-                for (int c = 0; c < TC; ++c) {
-                    const size_t i = (size_t)(M.off[l] + j) * NB + c * V;
-                    const vf xi = normal_vec(A.seed, lbase + j, inc[c]);
-                    st(XP + i, (ld(X + i) - h * ld(G + i)) + cc * xi);
-                    if (A.mala) st(W.XI + i, xi);
-                }
-            }
+            const size_t o = (size_t)M.off[l] * NB;
+            const float *x = X + o, *g = G + o;
+            float *xp = XP + o, *xi_out = W.XI + o;
+            const bool mala = A.mala;
+            const vu* inc = incs[l];
+            for_normals((size_t)dl * NB, A.seed, [&](size_t i) { return lbase + i / NB; },
+                        [&](size_t i) { return inc[(i % NB) / V % kIncPatterns]; },
+                        [&](size_t i, int m, vf xi) {
+                            stp(xp + i, (ldp(x + i, m) - h * ldp(g + i, m)) + cc * xi, m);
+                            if (mala) stp(xi_out + i, xi, m);
+                        });
         }
         if (!A.mala) {
             float* t = X;
@@ -66,35 +83,36 @@ void chain_block(const Model& M, Work& W, const ChainArgs& A, int64_t b0, int nb
         }
         eval_block(M, W, XP, UP, GP, nullptr, nullptr);
         const uint64_t ubase = base + (uint64_t)B * M.D + (uint64_t)b0;
+        // log of each chain's uniform (counter ubase + chain), flat
+        for (int i = 0; i < NB; i += V) st(W.lane + i, vlog(uniform_vec(A.seed, ubase + (uint64_t)i, lane)));
         for (int c = 0; c < TC; ++c) {
-            vf qf = vf{}, qb = vf{};
+            cf qf = cf{}, qb = cf{};
             for (int l = 0; l < L; ++l) {
-                const vf h = splat(A.h[l]);
-                vf sf = vf{}, sb = vf{};
+                const float h = A.h[l];
+                cf sf = cf{}, sb = cf{};
                 for (int j = 0; j < d.dims[l]; ++j) {
-                    const size_t i = (size_t)(M.off[l] + j) * NB + c * V;
-                    const vf xi = ld(W.XI + i);
+                    const size_t i = (size_t)(M.off[l] + j) * NB + c * CV;
+                    const cf xi = ldc(W.XI + i);
                     sf = sf + xi * xi;
-                    const vf r = (ld(X + i) - ld(XP + i)) + h * ld(GP + i);
+                    const cf r = (ldc(X + i) - ldc(XP + i)) + h * ldc(GP + i);
                     sb = sb + r * r;
                 }
                 qf = qf + sf;
                 qb = qb + sb / A.mala_den[l];
             }
-            const vf log_q_fwd = -0.5f * qf;
-            const vf log_q_bwd = -qb;
-            const vf la = ((ld(U + c * V) - ld(UP + c * V)) + log_q_bwd) - log_q_fwd;
-            const vf un = uniform_vec(A.seed, ubase + (uint64_t)(c * V), lane);
-            const vi acc = vlog(un) < la;
-            st(U + c * V, sel(acc, ld(UP + c * V), ld(U + c * V)));
+            const cf log_q_fwd = -0.5f * qf;
+            const cf log_q_bwd = -qb;
+            const cf la = ((ldc(U + c * CV) - ldc(UP + c * CV)) + log_q_bwd) - log_q_fwd;
+            const ci acc = ldc(W.lane + c * CV) < la;
+            stc(U + c * CV, selc(acc, ldc(UP + c * CV), ldc(U + c * CV)));
             for (int r = 0; r < M.D; ++r) {
-                const size_t i = (size_t)r * NB + c * V;
-                st(X + i, sel(acc, ld(XP + i), ld(X + i)));
-                st(G + i, sel(acc, ld(GP + i), ld(G + i)));
+                const size_t i = (size_t)r * NB + c * CV;
+                stc(X + i, selc(acc, ldc(XP + i), ldc(X + i)));
+                stc(G + i, selc(acc, ldc(GP + i), ldc(G + i)));
             }
             if (A.st_accept) {
-                for (int i = 0; i < V; ++i) {
-                    const int lane_i = c * V + i;
+                for (int i = 0; i < CV; ++i) {
+                    const int lane_i = c * CV + i;
                     if (lane_i < nb) A.st_accept[k * B + b0 + lane_i] = acc[i] ? 1 : 0;
                 }
             }
@@ -129,9 +147,30 @@ int for_each_block(const Model& M, int64_t B, int nthreads, Fn fn) {
     return failed;
 }
 
-int run_chain(const void* mp, const ChainArgs* A) {
+// A thread's scratch, kept by the caller between calls (bindings.cpp schedules the blocks).
+void* work_alloc(const void* mp) {
+    Work* W = (Work*)malloc(sizeof(Work));
+    if (!W) return nullptr;
+    if (!alloc_work(*(const Model*)mp, *W)) {
+        free(W);
+        return nullptr;
+    }
+    return W;
+}
+
+void work_free(void* p) {
+    Work* W = (Work*)p;
+    if (!W) return;
+    free(W->mem);
+    free(W);
+}
+
+// Chains b0 .. b0 + n - 1 of a call, in blocks of NB (the last one holding the rest), on the
+// calling thread with its scratch from work_alloc.
+void chain_range(const void* mp, void* work, const ChainArgs* A, int64_t b0, int64_t n) {
     const Model& M = *(const Model*)mp;
-    return for_each_block(M, A->B, A->nthreads, [&](Work& W, int64_t b0, int nb) { chain_block(M, W, *A, b0, nb); });
+    Work& W = *(Work*)work;
+    for (int64_t s = 0; s < n; s += NB) chain_block(M, W, *A, b0 + s, (int)(n - s < NB ? n - s : NB));
 }
 
 int run_eval(const void* mp, const EvalArgs* A) {

@@ -16,7 +16,7 @@
 #define JEBM_VW 8
 #define JEBM_FMA 256
 #define JEBM_TILE_R 6
-#define JEBM_TILE_C 2
+#define JEBM_NB 16
 #define JEBM_ISA_NAME "avx2"
 #include "isa_kernels.h"
 #pragma GCC pop_options

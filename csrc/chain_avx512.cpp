@@ -1,5 +1,6 @@
 // The kernels of isa_kernels.h for AVX-512 (F, DQ, BW, VL): 16 floats per vector, blocks of 32
-// chains, a 12 x 2 register tile (24 zmm accumulators). Chosen at run time by bindings.cpp.
+// chains, a 12 x 2 register tile (24 zmm accumulators). Chosen at run time by bindings.cpp, which
+// runs the last chains of a call (fewer than 32) on the narrow AVX-512 kernels.
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -16,7 +17,7 @@
 #define JEBM_VW 16
 #define JEBM_FMA 512
 #define JEBM_TILE_R 12
-#define JEBM_TILE_C 2
+#define JEBM_NB 32
 #define JEBM_ISA_NAME "avx512"
 #include "isa_kernels.h"
 #pragma GCC pop_options

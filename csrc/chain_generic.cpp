@@ -16,7 +16,7 @@
 #define JEBM_VW 4
 #define JEBM_FMA 0
 #define JEBM_TILE_R 6
-#define JEBM_TILE_C 2
+#define JEBM_NB 8
 #define JEBM_ISA_NAME "generic"
 #include "isa_kernels.h"
 

@@ -100,7 +100,11 @@ struct IsaOps {
     int block_chains;                   // chains per block in the fused kernels
     void* (*pack)(const ModelDesc*);    // nullptr when out of memory
     void (*release)(void*);
-    int (*chain)(const void* model, const ChainArgs*);
+    // A thread's scratch for chain_range (nullptr when out of memory), and its release.
+    void* (*work_alloc)(const void* model);
+    void (*work_free)(void* work);
+    // Chains b0 .. b0 + n - 1 of the call, in blocks of block_chains, on the calling thread.
+    void (*chain_range)(const void* model, void* work, const ChainArgs*, int64_t b0, int64_t n);
     int (*eval)(const void* model, const EvalArgs*);
     void (*update)(const UpdateArgs*);
     void (*randn)(uint64_t seed, uint64_t offset, int64_t n, float* out, int nthreads);
@@ -111,6 +115,8 @@ struct IsaOps {
 const IsaOps* isa_generic();
 const IsaOps* isa_avx2();     // nullptr where not compiled (non-x86)
 const IsaOps* isa_avx512();   // nullptr where not compiled (non-x86)
-const IsaOps* isa_avx2_narrow();  // 4-float AVX2 kernels for small batches; nullptr where not compiled
+const IsaOps* isa_avx2_narrow();      // AVX2, blocks of 4 chains (small batches); nullptr where not compiled
+const IsaOps* isa_avx512_narrow();    // AVX-512, blocks of 4 chains; nullptr where not compiled
+const IsaOps* isa_avx512_narrow8();   // AVX-512, blocks of 8 chains; nullptr where not compiled
 
 }  // namespace jebm

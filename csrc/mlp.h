@@ -19,7 +19,7 @@ void mlp_fwd(const PMLP& m, MWork& w, const float* in) {
 }
 
 inline void mul_rows(float* dst, const float* a, const float* b, size_t n) {
-    for (size_t i = 0; i < n; i += V) st(dst + i, ld(a + i) * ld(b + i));
+    flat_for(n, [&](size_t i, int m) { stp(dst + i, ldp(a + i, m) * ldp(b + i, m), m); });
 }
 
 // gin[in, NB] += d out / d in ^T gout[out, NB], with the activations of the last mlp_fwd.

@@ -1,6 +1,8 @@
-// The model as the CPU kernels hold it: each MLP's weights packed once per call into forward (W)
-// and input-gradient (W^T) panels (gemm.h), the layer offsets of concat(z); and the per-thread
-// scratch of one chain block (Work), carved out of one aligned allocation.
+// The model as the CPU kernels hold it: each MLP's weights packed into forward (W) and
+// input-gradient (W^T) panels (gemm.h), the layer offsets of concat(z); and the per-thread scratch
+// of one chain block (Work), carved out of one aligned allocation. A model is packed once per
+// version of the weights (jebm_kernels/prior_chain/cpu.py keeps _C.Model objects), once per build
+// it runs on (bindings.cpp packs each on first use).
 // Part of isa_kernels.h (uses gemm.h; ModelDesc from kernels.h).
 #pragma once
 #ifndef JEBM_ISA_KERNELS
@@ -44,6 +46,7 @@ struct Work {
     float* U;
     float* UP;
     float* lane;             // NB scratch
+    float* TT;               // [max d_l, NB]: per-element terms before their per-chain sums
     MWork mw[kMaxMLPs];
     float* mem;
 };
@@ -56,8 +59,9 @@ void* pack_model(const ModelDesc* desc) {
     for (int i = 0; i < desc->n_mlps; ++i) {
         const MLPDesc& md = desc->mlps[i];
         for (int l = 0; l < md.n_layers; ++l) {
-            const size_t nk = (size_t)md.sizes[l] * md.sizes[l + 1];
-            total += 2 * nk + (size_t)md.sizes[l + 1] + 32;
+            const int N = md.sizes[l + 1], K = md.sizes[l];
+            total += round_up(packed_floats(N, K), 16) + round_up(packed_floats(K, N), 16) +
+                     round_up(panel_rows(N), 16) + 48;
         }
     }
     float* mem = nullptr;
@@ -81,19 +85,21 @@ void* pack_model(const ModelDesc* desc) {
         }
         for (int l = 0; l < md.n_layers; ++l) {
             const int N = md.sizes[l + 1], K = md.sizes[l];
+            // every panel 64-byte aligned
             pm.fw[l] = cur;
             pack_panels(md.w[l], N, K, false, cur);
-            cur += (size_t)N * K + 16;
+            cur += round_up(packed_floats(N, K), 16) + 16;
             pm.bw[l] = cur;
             pack_panels(md.w[l], K, N, true, cur);
-            cur += (size_t)N * K + 16;
+            cur += round_up(packed_floats(K, N), 16) + 16;
             if (md.b[l]) {
                 pm.bias[l] = cur;
                 __builtin_memcpy(cur, md.b[l], (size_t)N * sizeof(float));
+                for (size_t r = (size_t)N; r < panel_rows(N); ++r) cur[r] = 0.0f;
             } else {
                 pm.bias[l] = nullptr;
             }
-            cur += N;
+            cur += round_up(panel_rows(N), 16) + 16;
         }
     }
     M->D = 0;
@@ -122,7 +128,7 @@ size_t carve(const Model& M, float* base, Work* w) {
     size_t n = 0;
     auto take = [&](size_t rows) -> float* {
         float* p = base ? base + n : nullptr;
-        n += rows * NB + 16;  // 16 floats apart: each region starts 64-byte aligned
+        n += round_up(rows * NB, 16) + 16;  // each region starts 64-byte aligned, whole vectors
         return p;
     };
     const ModelDesc& d = M.d;
@@ -144,6 +150,10 @@ size_t carve(const Model& M, float* base, Work* w) {
     W.U = take(1);
     W.UP = take(1);
     W.lane = take(1);
+    int dmax = 1;
+    for (int l = 0; l < d.L; ++l)
+        if (d.dims[l] > dmax) dmax = d.dims[l];
+    W.TT = take(dmax);
     for (int i = 0; i < d.n_mlps; ++i) {
         const PMLP& pm = M.m[i];
         for (int l = 0; l < pm.nl; ++l) {

@@ -8,66 +8,61 @@
 #error "philox_simd.h is a layer of the CPU kernels: include isa_kernels.h (from a chain_<isa>.cpp)"
 #endif
 
-// ------------------------------------------------------ double vector math for Box-Muller's log/cos
-// The normal is sqrtf(-2 logf(u1)) * cosf(2 pi u2) in float32 as torch/Triton compute it; log and
-// cos are evaluated here in double and rounded once, i.e. correctly rounded but for rare ties,
-// so the stream agrees with any faithful logf/cosf to the last bit almost always.
+// ------------------------------------------------------------------------ Box-Muller's log and cos
+// The normal is sqrtf(-2 logf(u1)) * cosf(2 pi u2) in float32 as torch/Triton compute it. log is
+// Cephes' logf (vector_math.h's vlog without its special cases: u1 is a normal float in
+// [1e-7, 1)), within an ulp; cos is evaluated in double and rounded once, i.e. correctly rounded
+// but for rare ties (float polynomials would be off by an ulp for ~16% of arguments). The normals
+// agree with a faithful logf/cosf to the last bit for ~97% of counters and are within 2 ulp.
 
-// log(u) for u in [1e-7, 1) (positive normal floats): 2 atanh(s) series, s^2 <= 0.0295, to
-// s^12/13: truncation < 1e-12 relative.
-JEBM_INLINE vf vlog_bm(vf u) {
-    vi bits = (vi)u;
-    vi e = ((bits >> 23) & 0xff) - 127;
-    vf m = (vf)((bits & 0x7fffff) | 0x3f800000);  // [1, 2)
-    const vi big = m > 1.41421356f;
-    m = sel(big, m * 0.5f, m);
-    e = e - big;
-    const vd md = __builtin_convertvector(m, vd);
-    const vd ed = __builtin_convertvector(e, vd);
-    const vd f = md - 1.0;
-    const vd s = f / (f + 2.0);
-    const vd s2 = s * s;
-    vd p = vd{} + 1.0 / 13.0;
-    p = vdfma(p, s2, vd{} + 1.0 / 11.0);
-    p = vdfma(p, s2, vd{} + 1.0 / 9.0);
-    p = vdfma(p, s2, vd{} + 1.0 / 7.0);
-    p = vdfma(p, s2, vd{} + 1.0 / 5.0);
-    p = vdfma(p, s2, vd{} + 1.0 / 3.0);
-    p = vdfma(p, s2, vd{} + 1.0);
-    const vd r = ed * 0.69314718055994530942 + 2.0 * s * p;
-    return __builtin_convertvector(r, vf);
+JEBM_INLINE vf vlog_unit(vf x) {
+    const vi bits = (vi)x;
+    vi e = ((bits >> 23) & 0xff) - 126;
+    vf m = (vf)((bits & (int32_t)0x807fffff) | 0x3f000000);  // [0.5, 1)
+    const vi small = m < 0.707106781186547524f;
+    e = e + small;  // small is -1 where true
+    m = sel(small, m + m - 1.0f, m - 1.0f);
+    const vf z = m * m;
+    vf y = splat(7.0376836292e-2f);
+    y = vfma(y, m, splat(-1.1514610310e-1f));
+    y = vfma(y, m, splat(1.1676998740e-1f));
+    y = vfma(y, m, splat(-1.2420140846e-1f));
+    y = vfma(y, m, splat(1.4249322787e-1f));
+    y = vfma(y, m, splat(-1.6668057665e-1f));
+    y = vfma(y, m, splat(2.0000714765e-1f));
+    y = vfma(y, m, splat(-2.4999993993e-1f));
+    y = vfma(y, m, splat(3.3333331174e-1f));
+    y = y * m * z;
+    const vf ef = __builtin_convertvector(e, vf);
+    y = y + ef * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    const vf r = m + y;
+    return r + ef * 0.693359375f;
 }
 
-// cos(t) for t in [0, 2 pi]: q = round(t / (pi/2)) read from the low mantissa bits of
-// t * 2/pi + 1.5 * 2^52 (no double->int conversion, which AVX2 lacks), Cody-Waite reduction,
-// Taylor series to r^12 (cos) and r^13 (sin) on |r| <= pi/4: error < 5e-13, far below float's ulp.
+// cos(t) for t in [0, 2 pi], in double: cos(t) = (-1)^(k+1) sin(s) with s = t - (2k+1) pi/2 in
+// [-pi/2, pi/2] (k = round((t - pi/2) / pi), read from the low mantissa bits of its rounding sum:
+// no double->int conversion, which AVX2 lacks), pi/2 in two parts, sin's Taylor series to s^15:
+// error < 7e-12, far below float's ulp; near cos's zeros s is small and sin(s) keeps its relative
+// accuracy.
 JEBM_INLINE vf vcos_bm(vf t) {
     const vd x = __builtin_convertvector(t, vd);
-    const vd big = x * 0.63661977236758134308 + 6755399441055744.0;
-    const vd q = big - 6755399441055744.0;
-    const vi64 qi = (vi64)big & 3;
-    const vd r = (x - q * 1.5707963267948966) - q * 6.123233995736766e-17;
-    const vd r2 = r * r;
-    vd c = vd{} + 1.0 / 479001600.0;               // 1/12!
-    c = vdfma(c, r2, vd{} - 1.0 / 3628800.0);
-    c = vdfma(c, r2, vd{} + 1.0 / 40320.0);
-    c = vdfma(c, r2, vd{} - 1.0 / 720.0);
-    c = vdfma(c, r2, vd{} + 1.0 / 24.0);
-    c = vdfma(c, r2, vd{} - 0.5);
-    c = vdfma(c, r2, vd{} + 1.0);
-    vd s = vd{} + 1.0 / 6227020800.0;              // 1/13!
-    s = vdfma(s, r2, vd{} - 1.0 / 39916800.0);
-    s = vdfma(s, r2, vd{} + 1.0 / 362880.0);
-    s = vdfma(s, r2, vd{} - 1.0 / 5040.0);
-    s = vdfma(s, r2, vd{} + 1.0 / 120.0);
-    s = vdfma(s, r2, vd{} - 1.0 / 6.0);
-    s = (s * r2) * r + r;
-    // quadrant 0: c, 1: -s, 2: -c, 3: s; bit operations only (a select on 64-bit lanes is
-    // scalarised by GCC for AVX2)
-    const vi64 swap = -(qi & 1);
-    const vi64 sign = ((qi + 1) & 2) << 62;
-    const vd v = (vd)((((vi64)c & ~swap) | ((vi64)s & swap)) ^ sign);
-    return __builtin_convertvector(v, vf);
+    const vd big = (x * 0.31830988618379067154 - 0.5) + 6755399441055744.0;
+    const vd k = big - 6755399441055744.0;
+    const vd m = k * 2.0 + 1.0;
+    vd s = vdfma(m, vd{} - 1.5707963267948966, x);
+    s = vdfma(m, vd{} - 6.123233995736766e-17, s);
+    const vd s2 = s * s;
+    vd p = vd{} - 1.0 / 1307674368000.0;            // -1/15!
+    p = vdfma(p, s2, vd{} + 1.0 / 6227020800.0);    // 1/13!
+    p = vdfma(p, s2, vd{} - 1.0 / 39916800.0);      // -1/11!
+    p = vdfma(p, s2, vd{} + 1.0 / 362880.0);        // 1/9!
+    p = vdfma(p, s2, vd{} - 1.0 / 5040.0);          // -1/7!
+    p = vdfma(p, s2, vd{} + 1.0 / 120.0);           // 1/5!
+    p = vdfma(p, s2, vd{} - 1.0 / 6.0);             // -1/3!
+    const vd v = vdfma(p * s2, s, s);
+    const vi64 sign = (((vi64)big + 1) & 1) << 63;   // k even: -sin(s)
+    return __builtin_convertvector((vd)((vi64)v ^ sign), vf);
 }
 
 // ------------------------------------------------------------------------------ Philox, vectorised
@@ -102,27 +97,45 @@ JEBM_INLINE void mulhilo(vu a, uint32_t m, vu& hi, vu& lo) {
 #endif
 }
 
-// Words 0 and 1 for the V counters (start + inc[i]) (64-bit start, 32-bit lane increments).
-JEBM_INLINE void philox_vec(uint64_t seed, uint64_t start, vu inc, vu& w0, vu& w1) {
-    vu c0 = (vu{} + (uint32_t)start) + inc;
-    vu c1 = (vu{} + (uint32_t)(start >> 32)) - (vu)(c0 < inc);  // carry
-    vu c2 = vu{}, c3 = vu{};
+// Words 0 and 1 for U vectors of V counters (start[u] + inc[u][i]: 64-bit starts, 32-bit lane
+// increments), the U computations interleaved so that the rounds' multiplies overlap. The first
+// round's c2, c3 are 0 and the last round's c2, c3 are not needed: their multiplies are skipped.
+template <int U>
+JEBM_INLINE void philox_multi(uint64_t seed, const uint64_t* start, const vu* inc, vu* w0, vu* w1) {
+    vu c0[U], c1[U], c2[U], c3[U];
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+        c0[u] = (vu{} + (uint32_t)start[u]) + inc[u];
+        c1[u] = (vu{} + (uint32_t)(start[u] >> 32)) - (vu)(c0[u] < inc[u]);  // carry
+        c2[u] = c3[u] = vu{};
+    }
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+#pragma GCC unroll 10
     for (int i = 0; i < kPhiloxRounds; ++i) {
-        vu hb, lb, ha, la;
-        mulhilo(c2, kPhiloxRoundB, hb, lb);
-        mulhilo(c0, kPhiloxRoundA, ha, la);
-        const vu n0 = hb ^ c1 ^ k0;
-        const vu n2 = ha ^ c3 ^ k1;
-        c1 = lb;
-        c3 = la;
-        c0 = n0;
-        c2 = n2;
+#pragma GCC unroll 8
+        for (int u = 0; u < U; ++u) {
+            vu hb = vu{}, lb = vu{}, ha = vu{}, la = vu{};
+            if (i > 0) mulhilo(c2[u], kPhiloxRoundB, hb, lb);
+            if (i + 1 < kPhiloxRounds) mulhilo(c0[u], kPhiloxRoundA, ha, la);
+            const vu n0 = hb ^ c1[u] ^ k0;
+            const vu n2 = ha ^ c3[u] ^ k1;
+            c1[u] = lb;
+            c3[u] = la;
+            c0[u] = n0;
+            c2[u] = n2;
+        }
         k0 += kPhiloxKeyA;
         k1 += kPhiloxKeyB;
     }
-    w0 = c0;
-    w1 = c1;
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+        w0[u] = c0[u];
+        w1[u] = c1[u];
+    }
+}
+
+JEBM_INLINE void philox_vec(uint64_t seed, uint64_t start, vu inc, vu& w0, vu& w1) {
+    philox_multi<1>(seed, &start, &inc, &w0, &w1);
 }
 
 JEBM_INLINE vf uniform_of(vu w) {
@@ -132,15 +145,19 @@ JEBM_INLINE vf uniform_of(vu w) {
 }
 
 
-// V normals at counters start + inc[i], exactly as philox_randn builds them.
-JEBM_INLINE vf normal_vec(uint64_t seed, uint64_t start, vu inc) {
-    vu w0, w1;
-    philox_vec(seed, start, inc, w0, w1);
+JEBM_INLINE vf box_muller_vec(vu w0, vu w1) {
     vf u1 = uniform_of(w0);
     const vf u2 = uniform_of(w1);
     u1 = sel(u1 < kMinUniform, splat(kMinUniform), u1);  // torch.clamp_min(u1, 1e-7)
-    const vf r = vsqrt(-2.0f * vlog_bm(u1));
+    const vf r = vsqrt(-2.0f * vlog_unit(u1));
     return r * vcos_bm(kTwoPi * u2);
+}
+
+// V normals at counters start + inc[i], as philox_randn builds them.
+JEBM_INLINE vf normal_vec(uint64_t seed, uint64_t start, vu inc) {
+    vu w0, w1;
+    philox_vec(seed, start, inc, w0, w1);
+    return box_muller_vec(w0, w1);
 }
 
 JEBM_INLINE vf uniform_vec(uint64_t seed, uint64_t start, vu inc) {
@@ -153,4 +170,29 @@ inline vu lane_index() {
     vu r;
     for (int i = 0; i < V; ++i) r[i] = (uint32_t)i;
     return r;
+}
+
+// Vectors of normals computed together (independent Philox streams in flight): 4 where the ISA
+// has 32 vector registers, 2 where it has 16.
+constexpr int kNormalsU = JEBM_FMA == 512 ? 4 : 2;
+
+// The normals of n flat elements: vector i (i a multiple of V) draws counters start(i) + inc(i)
+// and is handed to put(i, m, xi) (m: its elements, V but for the last).
+template <class S, class I, class P>
+JEBM_INLINE void for_normals(size_t n, uint64_t seed, S start, I inc, P put) {
+    constexpr int U = kNormalsU;
+    size_t i = 0;
+    for (; i + (size_t)U * V <= n; i += (size_t)U * V) {
+        uint64_t st[U];
+        vu in[U], w0[U], w1[U];
+#pragma GCC unroll 8
+        for (int u = 0; u < U; ++u) {
+            st[u] = start(i + (size_t)u * V);
+            in[u] = inc(i + (size_t)u * V);
+        }
+        philox_multi<U>(seed, st, in, w0, w1);
+#pragma GCC unroll 8
+        for (int u = 0; u < U; ++u) put(i + (size_t)u * V, V, box_muller_vec(w0[u], w1[u]));
+    }
+    for (; i < n; i += V) put(i, n - i < (size_t)V ? (int)(n - i) : V, normal_vec(seed, start(i), inc(i)));
 }

@@ -10,10 +10,20 @@
 
 #define JEBM_INLINE inline __attribute__((always_inline))
 
+// V: floats per vector, the width of every element-wise loop (activations, noise, updates), which
+// run over a block's rows as one flat array. NB: chains per block. CV: lanes of a chain vector,
+// the width of the per-chain reductions (energies, norms, MALA), which must sum each chain's terms
+// in the same order whatever the block: CV = V when a block holds whole vectors of chains (the
+// wide kernels, TC chain vectors per block), CV = NB in a narrow block (NB < V: 4 or 8 chains).
+// The GEMM of a wide block runs along the chains (each weight broadcast to V chains), that of a
+// narrow block along the output features (each input broadcast to V features): kFeatureGemm.
 constexpr int V = JEBM_VW;
-constexpr int TC = JEBM_TILE_C;
-constexpr int NB = V * TC;
+constexpr int NB = JEBM_NB;
+constexpr int CV = NB < V ? NB : V;
+constexpr int TC = NB / CV;
 constexpr int TR = JEBM_TILE_R;
+constexpr bool kFeatureGemm = NB < V;
+static_assert(NB % CV == 0 && (NB >= V ? NB % V == 0 : V % NB == 0), "NB: a multiple of V, or a divisor of it");
 
 typedef float vf __attribute__((vector_size(V * 4)));
 typedef int32_t vi __attribute__((vector_size(V * 4)));
@@ -21,6 +31,8 @@ typedef uint32_t vu __attribute__((vector_size(V * 4)));
 typedef uint64_t vu64 __attribute__((vector_size(V * 8)));
 typedef int64_t vi64 __attribute__((vector_size(V * 8)));
 typedef double vd __attribute__((vector_size(V * 8)));
+typedef float cf __attribute__((vector_size(CV * 4)));   // one chain vector (= vf in wide blocks)
+typedef int32_t ci __attribute__((vector_size(CV * 4)));
 
 JEBM_INLINE vf ld(const float* p) {
     vf v;
@@ -42,6 +54,43 @@ JEBM_INLINE vf splat(float s) {
 #endif
 }
 JEBM_INLINE vf sel(vi m, vf a, vf b) { return m ? a : b; }
+
+// Flat loops over n floats that need not be a multiple of V (a narrow block's rows): full vectors,
+// then one partial one; ldp/stp read and write only the m floats that belong to the array.
+JEBM_INLINE vf ldp(const float* p, int m) {
+    if (m == V) return ld(p);
+    vf v = vf{};
+    __builtin_memcpy(&v, p, (size_t)m * sizeof(float));
+    return v;
+}
+JEBM_INLINE void stp(float* p, vf v, int m) {
+    if (m == V)
+        st(p, v);
+    else
+        __builtin_memcpy(p, &v, (size_t)m * sizeof(float));
+}
+template <class F>
+JEBM_INLINE void flat_for(size_t n, F f) {
+    size_t i = 0;
+    for (; i + V <= n; i += V) f(i, V);
+    if (i < n) f(i, (int)(n - i));
+}
+
+// Chain vectors: CV chains' values of one row of a block.
+JEBM_INLINE cf ldc(const float* p) {
+    cf v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+JEBM_INLINE void stc(float* p, cf v) { __builtin_memcpy(p, &v, sizeof v); }
+JEBM_INLINE cf splatc(float s) {
+#if JEBM_NB >= JEBM_VW
+    return splat(s);
+#else
+    return s - cf{};
+#endif
+}
+JEBM_INLINE cf selc(ci m, cf a, cf b) { return m ? a : b; }
 
 #if JEBM_FMA == 512
 JEBM_INLINE vf vfma(vf a, vf b, vf c) { return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
@@ -97,3 +146,14 @@ JEBM_INLINE vd vdfma(vd a, vd b, vd c) {
 }
 JEBM_INLINE vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
 JEBM_INLINE vf vmax(vf a, vf b) { return sel(a > b, a, b); }
+// sqrt of a chain vector (correctly rounded, as vsqrt)
+JEBM_INLINE cf csqrt(cf a) {
+#if JEBM_NB >= JEBM_VW
+    return vsqrt(a);
+#else
+    cf r = a;
+    for (int i = 0; i < CV; ++i) r[i] = __builtin_sqrtf(a[i]);
+    return r;
+#endif
+}
+JEBM_INLINE constexpr size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }

@@ -18,13 +18,13 @@ void fill_stream(uint64_t seed, uint64_t start, int64_t n, float* out, int nthre
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunk > 1)
     for (int64_t ch = 0; ch < nchunk; ++ch) {
         const int64_t end = (ch + 1) * kChunk < n ? (ch + 1) * kChunk : n;
-        for (int64_t i = ch * kChunk; i < end; i += V) {
-            const vf v = NORMAL ? normal_vec(seed, start + (uint64_t)i, lane) : uniform_vec(seed, start + (uint64_t)i, lane);
-            if (i + V <= end) {
-                st(out + i, v);
-            } else {
-                for (int64_t t = 0; t < end - i; ++t) out[i + t] = v[t];
-            }
+        const int64_t c0 = ch * kChunk;
+        if (NORMAL) {
+            for_normals((size_t)(end - c0), seed, [&](size_t i) { return start + (uint64_t)(c0 + (int64_t)i); },
+                        [&](size_t) { return lane; }, [&](size_t i, int m, vf v) { stp(out + c0 + i, v, m); });
+        } else {
+            for (int64_t i = c0; i < end; i += V)
+                stp(out + i, uniform_vec(seed, start + (uint64_t)i, lane), end - i < V ? (int)(end - i) : V);
         }
     }
 }
@@ -54,18 +54,13 @@ void update(const UpdateArgs* a) {
 #pragma omp parallel for schedule(static) num_threads(a->nthreads) if (nchunk > 1)
         for (int64_t ch = 0; ch < nchunk; ++ch) {
             const int64_t end = (ch + 1) * kChunk < n ? (ch + 1) * kChunk : n;
-            for (int64_t i = ch * kChunk; i < end; i += V) {
-                const vf xi = normal_vec(a->seed, lstart + (uint64_t)i, lane);
-                if (i + V <= end) {
-                    st(out + i, (ld(x + i) - hs * ld(g + i)) + cs * xi);
-                    if (nz) st(nz + i, xi);
-                } else {
-                    for (int64_t t = 0; t < end - i; ++t) {
-                        out[i + t] = (x[i + t] - hs * g[i + t]) + cs * xi[t];
-                        if (nz) nz[i + t] = xi[t];
-                    }
-                }
-            }
+            const int64_t c0 = ch * kChunk;
+            for_normals((size_t)(end - c0), a->seed, [&](size_t i) { return lstart + (uint64_t)(c0 + (int64_t)i); },
+                        [&](size_t) { return lane; }, [&](size_t j, int m, vf xi) {
+                            const size_t i = (size_t)c0 + j;
+                            stp(out + i, (ldp(x + i, m) - hs * ldp(g + i, m)) + cs * xi, m);
+                            if (nz) stp(nz + i, xi, m);
+                        });
         }
         start += (uint64_t)n;
     }

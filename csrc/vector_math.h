@@ -42,6 +42,16 @@ JEBM_INLINE vf vexp(vf x) {
     return sel(x != x, x, y);
 }
 
+// exp for x <= 0 or NaN (GELU's exp(-x^2)): vexp without the overflow and subnormal paths; results
+// below the normal range (x < -87.34) are 0, NaN gives 0.
+JEBM_INLINE vf vexp_nonpos(vf x) {
+    const vf xc = vmax(x, splat(-87.33654f));
+    vf n;
+    const vf r = exp_reduce(xc, n);
+    const vf y = (expm1_reduced(r) + 1.0f) * (vf)((__builtin_convertvector(n, vi) + 127) << 23);
+    return sel(x < -87.33654f, splat(0.0f), y);
+}
+
 // expm1 for x <= 0 (ELU's negative side; x > 0 gives expm1(0) = 0, the caller selects there):
 // expm1(x) = 2^n expm1(r) + (2^n - 1) with exp_reduce's n and r. Both terms are exact (a power of
 // two times expm1(r); 2^n - 1 for n >= -24), so the sum rounds once: ~1 ulp, no cancellation
@@ -114,19 +124,20 @@ JEBM_INLINE vf vtanh(vf x) {
 // erf: x P(x^2) below 1; 1 - exp(-x^2) Q(1/x) / x up to 4 (least-squares fits, checked against
 // mpmath to 9e-8 relative in float); 1 beyond. `ex` must be exp(-x^2) (GELU shares it with its
 // density).
-JEBM_INLINE vf verf_ex(vf x, vf ex) {
-    const vf a = vabs(x);
-    const vf x2 = x * x;
+// erf(x) / x for |x| < 1, as a polynomial in x^2
+JEBM_INLINE vf erf_small_poly(vf x2) {
     vf p = splat(7.933493808589787e-05f);
     p = vfma(p, x2, splat(-0.0008034846623087843f));
     p = vfma(p, x2, splat(0.005191218373780532f));
     p = vfma(p, x2, splat(-0.026855399449717487f));
     p = vfma(p, x2, splat(0.11283625725009266f));
     p = vfma(p, x2, splat(-0.37612629877665305f));
-    p = vfma(p, x2, splat(1.1283791665931497f));
-    const vf small = p * x;
-    const vf ac = sel(a < 1.0f, splat(1.0f), a);
-    const vf t = 1.0f / ac;
+    return vfma(p, x2, splat(1.1283791665931497f));
+}
+
+// exp(-x^2) Q(t) t, t = 1 / max(|x|, 1): erfc(|x|) for 1 <= |x| < 4 (`ex` = exp(-x^2))
+JEBM_INLINE vf erfc_fit(vf a, vf ex) {
+    const vf t = 1.0f / vmax(a, splat(1.0f));
     const vf s = t - 0.625f;
     vf q = splat(-0.0486558197f);
     q = vfma(q, s, splat(0.0548653837f));
@@ -138,7 +149,20 @@ JEBM_INLINE vf verf_ex(vf x, vf ex) {
     q = vfma(q, s, splat(-0.00129544891f));
     q = vfma(q, s, splat(-0.171585664f));
     q = vfma(q, s, splat(0.48952479f));
-    vf big = 1.0f - ex * q * t;
+    return ex * q * t;
+}
+
+// 1 + erf(x) for |x| = a >= 1 (`positive`: x > 0): 2 - erfc(a) or erfc(a), erfc 0 from 4 on
+JEBM_INLINE vf erfc_big(vf a, vf ex, vi positive) {
+    const vf c = sel(a >= 4.0f, splat(0.0f), erfc_fit(a, ex));
+    return sel(positive, 2.0f - c, c);
+}
+
+JEBM_INLINE vf verf_ex(vf x, vf ex) {
+    const vf a = vabs(x);
+    const vf x2 = x * x;
+    const vf small = erf_small_poly(x2) * x;
+    vf big = 1.0f - erfc_fit(a, ex);
     big = sel(a >= 4.0f, splat(1.0f), big);
     const vf bigs = (vf)((vi)big | ((vi)x & (int32_t)0x80000000));
     const vf r = sel(a < 1.0f, small, bigs);

@@ -11,8 +11,21 @@ carrying dU/dz_1 back through the Gaussians) (``posterior_energy_and_grad``).
 Float32 CPU tensors only. Everything is checked here before an address reaches C++ (dtype,
 device, shape, contiguity: non-contiguous tensors are copied; NaN/inf in weights or observations
 is reported); the C++ side checks sizes and addresses again and raises ValueError.
+
+Per-call work is done once per version of the weights: the NaN/inf scan of a weight and the
+packed C++ model (``_C.Model``: the weights in the kernels' panel layout, each thread's scratch)
+are kept and reused while the tensors are the same objects with the same stamp (``_version`` and
+address). Every in-place write autograd can see bumps ``_version`` (an optimizer step,
+``load_state_dict``, ``w.add_(...)`` under ``no_grad``, ``set_``, ``resize_``), and a new tensor
+behind a parameter (``w.data = other``) has another address, so the next call re-reads the weights.
+Writes through ``.data`` (``w.data.copy_(...)``) bump nothing, nor does ``w.data = w.data.t()``
+(same address): call ``clear_caches()`` after those. Entries go when their tensors do (weak
+references); inference tensors (no version counter) are never cached.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
+import weakref
 
 import torch
 
@@ -22,17 +35,127 @@ from ..problem import Problem
 from ..spec import MLPSpec
 from ..update import cpu as update_cpu
 
-__all__ = ["reason", "prior_terms_reason", "run", "posterior_energy_and_grad"]
+__all__ = ["reason", "prior_terms_reason", "run", "posterior_energy_and_grad", "clear_caches"]
 
 _FUSABLE_FAMILY = ("this nn.Sequential is not of the fusable family: Linear layers with one activation "
                    "(LeakyReLU, GELU, SiLU, Softplus(threshold=20), Tanh, ReLU, ELU) between them, ending in "
                    "Linear(h, 1) on z's single layer")
 
 
+# ------------------------------------------------------------------------------------- caches
+
+def _stamp(t: torch.Tensor):
+    """What identifies a tensor's values without reading them, or None (no version counter)."""
+    try:
+        return (t._version, t.data_ptr())
+    except RuntimeError:  # an inference tensor
+        return None
+
+
+def _stamps(tensors: list) -> list:
+    try:
+        return [(t._version, t.data_ptr()) for t in tensors]
+    except RuntimeError:  # an inference tensor among them
+        return [_stamp(t) for t in tensors]
+
+
+class _FiniteChecked:
+    """Tensors found free of NaN/inf, each at the stamp it had then (weakly held)."""
+
+    def __init__(self):
+        self._d: dict[int, tuple] = {}
+
+    def finite(self, t: torch.Tensor) -> bool:
+        st = _stamp(t)
+        e = self._d.get(id(t))
+        if st is not None and e is not None and e[0]() is t and e[1] == st:
+            return True
+        ok = bool(torch.isfinite(t.detach()).all())
+        if ok and st is not None:
+            key, d = id(t), self._d
+
+            def gone(ref, key=key, d=d):
+                e = d.get(key)
+                if e is not None and e[0] is ref:
+                    del d[key]
+
+            self._d[key] = (weakref.ref(t, gone), st)
+        return ok
+
+    def clear(self):
+        self._d.clear()
+
+
+class _ModelCache:
+    """Packed C++ models by (configuration, the identities of their tensors), kept while every
+    tensor is alive and keeps its stamp; the least recently used go beyond ``size``."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._d: OrderedDict = OrderedDict()
+
+    def get(self, key, tensors, stamps):
+        e = self._d.get(key)
+        if e is None:
+            return None
+        refs, old, value = e
+        if old == stamps and all(r() is t for r, t in zip(refs, tensors)):
+            self._d.move_to_end(key)
+            return value
+        del self._d[key]
+        return None
+
+    def put(self, key, tensors, stamps, value):
+        if any(st is None for st in stamps):
+            return
+        d = self._d
+
+        def gone(_ref, key=key, d=d):
+            d.pop(key, None)
+
+        d[key] = ([weakref.ref(t, gone) for t in tensors], stamps, value)
+        d.move_to_end(key)
+        while len(d) > self.size:
+            d.popitem(last=False)
+
+    def clear(self):
+        self._d.clear()
+
+
+_FINITE = _FiniteChecked()
+_MODELS = _ModelCache()
+_VERIFIED = _ModelCache(size=32)  # weight sets whose every per-tensor check passed, by identity
+_LIMITS = extension.cpu_limits()
+
+
+def _tensors_and_stamps(problem: Problem, mlps):
+    """The weight tensors of ``mlps`` (in order) and their stamps, read once per call (the
+    dispatch rule's question and ``run`` share them through the problem's memo)."""
+    tensors = [t for _, m in mlps for t in (*m.weights, *m.biases) if t is not None]
+    memo = problem.remember("cpu.stamps", lambda: (tensors, _stamps(tensors)))
+    if len(memo[0]) == len(tensors) and all(a is b for a, b in zip(memo[0], tensors)):
+        return tensors, memo[1]
+    return tensors, _stamps(tensors)
+
+
+def clear_caches() -> None:
+    """Forget every weight check and packed model (after writing weights through ``.data``)."""
+    _FINITE.clear()
+    _MODELS.clear()
+    _VERIFIED.clear()
+
+
 def prior_terms_reason(problem: Problem) -> str | None:
-    """Why the C++ kernels cannot evaluate this problem's prior (and MLP decoder), or None (once
-    per call: it reads every weight)."""
+    """Why the C++ kernels cannot evaluate this problem's prior (and MLP decoder), or None (asked
+    by the dispatch rule and again by ``run``'s backend: the problem's memo answers the second)."""
     return problem.remember("cpu.prior_terms_reason", lambda: _prior_terms_reason(problem))
+
+
+def _weight_reason(t, what: str, device) -> str | None:
+    why = tensor_reason(t, what, device, "cpu")
+    if why is None and t.numel() and not _FINITE.finite(t):
+        return f"{what} contains NaN or inf"
+    return why
 
 
 def _prior_terms_reason(problem: Problem) -> str | None:
@@ -50,7 +173,7 @@ def _prior_terms_reason(problem: Problem) -> str | None:
                 "(as the reference calls it), got a single tensor")
     if not problem.tensor_spec and any(len(s) != 2 for s in problem.shapes):
         return f"a fused energy takes each layer as [B, d]; z has shapes {[tuple(s) for s in problem.shapes]}"
-    lim = extension.cpu_limits()
+    lim = _LIMITS
     L = len(spec.dims)
     if L > lim["max_latent"]:
         return f"{L} latent layers; the cpu kernels take at most {lim['max_latent']}"
@@ -60,18 +183,25 @@ def _prior_terms_reason(problem: Problem) -> str | None:
     mlps = named_mlps(spec, problem.posterior.decoder if problem.posterior is not None else None)
     if len(mlps) > lim["max_mlps"]:
         return f"{len(mlps)} MLPs; the cpu kernels take at most {lim['max_mlps']}"
-    for name, m in mlps:
-        if len(m.weights) > lim["max_linear_per_mlp"]:
-            return (f"the {name} has {len(m.weights)} Linear layers; the cpu kernels take at most "
-                    f"{lim['max_linear_per_mlp']}")
-        widths = [m.in_dim] + [w.shape[0] for w in m.weights]
-        if any(not 1 <= w <= lim["max_width"] for w in widths):
-            return f"the {name} has a layer width outside [1, {lim['max_width']}]: {widths}"
-        for i, (w, b) in enumerate(zip(m.weights, m.biases)):
-            why = tensor_reason(w, f"the {name}'s weight {i}", problem.device, "cpu", finite=True) or (
-                None if b is None else tensor_reason(b, f"the {name}'s bias {i}", problem.device, "cpu", finite=True))
-            if why:
-                return why
+    # the per-MLP and per-tensor checks depend only on the tensors (shapes, device, dtype, values):
+    # skipped while the same tensors keep the stamps they passed with
+    tensors, stamps = _tensors_and_stamps(problem, mlps)
+    key = (tuple(len(m.weights) for _, m in mlps), tuple(b is None for _, m in mlps for b in m.biases),
+           tuple(id(t) for t in tensors))
+    if _VERIFIED.get(key, tensors, stamps) is None:
+        for name, m in mlps:
+            if len(m.weights) > lim["max_linear_per_mlp"]:
+                return (f"the {name} has {len(m.weights)} Linear layers; the cpu kernels take at most "
+                        f"{lim['max_linear_per_mlp']}")
+            widths = [m.in_dim] + [w.shape[0] for w in m.weights]
+            if any(not 1 <= w <= lim["max_width"] for w in widths):
+                return f"the {name} has a layer width outside [1, {lim['max_width']}]: {widths}"
+            for i, (w, b) in enumerate(zip(m.weights, m.biases)):
+                why = _weight_reason(w, f"the {name}'s weight {i}", problem.device) or (
+                    None if b is None else _weight_reason(b, f"the {name}'s bias {i}", problem.device))
+                if why:
+                    return why
+        _VERIFIED.put(key, tensors, stamps, True)
     why = (activations_reason(mlps, extension.ext_activations("cpu"), "cpu") or scalars_reason(spec, mlps)
            or float32_constants_reason(problem, "cpu"))
     if why:
@@ -100,7 +230,7 @@ def reason(problem: Problem) -> str | None:
 
 # ------------------------------------------------------------------------------------- packing
 
-def _mlp_arg(m: MLPSpec, keep: list) -> tuple:
+def _mlp_arg(m: MLPSpec, codes: dict, keep: list) -> tuple:
     sizes = [m.in_dim] + [int(w.shape[0]) for w in m.weights]
     ws, bs = [], []
     for w, b in zip(m.weights, m.biases):
@@ -113,19 +243,18 @@ def _mlp_arg(m: MLPSpec, keep: list) -> tuple:
             b = b.detach().contiguous()
             keep.append(b)
             bs.append(b.data_ptr())
-    codes = extension.cpu_ext.act_codes()
     return (sizes, ws, bs, codes[m.activation], float(m.act_param), codes[m.out_activation])
 
 
 def _build_model(problem: Problem, with_decoder: bool):
-    """The C++ Model (weights packed once, here) and the tensors that must outlive it."""
+    """The C++ Model (weights packed once per version of the weights: ``_MODELS``) and the
+    tensors that must outlive it."""
     spec = problem.spec
-    keep: list = []
-    mlps: list = []
+    specs: list[MLPSpec] = []
 
     def add(m: MLPSpec) -> int:
-        mlps.append(_mlp_arg(m, keep))
-        return len(mlps) - 1
+        specs.append(m)
+        return len(specs) - 1
 
     terms = [add(t) if t is not None else -1 for t in spec.layer_terms]
     joint = add(spec.joint_term) if spec.joint_term is not None else -1
@@ -138,8 +267,24 @@ def _build_model(problem: Problem, with_decoder: bool):
         sigma_x = post.sigma_x
     base = [float(s) for s in spec.base_sigma] if spec.base_sigma is not None else []
     ps = [float(s) for s in problem.prior_sigma] if problem.prior_sigma is not None else []
-    model = extension.cpu_ext.Model(list(spec.dims), mlps, terms, joint, gauss, floors, 1 if spec.space == "eps" else 0,
-                                    float(spec.energy_sign), base, ps, decoder, float(sigma_x))
+    space = 1 if spec.space == "eps" else 0
+    ext = extension.cpu_ext
+    tensors, stamps = _tensors_and_stamps(problem, [(None, m) for m in specs])
+    # the extension and its instruction set are part of the key: set_isa() changes the kernels a
+    # new Model runs
+    key = (id(ext), ext.isa(), tuple(spec.dims), tuple((m.activation, float(m.act_param), m.out_activation,
+                                               tuple(b is None for b in m.biases)) for m in specs),
+           tuple(terms), joint, tuple(gauss), tuple(floors), space, float(spec.energy_sign), tuple(base), tuple(ps),
+           decoder, float(sigma_x), tuple(id(t) for t in tensors))
+    hit = _MODELS.get(key, tensors, stamps)
+    if hit is not None:
+        return hit
+    keep: list = []
+    codes = ext.act_codes()
+    mlps = [_mlp_arg(m, codes, keep) for m in specs]
+    model = ext.Model(list(spec.dims), mlps, terms, joint, gauss, floors, space, float(spec.energy_sign), base, ps,
+                      decoder, float(sigma_x))
+    _MODELS.put(key, tensors, stamps, (model, keep))
     return model, keep
 
 
