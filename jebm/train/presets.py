@@ -48,6 +48,7 @@ _BASE = dict(
     dataset="digits",
     data_root=None,
     exclude_class=None,      # held-out class (outlier protocol)
+    validation=False,        # True: train on the train split minus its validation part (load_dataset(validation="fit"))
     # model
     dims=[16, 8],
     ebm=True,                # False: the Gaussian-prior baseline (no f terms at all)
@@ -208,7 +209,7 @@ def validate_config(cfg: dict) -> dict:
         cfg["gauss_hidden"] = []
     if cfg["joint_hidden"] is not None:
         cfg["joint_hidden"] = _widths(cfg["joint_hidden"], "joint_hidden")
-    for key in ("ebm", "persistent_prior", "learn_step_size"):
+    for key in ("ebm", "persistent_prior", "learn_step_size", "validation"):
         if not isinstance(cfg[key], bool):
             raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
     if cfg["decoder"] not in ("mlp", "conv"):
