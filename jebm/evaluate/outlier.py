@@ -45,12 +45,13 @@ from ..train.presets import resolve_config
 from .json_io import write_json
 from .scores import auprc, auroc, outlier_score_parts
 
-__all__ = ["outlier_experiment", "outlier_test_set", "model_overrides", "PAPER_CLASSES", "MODELS", "MODEL_NAMES",
+__all__ = ["outlier_experiment", "format_outlier_table", "outlier_test_set", "model_overrides", "PAPER_CLASSES", "MODELS", "MODEL_NAMES",
            "PAPER_AUPRC", "DEFAULT_CHAINS"]
 
 PAPER_CLASSES = (1, 4, 5, 7, 9)  # the held-out digits of the papers' MNIST outlier table
 MODELS = ("ebm", "gauss", "lebm")
 MODEL_NAMES = {"ebm": "joint EBM prior", "gauss": "Gaussian prior", "lebm": "LEBM (one layer, EBM prior)"}
+_SHORT = {"ebm": "EBM prior", "gauss": "Gaussian prior", "lebm": "LEBM"}
 DEFAULT_CHAINS = 8   # posterior chains averaged per test image (the score's noise falls as 1/sqrt(M))
 # The papers' MNIST AUPRC for held-out 1, 4, 5, 7, 9 (full MNIST, 60,000 images, conv generators).
 PAPER_AUPRC = {"CVPR 2023 joint EBM prior": {1: 0.470, 4: 0.941, 5: 0.964, 7: 0.815, 9: 0.796},
@@ -125,8 +126,7 @@ def _cell(task: dict) -> dict:
     except ValueError as exc:  # NaN scores: the model's posterior chains diverged at scoring
         out[f"{kind}_diverged"] = f"scoring: {exc}"
     out.update({f"{kind}_run": str(res.run_dir), f"{kind}_iterations": res.iterations,
-                f"{kind}_seconds": time.perf_counter() - t0, "positive_fraction": float(positive.double().mean()),
-                "n_test": int(positive.numel())})
+                f"{kind}_seconds": time.perf_counter() - t0})
     return out
 
 
@@ -181,7 +181,11 @@ def outlier_experiment(*, classes=PAPER_CLASSES, seeds=(0, 1, 2), iters: int | N
                                   seed=s, preset=preset, progress=progress and jobs == 1, exclude_class=c,
                                   **({"validation": True} if validation else {}),
                                   **{**overrides, **model_overrides(kind, base)})})
-    rows = {(c, s): {"class": c, "seed": s} for c in classes for s in seeds}
+    fractions = {}
+    for c in classes:
+        _, positive = outlier_test_set(dataset, data_root, c, validation=validation)
+        fractions[c] = {"positive_fraction": float(positive.double().mean()), "n_test": int(positive.numel())}
+    rows = {(c, s): {"class": c, "seed": s, **fractions[c]} for c in classes for s in seeds}
     meta = dict(classes=classes, seeds=seeds, models=models, dataset=dataset, preset=preset, scheme=scheme,
                 iters=iters, n_chains=n_chains, validation=bool(validation), jobs=jobs, threads=threads)
     t_all = time.perf_counter()
@@ -205,6 +209,39 @@ def outlier_experiment(*, classes=PAPER_CLASSES, seeds=(0, 1, 2), iters: int | N
     summary["png"] = str(_plot_outlier(summary, out_dir / "outlier.png"))
     write_json(summary, out_dir / "outlier.json")
     return summary
+
+
+def format_outlier_table(summary: dict) -> str:
+    """The summary as text (``jebm eval --outlier`` prints it): AUPRC mean +- std per held-out class
+    and model, the mean over classes, AUROC and the AUPRC of -F alone."""
+    models = summary.get("models", ["ebm", "gauss"])
+
+    def ms(d):
+        return "  diverged  " if d.get("mean") is None else f"{d['mean']:.3f} +- {d['std']:.3f}"
+
+    what = "validation split" if summary.get("validation") else "test split"
+    lines = [f"AUPRC, mean +- std over seeds {summary['seeds']} ({summary['iters']} iterations); "
+             f"{summary.get('n_chains', 1)} posterior chains per image; {summary['dataset']}, {what}:"]
+    rows = list(summary["per_class"].items())
+    for c, v in rows:
+        cells = "   ".join(f"{_SHORT[k]} {ms(v[k])}" + (f" ({v[k]['diverged']} diverged)" if v[k].get("diverged")
+                                                          else "") for k in models)
+        lines.append(f"  held-out {c}: {cells}   [chance {v['positive_fraction']:.3f}]")
+    cm = summary.get("mean_of_class_means") or {}
+    if cm:
+        lines.append("  mean over classes: " + "   ".join(f"{_SHORT[k]} {cm[k]['mean']:.3f}" if cm[k]["mean"] is not None
+                                                         else f"{_SHORT[k]} -" for k in models))
+    lines.append("AUROC:")
+    for c, v in rows:
+        lines.append(f"  held-out {c}: " + "   ".join(f"{_SHORT[k]} {ms(v[k].get('auroc', {}))}" for k in models))
+    with_f = [k for k in models if k != "gauss"]
+    if with_f:
+        lines.append("AUPRC of -F(z) alone (the EBM term's share of the score):")
+        for c, v in rows:
+            lines.append(f"  held-out {c}: " + "   ".join(f"{_SHORT[k]} {ms(v[k].get('negF_auprc', {}))}"
+                                                         for k in with_f))
+    lines.append(f"wall time {summary.get('seconds', 0):.0f} s")
+    return "\n".join(lines)
 
 
 def _int_list(v, what) -> list[int]:

@@ -198,6 +198,23 @@ class JEBM(nn.Module):
         D = sum(self.dims)
         return -neg_log_base(self.prior_spec("z", detach=False), z) - 0.5 * D * LOG_2PI
 
+    @torch.no_grad()
+    def conditional_sigmas(self, z: list[torch.Tensor]) -> list[torch.Tensor]:
+        """sigma_l(z_{l+1}) of p(z_l | z_{l+1}) at ``z``, one [B, d_l] tensor per l = 1..L-1
+        (a diagnostic: a sigma stuck at ``sigma_floor`` is the collapse of that layer)."""
+        z = self._check_latents(z)
+        spec = self.prior_spec("z")
+        return [gaussian_params(spec.gaussians[l], z[l + 1])[1] for l in range(self.n_layers - 1)]
+
+    def sigma_metrics(self, z: list[torch.Tensor]) -> dict:
+        """``sigma_l<l>``: the median of sigma_l over a batch and dims, and ``sigma_l<l>_p10``: its
+        10th percentile, for l = 1..L-1 (logged by the trainers)."""
+        out = {}
+        for l, s in enumerate(self.conditional_sigmas(z), start=1):
+            q = torch.quantile(s.detach().flatten().float(), torch.tensor([0.1, 0.5], device=s.device))
+            out[f"sigma_l{l}"], out[f"sigma_l{l}_p10"] = q[1], q[0]
+        return out
+
     def energy(self, z: list[torch.Tensor]) -> torch.Tensor:
         """Prior energy U(z) = -F(z) - log p_beta(z) in z-space, [B] (with log p_beta's constant)."""
         return -self.F(z) - self.log_p_beta(z)

@@ -71,6 +71,7 @@ class MLETrainer(Trainer):
             loss_beta = -logp_pos
             metrics.update(loss_beta=loss_beta)
             total = loss_recon + loss_beta
+        metrics.update(model.sigma_metrics(z_pos))
         metrics.update(post_metrics)
         if self.short_run is not None:
             total = total + self.short_run.surrogate()  # the step sizes' gradient, through the same backward

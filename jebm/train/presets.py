@@ -82,6 +82,7 @@ _BASE = dict(
     lr_gen=1e-3,
     lr_infer=1e-3,
     adam_betas=[0.9, 0.999],
+    grad_clip=None,          # clip each optimiser's gradient to this total norm (None: no clipping)
     infer_hidden=[256, 256], # variational: bottom-up feature widths (MLP encoder)
     infer_head_hidden=[128], # variational: widths of the q(z_l | z_{l+1}, x) heads
     nif=32,                  # variational conv encoder base width
@@ -246,6 +247,8 @@ def validate_config(cfg: dict) -> dict:
     if cfg["learn_step_size"] and cfg["post_steps"] < 1:
         raise ValueError("learn_step_size=True needs post_steps >= 1: the step sizes are learned through the "
                          "posterior chain (post_steps=0 has no chain)")
+    if cfg["grad_clip"] is not None:
+        _pos_float(cfg, "grad_clip")
     betas = cfg["adam_betas"]
     if (not isinstance(betas, (list, tuple)) or len(betas) != 2
             or not all(_is_real(b) and 0 <= b < 1 for b in betas)):

@@ -111,5 +111,11 @@ class Trainer:
         for opt in self.optimizers().values():
             opt.zero_grad(set_to_none=True)
         total.backward()
+        clip = self.cfg.get("grad_clip")
+        if clip:
+            # Each optimiser's parameters clipped to a total gradient norm of ``grad_clip`` (one
+            # bad batch or chain cannot throw the EBM or the generator far: a measured stabiliser).
+            for opt in self.optimizers().values():
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
         for opt in self.optimizers().values():
             opt.step()

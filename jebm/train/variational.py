@@ -87,6 +87,7 @@ class VariationalTrainer(Trainer):
                    "kl": (log_q - logp_q - F_q).mean(), "logp_pos": logp_q.mean()}
         loss_ebm = None
         z_pos = [t.detach() for t in z_q]
+        metrics.update(model.sigma_metrics(z_pos))
         if self.short_run is not None:
             z_pos, post_metrics = self.short_run.sample(x, self.sampling, generator=generator, start=z_pos)
             metrics.update(post_metrics)
