@@ -39,7 +39,7 @@ import jebm_kernels as jk
 
 from ..model.config import is_int as _is_int, is_real as _is_real, normalize_hidden, widths as _widths
 
-__all__ = ["PRESETS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config",
+__all__ = ["PRESETS", "SCHEME_DEFAULTS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config",
            "describe_presets"]
 
 # Every key a run config has, with the "default" preset's value.
@@ -61,10 +61,10 @@ _BASE = dict(
     sigma_x=0.3,
     sigma_floor=0.01,
     # sampling
-    space="eps",             # "z" or "eps": where the Langevin chains run
-    prior_steps=30,
+    space="z",               # "z" or "eps": where the Langevin chains run (default preset: z for mle, eps for variational)
+    prior_steps=60,
     prior_step_size=0.4,     # float or one per layer
-    post_steps=30,
+    post_steps=40,
     post_step_size=0.1,
     noise_scale=1.0,
     persistent_prior=False,  # True: the negative-phase prior chains continue across iterations
@@ -76,11 +76,11 @@ _BASE = dict(
     entropy_probes=1,        # series: Hutchinson probes per chain and step
     # optimisation
     scheme="mle",            # "mle" or "variational"
-    iters=400,
+    iters=2000,
     batch_size=100,
-    lr_ebm=1e-4,
-    lr_gen=1e-3,
-    lr_infer=1e-3,
+    lr_ebm=3e-4,             # default preset: 3e-4 for mle, 1e-4 for variational
+    lr_gen=3e-4,
+    lr_infer=3e-4,
     adam_betas=[0.9, 0.999],
     grad_clip=None,          # clip each optimiser's gradient to this total norm (None: no clipping)
     infer_hidden=[256, 256], # variational: bottom-up feature widths (MLP encoder)
@@ -99,6 +99,12 @@ _BASE = dict(
     sample_every=200,        # write samples_<iter>.png / reconstructions_<iter>.png; 0: only at the end
     n_samples=64,
 )
+
+# The "default" preset's settings that depend on the learning scheme (applied before the overrides).
+SCHEME_DEFAULTS: dict[str, dict] = {
+    "mle": {},
+    "variational": dict(space="eps", lr_ebm=1e-4),
+}
 
 PRESETS: dict[str, dict] = {
     "default": {},
@@ -172,6 +178,8 @@ def resolve_config(preset: str = "default", **overrides) -> dict:
         raise TypeError(f"unknown config key(s) {unknown}; known keys: {', '.join(RUN_KEYS)}")
     cfg = copy.deepcopy(_BASE)
     cfg.update(copy.deepcopy(PRESETS[preset]))
+    if preset == "default":
+        cfg.update(copy.deepcopy(SCHEME_DEFAULTS.get(overrides.get("scheme", cfg["scheme"]), {})))
     cfg.update({k: copy.deepcopy(v) for k, v in overrides.items()})
     cfg["preset"] = preset
     return validate_config(cfg)
