@@ -37,6 +37,7 @@ import math
 
 import jebm_kernels as jk
 
+from ..model.blocks import ACTIVATIONS
 from ..model.config import is_int as _is_int, is_real as _is_real, normalize_hidden, widths as _widths
 
 __all__ = ["PRESETS", "SCHEME_DEFAULTS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config",
@@ -55,6 +56,8 @@ _BASE = dict(
     ebm_hidden=[64, 64],     # widths of f_l's hidden layers; a list of lists gives one per layer
     joint_hidden=None,       # widths of f_0's hidden layers on concat(z); None: no joint term
     gauss_hidden=[64, 64],   # widths of p(z_l|z_{l+1})'s hidden layers (one list, or one per Gaussian)
+    ebm_activation="leaky_relu",    # hidden activation of the f terms (jebm.model.blocks.ACTIVATIONS)
+    gauss_activation="leaky_relu",  # hidden activation of p(z_l|z_{l+1})'s MLP; "tanh" bounds mu and sigma
     decoder="mlp",           # "mlp" or "conv" (transposed convolutions; H = W, divisible by 4)
     dec_hidden=[128, 128],   # MLP decoder hidden widths
     ngf=64,                  # conv decoder base width (channels ngf*16, ngf*8, ngf*4)
@@ -63,7 +66,7 @@ _BASE = dict(
     # sampling
     space="z",               # "z" or "eps": where the Langevin chains run (default preset: z for mle, eps for variational)
     prior_steps=60,
-    prior_step_size=0.4,     # float or one per layer
+    prior_step_size=0.3,     # float or one per layer
     post_steps=40,
     post_step_size=0.1,
     noise_scale=1.0,
@@ -185,12 +188,18 @@ def resolve_config(preset: str = "default", **overrides) -> dict:
     return validate_config(cfg)
 
 
+# Keys added after runs were saved without them, with the value that reproduces those runs (where
+# it differs from the current default).
+_LEGACY = dict(ebm_activation="leaky_relu", gauss_activation="leaky_relu", grad_clip=None, validation=False)
+
+
 def upgrade_config(saved: dict) -> dict:
-    """A saved run config with the keys added since it was written filled in by their defaults
-    (each new key's default reproduces the behaviour from before it existed), then validated."""
+    """A saved run config with the keys added since it was written filled in by the values that
+    reproduce the behaviour from before they existed (``_LEGACY``, else the default), then validated."""
     if not isinstance(saved, dict):
         raise ValueError(f"a run config must be a dict, got {type(saved).__name__}")
     cfg = copy.deepcopy(_BASE)
+    cfg.update(copy.deepcopy(_LEGACY))
     cfg.update(copy.deepcopy(saved))
     return validate_config(cfg)
 
@@ -221,6 +230,9 @@ def validate_config(cfg: dict) -> dict:
     for key in ("ebm", "persistent_prior", "learn_step_size", "validation"):
         if not isinstance(cfg[key], bool):
             raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
+    for key in ("ebm_activation", "gauss_activation"):
+        if cfg[key] not in ACTIVATIONS:
+            raise ValueError(f"{key} must be one of {tuple(ACTIVATIONS)}, got {cfg[key]!r}")
     if cfg["decoder"] not in ("mlp", "conv"):
         raise ValueError(f"decoder must be 'mlp' or 'conv', got {cfg['decoder']!r}")
     cfg["dec_hidden"] = _widths(cfg["dec_hidden"], "dec_hidden")
