@@ -86,6 +86,7 @@ _BASE = dict(
     lr_infer=3e-4,
     adam_betas=[0.9, 0.999],
     grad_clip=None,          # clip each optimiser's gradient to this total norm (None: no clipping)
+    ebm_l2=0.1,              # alpha's loss gains ebm_l2 * (mean F(z+)^2 + mean F(z-)^2) (0: none)
     infer_hidden=[256, 256], # variational: bottom-up feature widths (MLP encoder)
     infer_head_hidden=[128], # variational: widths of the q(z_l | z_{l+1}, x) heads
     nif=32,                  # variational conv encoder base width
@@ -106,7 +107,7 @@ _BASE = dict(
 # The "default" preset's settings that depend on the learning scheme (applied before the overrides).
 SCHEME_DEFAULTS: dict[str, dict] = {
     "mle": {},
-    "variational": dict(space="eps", lr_ebm=1e-4),
+    "variational": dict(space="eps", lr_ebm=1e-4, gauss_activation="tanh"),
 }
 
 PRESETS: dict[str, dict] = {
@@ -190,7 +191,8 @@ def resolve_config(preset: str = "default", **overrides) -> dict:
 
 # Keys added after runs were saved without them, with the value that reproduces those runs (where
 # it differs from the current default).
-_LEGACY = dict(ebm_activation="leaky_relu", gauss_activation="leaky_relu", grad_clip=None, validation=False)
+_LEGACY = dict(ebm_activation="leaky_relu", gauss_activation="leaky_relu", grad_clip=None, validation=False,
+               ebm_l2=0.0)
 
 
 def upgrade_config(saved: dict) -> dict:
@@ -267,6 +269,7 @@ def validate_config(cfg: dict) -> dict:
     if cfg["learn_step_size"] and cfg["post_steps"] < 1:
         raise ValueError("learn_step_size=True needs post_steps >= 1: the step sizes are learned through the "
                          "posterior chain (post_steps=0 has no chain)")
+    _pos_float(cfg, "ebm_l2", allow_zero=True)
     if cfg["grad_clip"] is not None:
         _pos_float(cfg, "grad_clip")
     betas = cfg["adam_betas"]

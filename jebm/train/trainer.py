@@ -79,6 +79,16 @@ class Trainer:
         """The negative phase: ``n`` samples of the prior chains with this trainer's settings."""
         return self.prior_chains.sample(self.model, n, generator=generator, backend=backend, **self.sampling.prior())
 
+    def f_penalty(self, z_pos, z_neg) -> torch.Tensor | float:
+        """``ebm_l2`` * (mean F(z+)^2 + mean F(z-)^2), on alpha only (z+ and z- detached): keeps the
+        EBM's level and scale from drifting (Du & Mordatch 2019); 0 when ``ebm_l2`` is 0."""
+        lam = self.cfg.get("ebm_l2") or 0.0
+        if not lam:
+            return 0.0
+        zp = [t.detach() for t in z_pos]
+        zn = [t.detach() for t in z_neg]
+        return lam * (self.model.F(zp).pow(2).mean() + self.model.F(zn).pow(2).mean())
+
     def modules(self) -> dict:
         """Modules besides the model that a checkpoint must hold (the learned step sizes, if any)."""
         return {"step_sizes": self.short_run.steps} if self.short_run is not None else {}

@@ -99,7 +99,7 @@ class VariationalTrainer(Trainer):
             F_neg = model.F(z_neg).mean()
             loss_ebm = F_neg - F_pos
             metrics.update(loss_ebm=loss_ebm, logp_neg=logp_neg, F_pos=F_pos, F_neg=F_neg)
-        total = loss_gen if loss_ebm is None else loss_gen + F_neg
+        total = loss_gen if loss_ebm is None else loss_gen + F_neg + self.f_penalty(z_pos, z_neg)
         if self.short_run is not None:
             if loss_ebm is not None:
                 total = total + model.F([t.detach() for t in z_q]).mean() - F_pos
