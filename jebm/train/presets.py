@@ -8,11 +8,22 @@ the start of a run with a message naming the key, not an hour later.
 Presets:
 
 ``"default"``
-    Small enough to train on the bundled 8x8 digits in a few minutes on 2 CPU cores: two latent
-    layers d = (16, 8), MLP energies and Gaussians of width 64, an MLP decoder 16-128-128-64.
-    Higher learning rates than the papers' (a few hundred iterations, not 50,000) and shorter
-    chains (30 prior / 30 posterior steps). Langevin in eps-space: on this tiny model it mixes
-    better than z-space at the same step size (DESIGN.md: "eps is usually better conditioned").
+    Small enough to train on the bundled 8x8 digits (or mnist5k, 28x28) in about a minute on 2 CPU
+    cores: two latent layers d = (16, 8), MLP energies and Gaussians of width 64, an MLP decoder
+    16-128-128-(C*H*W); 2000 iterations of batch 100. Each setting below was measured
+    (README "Training: defaults and what they rest on"):
+    - MLE scheme: Langevin in z-space, as the CVPR code (eps-space posterior chains shrank sigma of
+      p(z_1|z_2) towards its floor: median 1.0 -> 0.12 by iteration 2700 on digits, and that run
+      diverged; in z-space it stays near 0.9); the papers' chain lengths, prior 60 steps of
+      s = 0.3 (s = 0.4 blew up near iteration 6000 on digits in 2 of 2 seeds) and posterior 40
+      steps of s = 0.1; Adam 3e-4 for every part (the issue's stable setting).
+    - ``ebm_l2`` = 0.1: alpha's loss gains 0.1 (F(z+)^2 + F(z-)^2); without it the gap F(z+) - F(z-)
+      ran away and the prior chain diverged at 6,000-13,000 iterations on digits.
+    - Variational scheme (``SCHEME_DEFAULTS``): eps-space prior chains (in z-space sigma exploded and
+      the chain diverged within 500 iterations), lr_ebm 1e-4, and tanh in p(z_l|z_{l+1})'s MLP: with
+      sigma = exp(raw) + floor unbounded, F(z(eps)) grows exponentially along some eps_2, the eps-space
+      prior energy is unbounded below and a chain ran off after ~120 iterations on mnist5k; tanh
+      bounds raw (and so sigma) for any fixed weights.
 
 ``"cvpr-cifar10"``
     Cui, Wu & Han, CVPR 2023, CIFAR-10 (their ``train_cifar10.py``): L = 2, d = (128, 100);
