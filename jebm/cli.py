@@ -6,7 +6,8 @@
     torchrun --nproc_per_node 2 -m jebm train ...      (data-parallel: jebm.train.distributed)
     jebm sample RUN_DIR_OR_CHECKPOINT --n 64 --out samples.png
     jebm eval RUN_DIR [--out DIR] [--n-test N]
-    jebm eval --outlier --classes 1 4 5 7 9 --seeds 0 1 2 --iters 150 --out runs/outlier
+    jebm eval --outlier --dataset mnist5k [--classes 1 4 5 7 9] [--seeds 0 1 2] [--chains 8] [--jobs 2 --threads 1]
+              [--validation] [--out runs/outlier]
     jebm eval RUN_DIR --classifier-fd [--fid-weights pt_inception-2015-12-05-6726825d.pth] [--fd-n 10000]
     jebm report RUN_DIR [--outlier runs/outlier/outlier.json] [--benchmarks .benchmarks/latest.json]
     jebm bench [--out .benchmarks/jebm-bench.json] [--budget SECONDS] [--batches 8 100] [--steps 60]
@@ -52,6 +53,8 @@ def _add_common_train(p: argparse.ArgumentParser, *, for_eval: bool = False) -> 
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                    help="override any run-config key (repeatable), e.g. --set dims=[32,16] --set space=z")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads of this process (default: torch's own choice, all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--outlier", action="store_true", help="run the held-out-class outlier protocol")
     e.add_argument("--classes", type=int, nargs="+", default=None, help="held-out classes (default 1 4 5 7 9)")
     e.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2)")
+    e.add_argument("--chains", type=int, default=None, metavar="M",
+                   help="--outlier: posterior chains averaged per test image (default 8; the score of one chain is "
+                        "too noisy to compare models)")
+    e.add_argument("--models", nargs="+", choices=("ebm", "gauss", "lebm"), default=None,
+                   help="--outlier: the models to train (default all three: ebm = the joint EBM prior, gauss = the "
+                        "same generator with its Gaussian prior, lebm = one latent layer with an EBM prior)")
+    e.add_argument("--validation", action="store_true",
+                   help="--outlier: run the protocol inside the train split (fit / val parts), never reading the "
+                        "test split: for choosing settings")
+    e.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="--outlier: runs trained at once in worker processes (default 1); with --threads, the torch "
+                        "threads of each (default: the cores shared out)")
     e.add_argument("--fid-weights", default=None, metavar="PATH",
                    help="Inception-v3 weights file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth for FIDs "
                         "comparable with the papers'); adds FID to eval.json; nothing is downloaded")
@@ -171,7 +186,7 @@ def _cmd_sample(a) -> int:
 
 def _cmd_eval(a) -> int:
     if a.outlier:
-        from .evaluate.outlier import PAPER_CLASSES, outlier_experiment
+        from .evaluate.outlier import PAPER_CLASSES, format_outlier_table, outlier_experiment
         kwargs = parse_set(a.overrides)
         iters = a.iters
         if a.run is not None:
@@ -180,7 +195,8 @@ def _cmd_eval(a) -> int:
             cfg = load_run(a.run).config
             base = {k: cfg[k] for k in ("dataset", "data_root", "preset", "scheme")}
             kwargs = {**{k: v for k, v in cfg.items() if k not in ("dataset", "data_root", "preset", "scheme", "ebm",
-                                                                   "exclude_class", "seed", "iters", "backend")},
+                                                                   "exclude_class", "seed", "iters", "backend",
+                                                                   "validation")},
                       **kwargs}
             iters = iters if iters is not None else cfg["iters"]  # the same budget as the given run
         else:
@@ -188,18 +204,14 @@ def _cmd_eval(a) -> int:
         for k in ("dataset", "data_root", "preset", "scheme"):
             if getattr(a, k) is not None:
                 base[k] = getattr(a, k)
+        extra = {k: v for k, v in (("n_chains", a.chains), ("models", a.models)) if v is not None}
         summary = outlier_experiment(
             classes=a.classes if a.classes is not None else PAPER_CLASSES,
             seeds=a.seeds if a.seeds is not None else (0, 1, 2), iters=iters,
             out_dir=a.out if a.out is not None else "runs/outlier", backend=a.backend or "auto",
-            progress=not a.no_progress, score_seed=a.seed, **base, **kwargs)
-        print(f"AUPRC, mean +- std over seeds {summary['seeds']} ({summary['iters']} iterations):")
-        for c, v in summary["per_class"].items():
-            print(f"  held-out {c}: EBM prior {v['ebm']['mean']:.3f} +- {v['ebm']['std']:.3f}   "
-                  f"Gaussian prior {v['gauss']['mean']:.3f} +- {v['gauss']['std']:.3f}")
-        o = summary["overall"]
-        print(f"  all:        EBM prior {o['ebm']['mean']:.3f} +- {o['ebm']['std']:.3f}   "
-              f"Gaussian prior {o['gauss']['mean']:.3f} +- {o['gauss']['std']:.3f}")
+            progress=not a.no_progress, score_seed=a.seed, validation=a.validation, jobs=a.jobs,
+            threads=a.threads, **extra, **base, **kwargs)
+        print(format_outlier_table(summary))
         print(f"written: {summary['png']} and outlier.json beside it")
         return 0
     if a.run is None:
@@ -249,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     from .train import TrainingDiverged
     parser = build_parser()
     a = parser.parse_args(argv)
+    threads = getattr(a, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            print(f"jebm {a.command}: error: --threads must be >= 1, got {threads}", file=sys.stderr)
+            return 2
+        import torch
+        torch.set_num_threads(threads)
     try:
         return {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval,
                 "report": _cmd_report, "bench": _cmd_bench}[a.command](a)

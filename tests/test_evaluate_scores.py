@@ -6,7 +6,7 @@ import torch
 
 import jebm
 from jebm.data import load_dataset
-from jebm.evaluate.scores import auprc, eval_generator, outlier_scores
+from jebm.evaluate.scores import auprc, auroc, eval_generator, outlier_score_parts, outlier_scores
 
 TINY = dict(dims=[6, 3], ebm_hidden=[16], gauss_hidden=[16], dec_hidden=[32], infer_hidden=[32],
             infer_head_hidden=[16], prior_steps=5, post_steps=5, batch_size=50, sample_every=0, n_samples=9)
@@ -52,3 +52,28 @@ def test_trained_model_scores_inverted_digits_as_anomalous(mle_run):
     assert auprc(torch.cat([s_digits, s_inverted]), labels) > 0.95
 
 
+
+
+def test_score_parts_average_chains_and_add_up(mle_run):
+    run = jebm.load_run(mle_run.run_dir)
+    x = load_dataset("digits", split="test").images[:12]
+    one = outlier_score_parts(run.model, x, seed=4, n_chains=1)
+    # one chain: the score of outlier_scores, and score = recon + U, U = -F - log p_beta
+    torch.testing.assert_close(one["score"], outlier_scores(run.model, x, seed=4))
+    torch.testing.assert_close(one["score"], one["recon"] + one["U"])
+    torch.testing.assert_close(one["U"], -one["F"] - one["log_p_beta"])
+    four = outlier_score_parts(run.model, x, seed=4, n_chains=4, batch_size=20)  # 5 images x 4 chains per call
+    assert all(v.shape == (12,) for v in four.values())
+    torch.testing.assert_close(four["score"], outlier_scores(run.model, x, seed=4, n_chains=4, batch_size=20))
+    # the average of 4 chains is the mean of the per-chain negative log joints of those chains
+    z = run.model.sample_posterior(x.repeat(4, 1, 1, 1), generator=eval_generator(4))
+    direct = run.model.neg_log_joint(x.repeat(4, 1, 1, 1), z).detach().reshape(4, 12).mean(0)
+    torch.testing.assert_close(outlier_score_parts(run.model, x, seed=4, n_chains=4)["score"], direct)
+    with pytest.raises(ValueError, match="n_chains must be an int >= 1"):
+        outlier_score_parts(run.model, x, n_chains=0)
+
+
+def test_auroc():
+    assert auroc(torch.tensor([0.9, 0.8, 0.7, 0.1]), torch.tensor([1, 0, 1, 0])) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="both positives"):
+        auroc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1]))

@@ -38,7 +38,8 @@ from jebm.train.presets import resolve_config
 WORLD = 2
 ITERS = 3
 TINY = dict(dims=[4, 2], ebm_hidden=[8], gauss_hidden=[8], dec_hidden=[16], infer_hidden=[16],
-            infer_head_hidden=[8], prior_steps=3, post_steps=3, batch_size=20, sample_every=0, n_samples=4)
+            infer_head_hidden=[8], prior_steps=3, post_steps=3, batch_size=20, sample_every=0, n_samples=4,
+            lr_gen=1e-3, lr_infer=1e-3)  # the learning rates before issue 12: a few iterations move the parameters
 ATOL = 2e-5
 
 

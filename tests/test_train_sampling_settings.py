@@ -46,7 +46,9 @@ def test_model_config_is_read_only_and_still_a_dict():
 
 
 def test_sampling_settings_give_each_chain_its_keywords():
-    s = SamplingSettings.from_config(resolve_config(prior_step_size=[0.4, 0.2], post_steps=7))
+    # prior_steps and space named: the defaults changed (issue 12) and this test is about the passing-on
+    s = SamplingSettings.from_config(resolve_config(prior_step_size=[0.4, 0.2], post_steps=7, prior_steps=30,
+                                                    space="eps"))
     assert s.prior() == dict(n_steps=30, step_size=[0.4, 0.2], noise_scale=1.0, space="eps")
     assert s.posterior() == dict(n_steps=7, step_size=0.1, noise_scale=1.0, space="eps")
     half = s.with_step_scale(0.5)

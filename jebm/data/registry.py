@@ -13,11 +13,14 @@ import os
 import numpy as np
 import torch
 
-from . import digits, folder, idx, npz
+from . import digits, folder, idx, mnist5k, npz
 from .dataset import ImageDataset
-from .splits import SPLITS, filter_classes
+from .splits import SPLITS, filter_classes, split_indices
 
-__all__ = ["SOURCES", "DATASETS", "load_dataset"]
+__all__ = ["SOURCES", "DATASETS", "load_dataset", "VALIDATION_FRACTION"]
+
+# The share of the train split that ``load_dataset(..., validation="val")`` holds out.
+VALIDATION_FRACTION = 0.2
 
 SOURCES = {
     "digits": digits.load,
@@ -25,17 +28,21 @@ SOURCES = {
     "fashion-mnist": idx.load_fashion_mnist,
     "npz": npz.load,
     "folder": folder.load,
+    "mnist5k": mnist5k.load,
 }
 DATASETS = tuple(SOURCES)
 
 
 def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *, split: str = "train",
                  exclude_class: int | None = None, only_class: int | None = None,
-                 test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+                 test_fraction: float = 0.2, seed: int = 0, validation: str | None = None) -> ImageDataset:
     """Load one split of an image data set, scaled to [-1, 1]; see the module docstring for sources.
 
     ``exclude_class`` drops one class (held-out-class outlier protocol), ``only_class`` keeps one.
     ``test_fraction`` and ``seed`` fix the split of sources that have none of their own.
+    ``validation`` splits the train split once more, so settings can be chosen without looking at
+    the test split: ``"val"`` is a stratified ``VALIDATION_FRACTION`` of it, ``"fit"`` the rest
+    (``split`` must be "train"; ``splits.split_indices`` with ``seed + 1``).
     """
     if not isinstance(name, str) or name.lower() not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
@@ -51,7 +58,17 @@ def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *,
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
             raise ValueError(f"{name}: {arg} must be an int class label; got {value!r}")
 
+    if validation is not None:
+        if validation not in ("fit", "val"):
+            raise ValueError(f"{name}: validation must be None, 'fit' or 'val'; got {validation!r}")
+        if split != "train":
+            raise ValueError(f"{name}: validation={validation!r} splits the train split; got split={split!r}")
+
     images, labels, classes = SOURCES[name](root, split, test_fraction, seed)
+    if validation is not None:
+        part = split_indices(images.shape[0], labels, "test" if validation == "val" else "train",
+                             VALIDATION_FRACTION, seed + 1)
+        images, labels = images[part], None if labels is None else labels[part]
     images, labels = filter_classes(name, images, labels, exclude_class, only_class)
     if images.shape[0] == 0:
         raise ValueError(f"{name}: split {split!r} has no images")

@@ -1,27 +1,93 @@
-"""The held-out-class outlier protocol (DESIGN.md "Evaluation"; ``jebm eval --outlier``).
+"""The held-out-class outlier protocol of the papers (DESIGN.md "Evaluation"; ``jebm eval --outlier``).
 
-For each class c and seed: train without class c, score every test image by
-||x - g(z_1)||^2 / (2 sigma_x^2) + U(z) at a posterior sample (the negative log joint; higher = more
-anomalous; ``jebm.evaluate.scores``), AUPRC with class c positive; beside a Gaussian-prior
-baseline: the same generator with no EBM terms (``ebm=False``), trained with the same scheme,
-iterations and seed. Writes ``outlier.json`` and ``outlier.png``.
+Zenati et al.'s MNIST protocol, as LEBM (Pang et al. 2020) and CVPR 2023 (Cui, Wu & Han) use it:
+for each held-out class c and seed,
+- train on the train split (80%) of the nine inlier classes;
+- test on the test split (the other 20%) of the inlier classes plus *every* image of class c
+  (about 36% positives on MNIST);
+- score each test image by the negative log joint ||x - g(z_1)||^2 / (2 sigma_x^2) + U(z), averaged
+  over ``n_chains`` posterior chains (one chain is too noisy to compare models:
+  ``jebm.evaluate.scores.outlier_score_parts``); higher = more anomalous;
+- AUPRC (the papers' number) and AUROC with class c positive, and the AUPRC of -F(z) alone (the
+  EBM term's own share of the score).
+Three models, trained the same way (scheme, preset, iterations, seed, overrides): the joint EBM
+prior (``"ebm"``: the configured generator, L >= 2), the same generator with its Gaussian prior
+(``"gauss"``: ``ebm=False``) and LEBM (``"lebm"``: one latent layer, d_1, with an EBM prior on
+N(0, I); the same decoder).
+
+A run that diverges is recorded in its cell (``<model>_diverged``: the message) and the table goes
+on; the summaries count it and average over the runs that finished.
+
+``validation=True`` runs the same protocol inside the train split, never reading the test split:
+each run trains on the ``"fit"`` part of the train split (``jebm.data.load_dataset(validation=)``)
+and is scored on the ``"val"`` part of the inliers plus every train-split image of class c. Settings
+are chosen that way; the test-split table is then run once.
+
+Writes ``outlier.json`` (every run, per class mean +- sample std over seeds, overall) and
+``outlier.png`` (AUPRC bars of the three models, -F-alone marks, chance) into ``out_dir``; the runs
+go to ``out_dir/c<class>_s<seed>_<model>`` and a finished run is reused when the experiment is run
+again. ``jobs`` > 1 trains that many runs at once in worker processes (``threads`` torch threads each).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import multiprocessing as mp
 import os
 from pathlib import Path
 import statistics
 import time
 
+import torch
+
 from ..data import load_dataset
-from ..train import load_run, train
+from ..train import TrainingDiverged, load_run, train
 from ..train.presets import resolve_config
 from .json_io import write_json
-from .scores import auprc, outlier_scores
+from .scores import auprc, auroc, outlier_score_parts
 
-__all__ = ["outlier_experiment", "PAPER_CLASSES"]
+__all__ = ["outlier_experiment", "format_outlier_table", "outlier_test_set", "model_overrides", "PAPER_CLASSES", "MODELS", "MODEL_NAMES",
+           "PAPER_AUPRC", "DEFAULT_CHAINS"]
 
 PAPER_CLASSES = (1, 4, 5, 7, 9)  # the held-out digits of the papers' MNIST outlier table
+MODELS = ("ebm", "gauss", "lebm")
+MODEL_NAMES = {"ebm": "joint EBM prior", "gauss": "Gaussian prior", "lebm": "LEBM (one layer, EBM prior)"}
+_SHORT = {"ebm": "EBM prior", "gauss": "Gaussian prior", "lebm": "LEBM"}
+DEFAULT_CHAINS = 8   # posterior chains averaged per test image (the score's noise falls as 1/sqrt(M))
+# The papers' MNIST AUPRC for held-out 1, 4, 5, 7, 9 (full MNIST, 60,000 images, conv generators).
+PAPER_AUPRC = {"CVPR 2023 joint EBM prior": {1: 0.470, 4: 0.941, 5: 0.964, 7: 0.815, 9: 0.796},
+               "LEBM (NeurIPS 2020)": {1: 0.336, 4: 0.630, 5: 0.619, 7: 0.463, 9: 0.413}}
+
+_PROTOCOL = ("train on the train split (80%) of the inlier classes; test on the inliers' test split plus every image "
+             "of the held-out class c; score = ||x - g(z_1)||^2/(2 sigma_x^2) + U(z) averaged over {m} posterior "
+             "chains; AUPRC and AUROC with class c positive; std = sample std over seeds")
+_PROTOCOL_VAL = ("validation: train on the 'fit' part of the train split of the inlier classes; test on the inliers' "
+                 "'val' part plus every train-split image of the held-out class c (the test split is not read); "
+                 "score = ||x - g(z_1)||^2/(2 sigma_x^2) + U(z) averaged over {m} posterior chains; AUPRC and AUROC "
+                 "with class c positive; std = sample std over seeds")
+
+
+def model_overrides(kind: str, cfg: dict) -> dict:
+    """The run-config overrides that make ``kind`` out of the resolved config ``cfg``."""
+    if kind == "ebm":
+        return {"ebm": True}
+    if kind == "gauss":
+        return {"ebm": False}
+    if kind == "lebm":
+        return {"ebm": True, "dims": [cfg["dims"][0]], "ebm_hidden": [cfg["ebm_hidden"][0]], "joint_hidden": None}
+    raise ValueError(f"unknown model {kind!r}; choose from {MODELS}")
+
+
+def outlier_test_set(dataset: str, data_root, c: int, *, validation: bool = False):
+    """(images, positive mask) of the protocol's test set for held-out class ``c``."""
+    if validation:
+        inliers = load_dataset(dataset, data_root, split="train", validation="val", exclude_class=c)
+        outliers = load_dataset(dataset, data_root, split="train", only_class=c)
+    else:
+        inliers = load_dataset(dataset, data_root, split="test", exclude_class=c)
+        outliers = load_dataset(dataset, data_root, split="all", only_class=c)
+    images = torch.cat([inliers.images, outliers.images])
+    positive = torch.cat([torch.zeros(len(inliers), dtype=torch.bool), torch.ones(len(outliers), dtype=torch.bool)])
+    return images, positive
 
 
 def _train_or_reuse(out: Path, **kwargs):
@@ -33,54 +99,149 @@ def _train_or_reuse(out: Path, **kwargs):
     return train(out_dir=out, resume=resume, **kwargs)
 
 
+def _cell(task: dict) -> dict:
+    """Train (or reuse) one run and score it: the ``<kind>_*`` entries of its row."""
+    if task.get("threads"):
+        torch.set_num_threads(task["threads"])
+    kind, c = task["kind"], task["class"]
+    t0 = time.perf_counter()
+    out = {}
+    try:
+        res = _train_or_reuse(Path(task["out"]), **task["train"])
+    except TrainingDiverged as exc:
+        return {f"{kind}_diverged": str(exc), f"{kind}_diverged_at": exc.iteration, f"{kind}_run": task["out"],
+                f"{kind}_seconds": time.perf_counter() - t0}
+    run = load_run(res.checkpoint)
+    images, positive = outlier_test_set(task["dataset"], task["data_root"], c, validation=task["validation"])
+    try:
+        parts = outlier_score_parts(run.model, images, infer=run.infer, seed=task["score_seed"],
+                                    backend=task["backend"], sampling=run.sampling, n_chains=task["n_chains"])
+        out[f"{kind}_auprc"] = auprc(parts["score"], positive)
+        out[f"{kind}_auroc"] = auroc(parts["score"], positive)
+        out[f"{kind}_negF_auprc"] = auprc(-parts["F"], positive) if run.model.has_ebm else None
+        out[f"{kind}_recon_auprc"] = auprc(parts["recon"], positive)
+        neg = ~positive
+        out[f"{kind}_negF_std"] = float((-parts["F"][neg]).std()) if run.model.has_ebm else 0.0
+        out[f"{kind}_recon_std"] = float(parts["recon"][neg].std())
+    except ValueError as exc:  # NaN scores: the model's posterior chains diverged at scoring
+        out[f"{kind}_diverged"] = f"scoring: {exc}"
+    out.update({f"{kind}_run": str(res.run_dir), f"{kind}_iterations": res.iterations,
+                f"{kind}_seconds": time.perf_counter() - t0})
+    return out
+
+
 def outlier_experiment(*, classes=PAPER_CLASSES, seeds=(0, 1, 2), iters: int | None = None, out_dir="runs/outlier",
                        dataset: str = "digits", data_root=None, preset: str = "default", scheme: str = "mle",
-                       backend: str = "auto", progress: bool = True, score_seed: int = 0, **overrides) -> dict:
-    """The held-out-class outlier protocol: for every class in ``classes`` and seed in ``seeds``,
-    train the EBM-prior model and the Gaussian-prior baseline without that class (same scheme,
-    preset, ``iters`` and seed), score the full test split, AUPRC with the class positive.
+                       backend: str = "auto", progress: bool = True, score_seed: int = 0,
+                       n_chains: int = DEFAULT_CHAINS, models=MODELS, validation: bool = False, jobs: int = 1,
+                       threads: int | None = None, **overrides) -> dict:
+    """The held-out-class outlier protocol (module docstring): for every class in ``classes``, seed
+    in ``seeds`` and model in ``models``, train without that class and score the protocol's test set.
 
-    Writes ``outlier.json`` (per run, per class mean +- sample std over seeds, overall) and
-    ``outlier.png`` (the bars) into ``out_dir``; the runs go to ``out_dir/c<class>_s<seed>_{ebm,gauss}``.
+    ``iters`` defaults to the preset's (recorded in the summary); ``n_chains``: posterior chains
+    averaged per image; ``validation``: the protocol inside the train split; ``jobs``: runs trained at
+    once (worker processes), with ``threads`` torch threads each (default: the cores shared out).
+    Returns the summary written to ``out_dir/outlier.json``.
     """
     classes, seeds = _int_list(classes, "classes"), _int_list(seeds, "seeds")
     if "ebm" in overrides or "exclude_class" in overrides:
         raise TypeError("outlier_experiment sets ebm and exclude_class itself; do not pass them")
+    if "validation" in overrides:
+        raise TypeError("pass validation=True to outlier_experiment, not as a run-config override")
+    models = [models] if isinstance(models, str) else list(models)
+    if not models or any(m not in MODELS for m in models) or len(set(models)) != len(models):
+        raise ValueError(f"models must be distinct names from {MODELS}, got {models!r}")
+    for name, v in (("n_chains", n_chains), ("jobs", jobs)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    base = resolve_config(preset, dataset=dataset, **overrides)
     if iters is None:  # the preset's budget, recorded so the table says what it was
-        iters = resolve_config(preset, **overrides)["iters"]
+        iters = base["iters"]
     out_dir = Path(out_dir)
-    test = load_dataset(dataset, data_root, split="test")
-    if test.labels is None:
+    labels = load_dataset(dataset, data_root, split="all").labels
+    if labels is None:
         raise ValueError(f"dataset {dataset!r} has no labels: the held-out-class protocol needs them")
-    present = set(int(v) for v in test.labels.unique())
+    present = set(int(v) for v in labels.unique())
     missing = [c for c in classes if c not in present]
     if missing:
         raise ValueError(f"classes {missing} do not occur in the {dataset} test labels {sorted(present)}")
-    rows = []
-    t_all = time.perf_counter()
+    if jobs > 1 and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    tasks = []
     for c in classes:
-        positive = test.labels == c
         for s in seeds:
-            row = {"class": c, "seed": s, "positive_fraction": float(positive.double().mean())}
-            for kind, ebm in (("ebm", True), ("gauss", False)):
-                t0 = time.perf_counter()
-                res = _train_or_reuse(out_dir / f"c{c}_s{s}_{kind}", dataset=dataset, data_root=data_root,
-                                      scheme=scheme, iters=iters, backend=backend, seed=s, preset=preset,
-                                      progress=progress, exclude_class=c, ebm=ebm, **overrides)
-                run = load_run(res.checkpoint)
-                scores = outlier_scores(run.model, test.images, infer=run.infer, seed=score_seed, backend=backend,
-                                        sampling=run.sampling)
-                row[f"{kind}_auprc"] = auprc(scores, positive)
-                row[f"{kind}_run"] = str(res.run_dir)
-                row[f"{kind}_iterations"] = res.iterations
-                row[f"{kind}_seconds"] = time.perf_counter() - t0
-            rows.append(row)
-            write_json(_summarise(rows, classes, seeds, dataset, preset, scheme, iters, t_all), out_dir / "outlier.json")
-    summary = _summarise(rows, classes, seeds, dataset, preset, scheme, iters, t_all)
+            for kind in models:
+                tasks.append({
+                    "class": c, "seed": s, "kind": kind, "out": str(out_dir / f"c{c}_s{s}_{kind}"),
+                    "dataset": dataset, "data_root": data_root, "validation": bool(validation),
+                    "score_seed": score_seed, "backend": backend, "n_chains": n_chains, "threads": threads,
+                    "train": dict(dataset=dataset, data_root=data_root, scheme=scheme, iters=iters, backend=backend,
+                                  seed=s, preset=preset, progress=progress and jobs == 1, exclude_class=c,
+                                  **({"validation": True} if validation else {}),
+                                  **{**overrides, **model_overrides(kind, base)})})
+    fractions = {}
+    for c in classes:
+        _, positive = outlier_test_set(dataset, data_root, c, validation=validation)
+        fractions[c] = {"positive_fraction": float(positive.double().mean()), "n_test": int(positive.numel())}
+    rows = {(c, s): {"class": c, "seed": s, **fractions[c]} for c in classes for s in seeds}
+    meta = dict(classes=classes, seeds=seeds, models=models, dataset=dataset, preset=preset, scheme=scheme,
+                iters=iters, n_chains=n_chains, validation=bool(validation), jobs=jobs, threads=threads)
+    t_all = time.perf_counter()
+
+    def done(task, cell):
+        rows[(task["class"], task["seed"])].update(cell)
+        write_json(_summarise(list(rows.values()), meta, t_all), out_dir / "outlier.json")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if jobs == 1:
+        for task in tasks:
+            done(task, _cell(task))
+    else:
+        # Worker processes (spawned: no forked OpenMP state), one run each at a time.
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_cell, t): t for t in tasks}
+            for f in cf.as_completed(futures):
+                done(futures[f], f.result())
+    summary = _summarise(list(rows.values()), meta, t_all)
     write_json(summary, out_dir / "outlier.json")
     summary["png"] = str(_plot_outlier(summary, out_dir / "outlier.png"))
     write_json(summary, out_dir / "outlier.json")
     return summary
+
+
+def format_outlier_table(summary: dict) -> str:
+    """The summary as text (``jebm eval --outlier`` prints it): AUPRC mean +- std per held-out class
+    and model, the mean over classes, AUROC and the AUPRC of -F alone."""
+    models = summary.get("models", ["ebm", "gauss"])
+
+    def ms(d):
+        return "  diverged  " if d.get("mean") is None else f"{d['mean']:.3f} +- {d['std']:.3f}"
+
+    what = "validation split" if summary.get("validation") else "test split"
+    lines = [f"AUPRC, mean +- std over seeds {summary['seeds']} ({summary['iters']} iterations); "
+             f"{summary.get('n_chains', 1)} posterior chains per image; {summary['dataset']}, {what}:"]
+    rows = list(summary["per_class"].items())
+    for c, v in rows:
+        cells = "   ".join(f"{_SHORT[k]} {ms(v[k])}" + (f" ({v[k]['diverged']} diverged)" if v[k].get("diverged")
+                                                          else "") for k in models)
+        lines.append(f"  held-out {c}: {cells}   [chance {v['positive_fraction']:.3f}]")
+    cm = summary.get("mean_of_class_means") or {}
+    if cm:
+        lines.append("  mean over classes: " + "   ".join(f"{_SHORT[k]} {cm[k]['mean']:.3f}" if cm[k]["mean"] is not None
+                                                         else f"{_SHORT[k]} -" for k in models))
+    lines.append("AUROC:")
+    for c, v in rows:
+        lines.append(f"  held-out {c}: " + "   ".join(f"{_SHORT[k]} {ms(v[k].get('auroc', {}))}" for k in models))
+    with_f = [k for k in models if k != "gauss"]
+    if with_f:
+        lines.append("AUPRC of -F(z) alone (the EBM term's share of the score):")
+        for c, v in rows:
+            lines.append(f"  held-out {c}: " + "   ".join(f"{_SHORT[k]} {ms(v[k].get('negF_auprc', {}))}"
+                                                         for k in with_f))
+    lines.append(f"wall time {summary.get('seconds', 0):.0f} s")
+    return "\n".join(lines)
 
 
 def _int_list(v, what) -> list[int]:
@@ -91,25 +252,40 @@ def _int_list(v, what) -> list[int]:
 
 
 def _mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {"mean": None, "std": None, "n": 0}
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
-def _summarise(rows, classes, seeds, dataset, preset, scheme, iters, t_all) -> dict:
+def _stats(rows, kind) -> dict:
+    """AUPRC mean/std/n (top level, as the report reads it), AUROC and -F-alone AUPRC, divergences."""
+    d = _mean_std([r.get(f"{kind}_auprc") for r in rows])
+    d["auroc"] = _mean_std([r.get(f"{kind}_auroc") for r in rows])
+    d["negF_auprc"] = _mean_std([r.get(f"{kind}_negF_auprc") for r in rows])
+    d["recon_auprc"] = _mean_std([r.get(f"{kind}_recon_auprc") for r in rows])
+    d["diverged"] = sum(1 for r in rows if f"{kind}_diverged" in r)
+    return d
+
+
+def _summarise(rows, meta, t_all) -> dict:
+    classes, models = meta["classes"], meta["models"]
     per_class = {}
     for c in classes:
         rs = [r for r in rows if r["class"] == c]
-        if rs:
-            per_class[str(c)] = {"ebm": _mean_std([r["ebm_auprc"] for r in rs]),
-                                 "gauss": _mean_std([r["gauss_auprc"] for r in rs]),
-                                 "positive_fraction": rs[0]["positive_fraction"]}
-    overall = {}
-    if rows:
-        overall = {"ebm": _mean_std([r["ebm_auprc"] for r in rows]),
-                   "gauss": _mean_std([r["gauss_auprc"] for r in rows])}
-    return {"protocol": "train without class c; score = ||x - g(z_1)||^2/(2 sigma_x^2) + U(z) at a posterior "
-                        "sample; AUPRC with class c positive on the full test split; std = sample std over seeds",
-            "dataset": dataset, "preset": preset, "scheme": scheme, "iters": iters, "classes": classes,
-            "seeds": seeds, "runs": rows, "per_class": per_class, "overall": overall,
+        if any(f"{k}_run" in r for r in rs for k in models):
+            entry = {k: _stats(rs, k) for k in models}
+            fr = [r["positive_fraction"] for r in rs if "positive_fraction" in r]
+            entry["positive_fraction"] = fr[0] if fr else None
+            per_class[str(c)] = entry
+    overall = {k: _stats(rows, k) for k in models} if rows else {}
+    # The mean over classes of the per-class means (the papers' "mean over the five").
+    class_means = {k: _mean_std([per_class[c][k]["mean"] for c in per_class]) for k in models}
+    protocol = (_PROTOCOL_VAL if meta["validation"] else _PROTOCOL).format(m=meta["n_chains"])
+    return {"protocol": protocol, **meta, "model_names": {k: MODEL_NAMES[k] for k in models},
+            "runs": sorted(rows, key=lambda r: (classes.index(r["class"]), r["seed"])),
+            "per_class": per_class, "overall": overall, "mean_of_class_means": class_means,
+            "paper_auprc": {k: {str(c): v for c, v in d.items()} for k, d in PAPER_AUPRC.items()},
             "seconds": time.perf_counter() - t_all}
 
 
@@ -118,19 +294,36 @@ def _plot_outlier(summary: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     cls = list(summary["per_class"])
+    models = summary.get("models", ["ebm", "gauss"])
     xs = range(len(cls))
-    fig, ax = plt.subplots(figsize=(1.2 * len(cls) + 2, 3))
-    for off, kind, label in ((-0.2, "ebm", "EBM prior"), (0.2, "gauss", "Gaussian prior")):
-        ax.bar([x + off for x in xs], [summary["per_class"][c][kind]["mean"] for c in cls], width=0.4,
-               yerr=[summary["per_class"][c][kind]["std"] for c in cls], capsize=3, label=label)
-    ax.scatter(list(xs), [summary["per_class"][c]["positive_fraction"] for c in cls], marker="_", s=300,
-               color="k", label="chance (positive fraction)")
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(1.6 * len(cls) + 2.5, 3.4))
+    for i, kind in enumerate(models):
+        off = (i - (len(models) - 1) / 2) * width
+        mean = [summary["per_class"][c][kind]["mean"] for c in cls]
+        std = [summary["per_class"][c][kind]["std"] for c in cls]
+        bars = ax.bar([x + off for x in xs], [m if m is not None else 0 for m in mean], width=width,
+                      yerr=[s if s is not None else 0 for s in std], capsize=2,
+                      label=MODEL_NAMES.get(kind, kind))
+        negf = [summary["per_class"][c][kind].get("negF_auprc", {}).get("mean") for c in cls]
+        if any(v is not None for v in negf):
+            ax.scatter([x + off for x, v in zip(xs, negf) if v is not None], [v for v in negf if v is not None],
+                       marker="v", s=18, color=bars.patches[0].get_facecolor(), edgecolor="k", linewidth=0.5,
+                       zorder=3, label=f"{MODEL_NAMES.get(kind, kind)}: -F alone")
+        for x, c in zip(xs, cls):
+            n_div = summary["per_class"][c][kind].get("diverged", 0)
+            if n_div:
+                ax.text(x + off, 0.02, f"{n_div} div.", rotation=90, fontsize=6, ha="center", va="bottom")
+    fr = [summary["per_class"][c]["positive_fraction"] for c in cls]
+    ax.scatter([x for x, f in zip(xs, fr) if f is not None], [f for f in fr if f is not None], marker="_", s=400,
+               color="k", label="chance (positive fraction)", zorder=4)
     ax.set_xticks(list(xs), [f"held-out {c}" for c in cls], fontsize=8)
     ax.set_ylabel("AUPRC")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    ax.set_title(f"{summary['dataset']}, {summary['scheme']}, {summary['iters']} iters, seeds {summary['seeds']}",
-                 fontsize=8)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    what = "validation" if summary.get("validation") else "test"
+    ax.set_title(f"{summary['dataset']} ({what}), {summary['scheme']}, {summary['iters']} iters, "
+                 f"{summary.get('n_chains', 1)} chains, seeds {summary['seeds']}", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + ".tmp.png")

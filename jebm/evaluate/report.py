@@ -10,7 +10,8 @@ makes it, never dropped silently:
 3. samples, reconstructions and the hierarchical sampling grid (``samples.png``,
    ``reconstructions.png`` from ``jebm train``; ``eval_*.png``, ``hierarchical.png`` and the
    metrics of ``eval.json`` from ``jebm eval``), and the training-time snapshots;
-4. the outlier AUPRC table against the Gaussian-prior baseline, from the ``outlier.json`` of
+4. the outlier AUPRC table of the joint EBM prior against its baselines (Gaussian prior, LEBM),
+   with AUROC, the AUPRC of -F alone and the papers' figures, from the ``outlier.json`` of
    ``jebm eval --outlier``, looked for at ``outlier=`` (``--outlier``), then
    ``RUN_DIR/outlier.json``, then ``RUN_DIR/../outlier/outlier.json`` (where the default
    ``jebm eval --outlier --out runs/outlier`` puts it beside ``runs/<run>``);
@@ -42,6 +43,7 @@ from .json_io import read_json as _read_json
 __all__ = ["write_report", "find_outlier_json", "find_benchmark_json", "STEP_SIZE_PREFIX"]
 
 STEP_SIZE_PREFIX = "step_size_post_l"
+_OUTLIER_NAMES = {"ebm": "joint EBM prior", "gauss": "Gaussian prior (baseline)", "lebm": "LEBM (baseline)"}
 REPORT_NAME = "report.html"
 # Keys of metrics.jsonl that are bookkeeping, not curves.
 _NOT_CURVES = ("iter", "philox_offset")
@@ -311,22 +313,48 @@ def _section_outlier(run_dir: Path, outlier) -> str:
         return "".join(out)
 
     def ms(d):
+        if not isinstance(d, dict) or d.get("mean") is None:
+            return "diverged" if isinstance(d, dict) else "&ndash;"
         return f"{d['mean']:.3f} &plusmn; {d['std']:.3f}"
+    models = [k for k in summary.get("models", ["ebm", "gauss"]) if k in _OUTLIER_NAMES]
     rows = []
     for c, v in summary["per_class"].items():
-        better = v["ebm"]["mean"] > v["gauss"]["mean"]
-        rows.append([f"held-out {_e(c)}", ("<b>" + ms(v["ebm"]) + "</b>") if better else ms(v["ebm"]),
-                     ms(v["gauss"]) if better else "<b>" + ms(v["gauss"]) + "</b>", f"{v['positive_fraction']:.3f}",
-                     str(v["ebm"]["n"])])
-    o = summary.get("overall") or {}
-    if o:
-        rows.append(["<b>all</b>", ms(o["ebm"]), ms(o["gauss"]), "", str(o["ebm"]["n"])])
-    out.append(_table(["class", "AUPRC, EBM prior", "AUPRC, Gaussian prior (baseline)", "chance (positive fraction)",
-                       "runs"], rows, num_cols=(1, 2, 3, 4)))
-    out.append(f"<p class=note>From <code>{_e(path)}</code>: {_e(summary.get('dataset'))}, scheme "
+        means = {k: v[k].get("mean") for k in models}
+        best = max((m for m in means.values() if m is not None), default=None)
+        cells = []
+        for k in models:
+            txt = ms(v[k]) + (f" ({v[k]['diverged']} diverged)" if v[k].get("diverged") else "")
+            cells.append(f"<b>{txt}</b>" if best is not None and means[k] == best else txt)
+        frac = v.get("positive_fraction")
+        rows.append([f"held-out {_e(c)}", *cells, "" if frac is None else f"{frac:.3f}",
+                     str(max(v[k].get("n", 0) for k in models))])
+    cm = summary.get("mean_of_class_means") or {}
+    if cm:
+        rows.append(["<b>mean over classes</b>", *[("&ndash;" if cm[k].get("mean") is None else f"{cm[k]['mean']:.3f}")
+                                                    for k in models], "", ""])
+    out.append(_table(["class", *[f"AUPRC, {_OUTLIER_NAMES[k]}" for k in models], "chance (positive fraction)",
+                       "runs"], rows, num_cols=tuple(range(1, len(models) + 3))))
+    extra = []
+    for c, v in summary["per_class"].items():
+        row = [f"held-out {_e(c)}"] + [ms(v[k].get("auroc")) if "auroc" in v[k] else "&ndash;" for k in models]
+        row += [ms(v[k].get("negF_auprc")) if "negF_auprc" in v[k] else "&ndash;" for k in models if k != "gauss"]
+        extra.append(row)
+    if any("auroc" in v[k] for v in summary["per_class"].values() for k in models):
+        out.append(_table(["class", *[f"AUROC, {_OUTLIER_NAMES[k]}" for k in models],
+                           *[f"AUPRC of -F alone, {_OUTLIER_NAMES[k]}" for k in models if k != "gauss"]],
+                          extra, num_cols=tuple(range(1, 2 * len(models)))))
+    paper = summary.get("paper_auprc")
+    if paper and summary.get("dataset") in ("mnist", "mnist5k"):
+        cls = list(summary["per_class"])
+        out.append(_table(["the papers (full MNIST, 60,000 images)", *[f"held-out {_e(c)}" for c in cls]],
+                          [[_e(name), *[f"{vals[c]:.3f}" if c in vals else "&ndash;" for c in cls]]
+                           for name, vals in paper.items()], num_cols=tuple(range(1, len(cls) + 1))))
+    what = "validation protocol (inside the train split)" if summary.get("validation") else "test split"
+    out.append(f"<p class=note>From <code>{_e(path)}</code>: {_e(summary.get('dataset'))} ({what}), scheme "
                f"{_e(summary.get('scheme'))}, preset {_e(summary.get('preset'))}, {_e(summary.get('iters'))} "
-               f"iterations per run, seeds {_e(summary.get('seeds'))}; mean &plusmn; sample std over seeds; the better "
-               f"prior of each row in bold. Protocol: {_e(summary.get('protocol', ''))}.</p>")
+               f"iterations per run, seeds {_e(summary.get('seeds'))}, {_e(summary.get('n_chains', 1))} posterior "
+               f"chains per test image, wall time {_e(round(summary.get('seconds', 0)))} s; mean &plusmn; sample std "
+               f"over seeds; the best model of each row in bold. Protocol: {_e(summary.get('protocol', ''))}.</p>")
     png = path.parent / "outlier.png"
     if png.is_file():
         out.append(_figure(png, "AUPRC per held-out class (outlier.png)"))

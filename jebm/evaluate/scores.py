@@ -5,7 +5,9 @@ negative log joint) and AUPRC.
 - ``reconstruction_error``: mean squared error per pixel between test images and g(z_1) at a
   posterior sample (posterior Langevin for MLE runs, q(z|x) for variational runs).
 - ``outlier_scores``: ||x - g(z_1)||^2 / (2 sigma_x^2) + U(z) at a posterior sample (higher = more
-  anomalous); ``auprc``: ``sklearn.metrics.average_precision_score`` with the outliers positive.
+  anomalous), or averaged over several chains; ``outlier_score_parts``: that average and its parts
+  (reconstruction, F, log p_beta); ``auprc``: ``sklearn.metrics.average_precision_score`` and
+  ``auroc``: ``roc_auc_score``, with the outliers positive.
 
 Every function that samples takes ``seed`` and draws from its own ``PhiloxGenerator``
 (``eval_generator``), so results are reproducible and two models scored with the same seed see the
@@ -21,7 +23,8 @@ import jebm_kernels as jk
 
 from ..model import JEBM, SamplingSettings, randn_layers
 
-__all__ = ["eval_generator", "posterior_latents", "reconstruction_error", "outlier_scores", "auprc"]
+__all__ = ["eval_generator", "posterior_latents", "reconstruction_error", "outlier_scores", "outlier_score_parts",
+           "auprc", "auroc"]
 
 _EVAL_SEED_XOR = 0xE7A1_5EED
 
@@ -96,9 +99,13 @@ def reconstruction_error(model: JEBM, images: torch.Tensor, *, infer=None, metho
 
 def outlier_scores(model: JEBM, images: torch.Tensor, *, infer=None, method: str = "auto", seed: int = 0,
                    backend: str = "auto", batch_size: int = 500,
-                   sampling: SamplingSettings | None = None) -> torch.Tensor:
+                   sampling: SamplingSettings | None = None, n_chains: int = 1) -> torch.Tensor:
     """The negative log joint ||x - g(z_1)||^2/(2 sigma_x^2) + U(z) at a posterior sample, [N]
-    (higher = less likely under the model = more anomalous)."""
+    (higher = less likely under the model = more anomalous); averaged over ``n_chains``
+    independent posterior chains per image when ``n_chains`` > 1 (``outlier_score_parts``)."""
+    if n_chains != 1:
+        return outlier_score_parts(model, images, infer=infer, method=method, seed=seed, backend=backend,
+                                   batch_size=batch_size, sampling=sampling, n_chains=n_chains)["score"]
     images = _check_images(model, images)
     out = []
     for x, z in _posterior_batches(model, images, infer, method, seed, backend, batch_size, sampling):
@@ -107,9 +114,49 @@ def outlier_scores(model: JEBM, images: torch.Tensor, *, infer=None, method: str
     return torch.cat(out)
 
 
+def outlier_score_parts(model: JEBM, images: torch.Tensor, *, infer=None, method: str = "auto", seed: int = 0,
+                        backend: str = "auto", batch_size: int = 500, sampling: SamplingSettings | None = None,
+                        n_chains: int = 4) -> dict:
+    """The outlier score and its parts, each averaged over ``n_chains`` independent posterior chains
+    per image (the images repeated ``n_chains`` times in one batch of chains), [N] each:
+    ``score`` = ``recon`` + ``U``, with ``recon`` = ||x - g(z_1)||^2/(2 sigma_x^2), ``U`` = -F(z) -
+    log p_beta(z) and its parts ``F`` and ``log_p_beta``. With one chain, ``score`` is
+    ``outlier_scores``'s."""
+    if not isinstance(n_chains, int) or isinstance(n_chains, bool) or n_chains < 1:
+        raise ValueError(f"n_chains must be an int >= 1, got {n_chains!r}")
+    images = _check_images(model, images)
+    per = max(1, batch_size // n_chains)  # images per batch: per * n_chains chains at once
+    parts = {k: [] for k in ("score", "recon", "U", "F", "log_p_beta")}
+    g = eval_generator(seed)
+    for sl in _batches(images.shape[0], per):
+        x = images[sl]
+        xr = x.repeat(n_chains, 1, 1, 1)  # chain m of image i at row m * b + i
+        z = posterior_latents(model, xr, infer=infer, method=method, generator=g, backend=backend, sampling=sampling)
+        with torch.no_grad():
+            recon = model.recon_energy(xr, z[0])
+            F = model.F(z)
+            lp = model.log_p_beta(z)
+        vals = {"recon": recon, "F": F, "log_p_beta": lp, "U": -F - lp, "score": recon - F - lp}
+        for k, v in vals.items():
+            parts[k].append(v.reshape(n_chains, x.shape[0]).mean(0))
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
 def auprc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the precision-recall curve (average precision) with ``positive`` the outliers."""
     from sklearn.metrics import average_precision_score
+    scores, positive = _check_scores(scores, positive)
+    return float(average_precision_score(positive.numpy(), scores.numpy()))
+
+
+def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve with ``positive`` the outliers (0.5 = chance)."""
+    from sklearn.metrics import roc_auc_score
+    scores, positive = _check_scores(scores, positive)
+    return float(roc_auc_score(positive.numpy(), scores.numpy()))
+
+
+def _check_scores(scores, positive):
     scores = torch.as_tensor(scores).detach().double().cpu()
     positive = torch.as_tensor(positive).detach().bool().cpu()
     if scores.shape != positive.shape or scores.dim() != 1:
@@ -119,4 +166,4 @@ def auprc(scores: torch.Tensor, positive: torch.Tensor) -> float:
         raise ValueError("AUPRC needs both positives (held-out class) and negatives among the test images")
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("some outlier scores are NaN or inf: the model or its posterior chains diverged")
-    return float(average_precision_score(positive.numpy(), scores.numpy()))
+    return scores, positive

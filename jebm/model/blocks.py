@@ -13,18 +13,36 @@ from torch import nn
 
 import jebm_kernels as jk
 
-__all__ = ["mlp", "randn_layers", "ConvDecoder", "LEAK", "LOG_2PI"]
+__all__ = ["mlp", "randn_layers", "ConvDecoder", "LEAK", "LOG_2PI", "ACTIVATIONS"]
 
 LEAK = 0.2
 LOG_2PI = math.log(2 * math.pi)
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear, LeakyReLU(0.2), ..., Linear: the family jebm_kernels can fuse (no trailing act)."""
+# The hidden activations an MLP of the model may use (all in the family jebm_kernels fuses).
+ACTIVATIONS = {
+    "leaky_relu": lambda: nn.LeakyReLU(LEAK),
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+}
+
+
+def mlp(sizes: list[int], activation: str = "leaky_relu") -> nn.Sequential:
+    """Linear, act, ..., Linear (act = LeakyReLU(0.2) by default, or one of ``ACTIVATIONS``): the
+    family jebm_kernels can fuse (no trailing act).
+
+    With a bounded activation (``"tanh"``) the output is bounded for fixed weights: |out_j| <=
+    |b_j| + sum_i |W_ji|, whatever the input."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     mods: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         if i:
-            mods.append(nn.LeakyReLU(LEAK))
+            mods.append(ACTIVATIONS[activation]())
         mods.append(nn.Linear(sizes[i], sizes[i + 1]))
     return nn.Sequential(*mods)
 

@@ -27,7 +27,7 @@ from torch import nn
 import jebm_kernels as jk
 from jebm_kernels.spec import eps_to_z, gaussian_params, neg_log_base
 
-from .blocks import LOG_2PI, ConvDecoder, mlp, randn_layers
+from .blocks import ACTIVATIONS, LOG_2PI, ConvDecoder, mlp, randn_layers
 from .config import ReadOnlyConfig, normalize_hidden
 
 __all__ = ["JEBM", "MODEL_KEYS"]
@@ -35,7 +35,7 @@ __all__ = ["JEBM", "MODEL_KEYS"]
 # The config keys the model reads (architecture and default sampler settings).
 MODEL_KEYS = ("dims", "ebm", "ebm_hidden", "joint_hidden", "gauss_hidden", "decoder", "dec_hidden", "ngf",
               "sigma_x", "sigma_floor", "space", "prior_steps", "prior_step_size", "post_steps",
-              "post_step_size", "noise_scale")
+              "post_step_size", "noise_scale", "ebm_activation", "gauss_activation")
 
 
 class JEBM(nn.Module):
@@ -60,7 +60,8 @@ class JEBM(nn.Module):
     def __init__(self, image_shape, dims=(16, 8), *, ebm: bool = True, ebm_hidden=(64, 64), joint_hidden=None,
                  gauss_hidden=(64, 64), decoder: str = "mlp", dec_hidden=(128, 128), ngf: int = 64,
                  sigma_x: float = 0.3, sigma_floor: float = 0.01, space: str = "eps", prior_steps: int = 30,
-                 prior_step_size=0.4, post_steps: int = 30, post_step_size=0.1, noise_scale: float = 1.0):
+                 prior_step_size=0.4, post_steps: int = 30, post_step_size=0.1, noise_scale: float = 1.0,
+                 ebm_activation: str = "leaky_relu", gauss_activation: str = "leaky_relu"):
         super().__init__()
         if not isinstance(image_shape, (tuple, list, torch.Size)) or len(image_shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}")
@@ -71,6 +72,9 @@ class JEBM(nn.Module):
             raise ValueError(f"space must be 'z' or 'eps', got {space!r}")
         if not sigma_x > 0:
             raise ValueError(f"sigma_x must be > 0, got {sigma_x}")
+        for name, act in (("ebm_activation", ebm_activation), ("gauss_activation", gauss_activation)):
+            if act not in ACTIVATIONS:
+                raise ValueError(f"{name} must be one of {tuple(ACTIVATIONS)}, got {act!r}")
         L = len(dims)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.dims = tuple(dims)
@@ -84,14 +88,14 @@ class JEBM(nn.Module):
             decoder=decoder, dec_hidden=[int(w) for w in dec_hidden], ngf=int(ngf), sigma_x=float(sigma_x),
             sigma_floor=float(sigma_floor), space=space, prior_steps=int(prior_steps),
             prior_step_size=prior_step_size, post_steps=int(post_steps), post_step_size=post_step_size,
-            noise_scale=float(noise_scale))
+            noise_scale=float(noise_scale), ebm_activation=ebm_activation, gauss_activation=gauss_activation)
         cfg = self.config
         # gaussians[l] is p(z_{l+1} | z_{l+2}) in 1-based terms: maps d_{l+2} -> [mu, raw] (2 d_{l+1}).
         self.gaussians = nn.ModuleList(
-            mlp([dims[l + 1], *cfg["gauss_hidden"][l], 2 * dims[l]]) for l in range(L - 1))
+            mlp([dims[l + 1], *cfg["gauss_hidden"][l], 2 * dims[l]], gauss_activation) for l in range(L - 1))
         if ebm:
-            self.layer_energies = nn.ModuleList(mlp([d, *h, 1]) for d, h in zip(dims, cfg["ebm_hidden"]))
-            self.joint = mlp([sum(dims), *cfg["joint_hidden"], 1]) if joint_hidden is not None else None
+            self.layer_energies = nn.ModuleList(mlp([d, *h, 1], ebm_activation) for d, h in zip(dims, cfg["ebm_hidden"]))
+            self.joint = mlp([sum(dims), *cfg["joint_hidden"], 1], ebm_activation) if joint_hidden is not None else None
         else:
             self.layer_energies = None
             self.joint = None
@@ -197,6 +201,23 @@ class JEBM(nn.Module):
         z = self._check_latents(z)
         D = sum(self.dims)
         return -neg_log_base(self.prior_spec("z", detach=False), z) - 0.5 * D * LOG_2PI
+
+    @torch.no_grad()
+    def conditional_sigmas(self, z: list[torch.Tensor]) -> list[torch.Tensor]:
+        """sigma_l(z_{l+1}) of p(z_l | z_{l+1}) at ``z``, one [B, d_l] tensor per l = 1..L-1
+        (a diagnostic: a sigma stuck at ``sigma_floor`` is the collapse of that layer)."""
+        z = self._check_latents(z)
+        spec = self.prior_spec("z")
+        return [gaussian_params(spec.gaussians[l], z[l + 1])[1] for l in range(self.n_layers - 1)]
+
+    def sigma_metrics(self, z: list[torch.Tensor]) -> dict:
+        """``sigma_l<l>``: the median of sigma_l over a batch and dims, and ``sigma_l<l>_p10``: its
+        10th percentile, for l = 1..L-1 (logged by the trainers)."""
+        out = {}
+        for l, s in enumerate(self.conditional_sigmas(z), start=1):
+            flat = s.detach().flatten().float()  # float quantiles: no host tensor to copy (GPU path)
+            out[f"sigma_l{l}"], out[f"sigma_l{l}_p10"] = flat.quantile(0.5), flat.quantile(0.1)
+        return out
 
     def energy(self, z: list[torch.Tensor]) -> torch.Tensor:
         """Prior energy U(z) = -F(z) - log p_beta(z) in z-space, [B] (with log p_beta's constant)."""

@@ -29,5 +29,7 @@ def build_model(cfg: dict, image_shape, device) -> tuple[JEBM, object]:
 
 
 def load_training_data(cfg: dict):
-    """The images a run trains on: the train split, without ``exclude_class``."""
-    return load_dataset(cfg["dataset"], cfg["data_root"], split="train", exclude_class=cfg["exclude_class"])
+    """The images a run trains on: the train split (its "fit" part with ``validation``), without
+    ``exclude_class``."""
+    return load_dataset(cfg["dataset"], cfg["data_root"], split="train", exclude_class=cfg["exclude_class"],
+                        validation="fit" if cfg["validation"] else None)

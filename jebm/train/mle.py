@@ -66,11 +66,12 @@ class MLETrainer(Trainer):
             loss_beta = logp_neg - logp_pos
             loss_ebm = F_neg - F_pos
             metrics.update(loss_beta=loss_beta, loss_ebm=loss_ebm, logp_neg=logp_neg, F_pos=F_pos, F_neg=F_neg)
-            total = loss_recon + loss_beta + loss_ebm
+            total = loss_recon + loss_beta + loss_ebm + self.f_penalty(z_pos, z_neg)
         else:
             loss_beta = -logp_pos
             metrics.update(loss_beta=loss_beta)
             total = loss_recon + loss_beta
+        metrics.update(model.sigma_metrics(z_pos))
         metrics.update(post_metrics)
         if self.short_run is not None:
             total = total + self.short_run.surrogate()  # the step sizes' gradient, through the same backward

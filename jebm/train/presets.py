@@ -8,11 +8,22 @@ the start of a run with a message naming the key, not an hour later.
 Presets:
 
 ``"default"``
-    Small enough to train on the bundled 8x8 digits in a few minutes on 2 CPU cores: two latent
-    layers d = (16, 8), MLP energies and Gaussians of width 64, an MLP decoder 16-128-128-64.
-    Higher learning rates than the papers' (a few hundred iterations, not 50,000) and shorter
-    chains (30 prior / 30 posterior steps). Langevin in eps-space: on this tiny model it mixes
-    better than z-space at the same step size (DESIGN.md: "eps is usually better conditioned").
+    Small enough to train on the bundled 8x8 digits (or mnist5k, 28x28) in about a minute on 2 CPU
+    cores: two latent layers d = (16, 8), MLP energies and Gaussians of width 64, an MLP decoder
+    16-128-128-(C*H*W); 2000 iterations of batch 100. Each setting below was measured
+    (README "Training: defaults and what they rest on"):
+    - MLE scheme: Langevin in z-space, as the CVPR code (eps-space posterior chains shrank sigma of
+      p(z_1|z_2) towards its floor: median 1.0 -> 0.12 by iteration 2700 on digits, and that run
+      diverged; in z-space it stays near 0.9); the papers' chain lengths, prior 60 steps of
+      s = 0.3 (s = 0.4 blew up near iteration 6000 on digits in 2 of 2 seeds) and posterior 40
+      steps of s = 0.1; Adam 3e-4 for every part (the issue's stable setting).
+    - ``ebm_l2`` = 0.1: alpha's loss gains 0.1 (F(z+)^2 + F(z-)^2); without it the gap F(z+) - F(z-)
+      ran away and the prior chain diverged at 6,000-13,000 iterations on digits.
+    - Variational scheme (``SCHEME_DEFAULTS``): eps-space prior chains (in z-space sigma exploded and
+      the chain diverged within 500 iterations), lr_ebm 1e-4, and tanh in p(z_l|z_{l+1})'s MLP: with
+      sigma = exp(raw) + floor unbounded, F(z(eps)) grows exponentially along some eps_2, the eps-space
+      prior energy is unbounded below and a chain ran off after ~120 iterations on mnist5k; tanh
+      bounds raw (and so sigma) for any fixed weights.
 
 ``"cvpr-cifar10"``
     Cui, Wu & Han, CVPR 2023, CIFAR-10 (their ``train_cifar10.py``): L = 2, d = (128, 100);
@@ -37,9 +48,10 @@ import math
 
 import jebm_kernels as jk
 
+from ..model.blocks import ACTIVATIONS
 from ..model.config import is_int as _is_int, is_real as _is_real, normalize_hidden, widths as _widths
 
-__all__ = ["PRESETS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config",
+__all__ = ["PRESETS", "SCHEME_DEFAULTS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config",
            "describe_presets"]
 
 # Every key a run config has, with the "default" preset's value.
@@ -48,22 +60,25 @@ _BASE = dict(
     dataset="digits",
     data_root=None,
     exclude_class=None,      # held-out class (outlier protocol)
+    validation=False,        # True: train on the train split minus its validation part (load_dataset(validation="fit"))
     # model
     dims=[16, 8],
     ebm=True,                # False: the Gaussian-prior baseline (no f terms at all)
     ebm_hidden=[64, 64],     # widths of f_l's hidden layers; a list of lists gives one per layer
     joint_hidden=None,       # widths of f_0's hidden layers on concat(z); None: no joint term
     gauss_hidden=[64, 64],   # widths of p(z_l|z_{l+1})'s hidden layers (one list, or one per Gaussian)
+    ebm_activation="leaky_relu",    # hidden activation of the f terms (jebm.model.blocks.ACTIVATIONS)
+    gauss_activation="leaky_relu",  # hidden activation of p(z_l|z_{l+1})'s MLP; "tanh" bounds mu and sigma
     decoder="mlp",           # "mlp" or "conv" (transposed convolutions; H = W, divisible by 4)
     dec_hidden=[128, 128],   # MLP decoder hidden widths
     ngf=64,                  # conv decoder base width (channels ngf*16, ngf*8, ngf*4)
     sigma_x=0.3,
     sigma_floor=0.01,
     # sampling
-    space="eps",             # "z" or "eps": where the Langevin chains run
-    prior_steps=30,
-    prior_step_size=0.4,     # float or one per layer
-    post_steps=30,
+    space="z",               # "z" or "eps": where the Langevin chains run (default preset: z for mle, eps for variational)
+    prior_steps=60,
+    prior_step_size=0.3,     # float or one per layer
+    post_steps=40,
     post_step_size=0.1,
     noise_scale=1.0,
     persistent_prior=False,  # True: the negative-phase prior chains continue across iterations
@@ -75,12 +90,14 @@ _BASE = dict(
     entropy_probes=1,        # series: Hutchinson probes per chain and step
     # optimisation
     scheme="mle",            # "mle" or "variational"
-    iters=400,
+    iters=2000,
     batch_size=100,
-    lr_ebm=1e-4,
-    lr_gen=1e-3,
-    lr_infer=1e-3,
+    lr_ebm=3e-4,             # default preset: 3e-4 for mle, 1e-4 for variational
+    lr_gen=3e-4,
+    lr_infer=3e-4,
     adam_betas=[0.9, 0.999],
+    grad_clip=None,          # clip each optimiser's gradient to this total norm (None: no clipping)
+    ebm_l2=0.1,              # alpha's loss gains ebm_l2 * (mean F(z+)^2 + mean F(z-)^2) (0: none)
     infer_hidden=[256, 256], # variational: bottom-up feature widths (MLP encoder)
     infer_head_hidden=[128], # variational: widths of the q(z_l | z_{l+1}, x) heads
     nif=32,                  # variational conv encoder base width
@@ -97,6 +114,12 @@ _BASE = dict(
     sample_every=200,        # write samples_<iter>.png / reconstructions_<iter>.png; 0: only at the end
     n_samples=64,
 )
+
+# The "default" preset's settings that depend on the learning scheme (applied before the overrides).
+SCHEME_DEFAULTS: dict[str, dict] = {
+    "mle": {},
+    "variational": dict(space="eps", lr_ebm=1e-4, gauss_activation="tanh"),
+}
 
 PRESETS: dict[str, dict] = {
     "default": {},
@@ -170,17 +193,26 @@ def resolve_config(preset: str = "default", **overrides) -> dict:
         raise TypeError(f"unknown config key(s) {unknown}; known keys: {', '.join(RUN_KEYS)}")
     cfg = copy.deepcopy(_BASE)
     cfg.update(copy.deepcopy(PRESETS[preset]))
+    if preset == "default":
+        cfg.update(copy.deepcopy(SCHEME_DEFAULTS.get(overrides.get("scheme", cfg["scheme"]), {})))
     cfg.update({k: copy.deepcopy(v) for k, v in overrides.items()})
     cfg["preset"] = preset
     return validate_config(cfg)
 
 
+# Keys added after runs were saved without them, with the value that reproduces those runs (where
+# it differs from the current default).
+_LEGACY = dict(ebm_activation="leaky_relu", gauss_activation="leaky_relu", grad_clip=None, validation=False,
+               ebm_l2=0.0)
+
+
 def upgrade_config(saved: dict) -> dict:
-    """A saved run config with the keys added since it was written filled in by their defaults
-    (each new key's default reproduces the behaviour from before it existed), then validated."""
+    """A saved run config with the keys added since it was written filled in by the values that
+    reproduce the behaviour from before they existed (``_LEGACY``, else the default), then validated."""
     if not isinstance(saved, dict):
         raise ValueError(f"a run config must be a dict, got {type(saved).__name__}")
     cfg = copy.deepcopy(_BASE)
+    cfg.update(copy.deepcopy(_LEGACY))
     cfg.update(copy.deepcopy(saved))
     return validate_config(cfg)
 
@@ -208,9 +240,12 @@ def validate_config(cfg: dict) -> dict:
         cfg["gauss_hidden"] = []
     if cfg["joint_hidden"] is not None:
         cfg["joint_hidden"] = _widths(cfg["joint_hidden"], "joint_hidden")
-    for key in ("ebm", "persistent_prior", "learn_step_size"):
+    for key in ("ebm", "persistent_prior", "learn_step_size", "validation"):
         if not isinstance(cfg[key], bool):
             raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
+    for key in ("ebm_activation", "gauss_activation"):
+        if cfg[key] not in ACTIVATIONS:
+            raise ValueError(f"{key} must be one of {tuple(ACTIVATIONS)}, got {cfg[key]!r}")
     if cfg["decoder"] not in ("mlp", "conv"):
         raise ValueError(f"decoder must be 'mlp' or 'conv', got {cfg['decoder']!r}")
     cfg["dec_hidden"] = _widths(cfg["dec_hidden"], "dec_hidden")
@@ -245,6 +280,9 @@ def validate_config(cfg: dict) -> dict:
     if cfg["learn_step_size"] and cfg["post_steps"] < 1:
         raise ValueError("learn_step_size=True needs post_steps >= 1: the step sizes are learned through the "
                          "posterior chain (post_steps=0 has no chain)")
+    _pos_float(cfg, "ebm_l2", allow_zero=True)
+    if cfg["grad_clip"] is not None:
+        _pos_float(cfg, "grad_clip")
     betas = cfg["adam_betas"]
     if (not isinstance(betas, (list, tuple)) or len(betas) != 2
             or not all(_is_real(b) and 0 <= b < 1 for b in betas)):

@@ -98,6 +98,16 @@ class Trainer:
             return {k: v.detach() if torch.is_tensor(v) else v for k, v in metrics.items()}
         return {k: float(v.detach()) for k, v in metrics.items()}
 
+    def f_penalty(self, z_pos, z_neg) -> torch.Tensor | float:
+        """``ebm_l2`` * (mean F(z+)^2 + mean F(z-)^2), on alpha only (z+ and z- detached): keeps the
+        EBM's level and scale from drifting (Du & Mordatch 2019); 0 when ``ebm_l2`` is 0."""
+        lam = self.cfg.get("ebm_l2") or 0.0
+        if not lam:
+            return 0.0
+        zp = [t.detach() for t in z_pos]
+        zn = [t.detach() for t in z_neg]
+        return lam * (self.model.F(zp).pow(2).mean() + self.model.F(zn).pow(2).mean())
+
     def modules(self) -> dict:
         """Modules besides the model that a checkpoint must hold (the learned step sizes, if any)."""
         return {"step_sizes": self.short_run.steps} if self.short_run is not None else {}
@@ -137,5 +147,11 @@ class Trainer:
         for opt in self.optimizers().values():
             opt.zero_grad(set_to_none=True)
         total.backward()
+        clip = self.cfg.get("grad_clip")
+        if clip:
+            # Each optimiser's parameters clipped to a total gradient norm of ``grad_clip`` (one
+            # bad batch or chain cannot throw the EBM or the generator far: a measured stabiliser).
+            for opt in self.optimizers().values():
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
         for opt in self.optimizers().values():
             opt.step()

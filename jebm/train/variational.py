@@ -87,6 +87,7 @@ class VariationalTrainer(Trainer):
                    "kl": (log_q - logp_q - F_q).mean(), "logp_pos": logp_q.mean()}
         loss_ebm = None
         z_pos = [t.detach() for t in z_q]
+        metrics.update(model.sigma_metrics(z_pos))
         if self.short_run is not None:
             z_pos, post_metrics = self.short_run.sample(x, self.sampling, generator=generator, start=z_pos)
             metrics.update(post_metrics)
@@ -98,7 +99,7 @@ class VariationalTrainer(Trainer):
             F_neg = model.F(z_neg).mean()
             loss_ebm = F_neg - F_pos
             metrics.update(loss_ebm=loss_ebm, logp_neg=logp_neg, F_pos=F_pos, F_neg=F_neg)
-        total = loss_gen if loss_ebm is None else loss_gen + F_neg
+        total = loss_gen if loss_ebm is None else loss_gen + F_neg + self.f_penalty(z_pos, z_neg)
         if self.short_run is not None:
             if loss_ebm is not None:
                 total = total + model.F([t.detach() for t in z_q]).mean() - F_pos
