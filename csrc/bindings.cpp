@@ -443,6 +443,18 @@ void philox_fill(uint64_t seed, uint64_t offset, int64_t n, uint64_t out, int64_
     (normal ? ops->randn : ops->rand)(seed, offset, n, o, nt);
 }
 
+void philox_uniform_pairs(uint64_t seed, uint64_t offset, int64_t n, uint64_t u1, uint64_t u2, int64_t nthreads) {
+    check_count(n, 0, kMaxElems, "n");
+    check_counters(offset, (unsigned __int128)n, "philox");
+    float* a = n ? addr<float>(u1, "u1") : nullptr;
+    float* b = n ? addr<float>(u2, "u2") : nullptr;
+    const int nt = check_threads(nthreads);
+    if (n == 0) return;
+    const IsaOps* ops = g_isa;
+    py::gil_scoped_release nogil;
+    ops->uniform_pairs(seed, offset, n, a, b, nt);
+}
+
 void multi_layer_update(int64_t B, const std::vector<int64_t>& dims, const std::vector<uint64_t>& x,
                         const std::vector<uint64_t>& g, const std::vector<uint64_t>& out,
                         const std::vector<uint64_t>& noise, uint64_t uniform, const std::vector<double>& h,
@@ -514,6 +526,10 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("seed"), py::arg("offset"), py::arg("n"), py::arg("out"), py::arg("nthreads") = 1,
           "Writes n float32 uniforms, tl.rand(seed, offset + i), at address out.");
+    m.def("philox_uniform_pairs", &philox_uniform_pairs, py::arg("seed"), py::arg("offset"), py::arg("n"), py::arg("u1"),
+          py::arg("u2"), py::arg("nthreads") = 1,
+          "Writes the two float32 uniforms Box-Muller takes for tl.randn(seed, offset + i) (Philox words 0 and 1) at "
+          "addresses u1 and u2.");
     m.def("multi_layer_update", &multi_layer_update, py::arg("B"), py::arg("dims"), py::arg("x"), py::arg("g"),
           py::arg("out"), py::arg("noise"), py::arg("uniform"), py::arg("h"), py::arg("c"), py::arg("seed"),
           py::arg("offset"), py::arg("nthreads") = 1,

@@ -64,7 +64,7 @@ namespace {
 
 const IsaOps kOps = {
     JEBM_ISA_NAME, V, NB, pack_model, release_model, work_alloc, work_free, chain_range, run_eval, update, randn, rand_,
-    activation,
+    uniform_pairs, activation,
 };
 
 }  // namespace

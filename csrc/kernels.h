@@ -109,6 +109,7 @@ struct IsaOps {
     void (*update)(const UpdateArgs*);
     void (*randn)(uint64_t seed, uint64_t offset, int64_t n, float* out, int nthreads);
     void (*rand)(uint64_t seed, uint64_t offset, int64_t n, float* out, int nthreads);
+    void (*uniform_pairs)(uint64_t seed, uint64_t offset, int64_t n, float* u1, float* u2, int nthreads);
     void (*activation)(int act, float param, const float* in, int64_t n, float* value, float* deriv);
 };
 

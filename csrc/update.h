@@ -1,6 +1,6 @@
 // The element-wise kernels over contiguous arrays: the multi-layer update
 // x - h g + c xi (xi at the problem.py noise layout, optional MALA uniforms) and the plain Philox
-// fills (philox_randn / philox_rand), OpenMP over fixed chunks so results never depend on threads.
+// fills (philox_randn / philox_rand / philox_uniform_pairs), OpenMP over fixed chunks so results never depend on threads.
 // Part of isa_kernels.h (uses philox_simd.h).
 #pragma once
 #ifndef JEBM_ISA_KERNELS
@@ -25,6 +25,24 @@ void fill_stream(uint64_t seed, uint64_t start, int64_t n, float* out, int nthre
         } else {
             for (int64_t i = c0; i < end; i += V)
                 stp(out + i, uniform_vec(seed, start + (uint64_t)i, lane), end - i < V ? (int)(end - i) : V);
+        }
+    }
+}
+
+// u1[0..n), u2[0..n) = the two uniforms Box-Muller takes at counters start + i (words 0 and 1):
+// the torch reference applies its own Box-Muller to them, so its normals stay bit for bit its own.
+void uniform_pairs(uint64_t seed, uint64_t start, int64_t n, float* u1, float* u2, int nthreads) {
+    const vu lane = lane_index();
+    const int64_t nchunk = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nchunk > 1)
+    for (int64_t ch = 0; ch < nchunk; ++ch) {
+        const int64_t end = (ch + 1) * kChunk < n ? (ch + 1) * kChunk : n;
+        for (int64_t i = ch * kChunk; i < end; i += V) {
+            vu w0, w1;
+            philox_vec(seed, start + (uint64_t)i, lane, w0, w1);
+            const int m = end - i < V ? (int)(end - i) : V;
+            stp(u1 + i, uniform_of(w0), m);
+            stp(u2 + i, uniform_of(w1), m);
         }
     }
 }
