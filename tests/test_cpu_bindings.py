@@ -21,6 +21,7 @@ import torch
 import jebm_kernels as jk
 from jebm_kernels import activation_table
 from jebm_kernels import extension
+from jebm_kernels.philox import torch_philox_rand, torch_philox_randn
 
 import helpers
 from binding_reference import ACTIVATIONS, TEST_PARAM, HandPrior, torch_activation
@@ -181,6 +182,9 @@ def _garbage_cases():
         "rand: null out": lambda: _C.philox_rand(1, 0, 5, 0, 1),
         "rand: misaligned out": lambda: _C.philox_rand(1, 0, 5, f + 2, 1),
         "rand: n too large": lambda: _C.philox_rand(1, 0, 2 ** 62, f, 1),
+        "pairs: null u2": lambda: _C.philox_uniform_pairs(1, 0, 5, f, 0, 1),
+        "pairs: counter overflow": lambda: _C.philox_uniform_pairs(1, 2 ** 64 - 2, 5, f, f, 1),
+        "pairs: n negative": lambda: _C.philox_uniform_pairs(1, 0, -1, f, f, 1),
         # multi_layer_update
         "update: no layers": run_update(dims=[], x=[], g=[], out=[], h=[], c=[]),
         "update: zero dim": run_update(dims=[3, 0]),
@@ -253,11 +257,11 @@ def test_garbage_raises_a_python_exception(name, garbage_results):
 def test_garbage_covers_every_binding():
     from jebm_kernels import _C
     names = " ".join(GARBAGE_NAMES)
-    for fn in ("Model", "chain", "eval", "z1", "randn", "rand", "update", "activation", "set_isa"):
+    for fn in ("Model", "chain", "eval", "z1", "randn", "rand", "pairs", "update", "activation", "set_isa"):
         assert fn.lower() in names.lower(), f"no garbage case for {fn}"
     public = {n for n in dir(_C) if not n.startswith("_")}
     assert public == {"Model", "activation", "act_codes", "available_isas", "block_chains", "isa", "limits",
-                      "multi_layer_update", "philox_rand", "philox_randn", "set_isa", "vector_width"}, \
+                      "multi_layer_update", "philox_rand", "philox_randn", "philox_uniform_pairs", "set_isa", "vector_width"}, \
         "a new binding needs garbage cases here"
 
 
@@ -278,8 +282,8 @@ def test_philox_matches_philox_randn(seed, offset, n):
             _C.set_isa(best)
         # uniforms: bit for bit; normals: to the last ulp or two of log/cos (ours are correctly
         # rounded; torch's vectorised log/cos are off by one ulp for ~5-8% of arguments)
-        assert torch.equal(uniform, jk.philox_rand(seed, offset, n)), isa
-        ref = jk.philox_randn(seed, offset, n)
+        assert torch.equal(uniform, torch_philox_rand(seed, offset, n)), isa
+        ref = torch_philox_randn(seed, offset, n)
         assert_close_where(normal, ref, atol=1e-6, rtol=1e-6, what=f"normals ({isa})")
         assert float((normal == ref).float().mean()) > 0.7
 
@@ -300,9 +304,9 @@ def test_multi_layer_update_matches_the_formula():
                           [t.data_ptr() for t in out], [t.data_ptr() for t in noise], uniform.data_ptr(),
                           h, c, seed, offset, 2)
     D = sum(dims)
-    xi = jk.philox_randn(seed, offset, B * D)
+    xi = torch_philox_randn(seed, offset, B * D)
     assert_close_where(torch.cat([t.reshape(-1) for t in noise]), xi, atol=1e-6, rtol=1e-6, what="normals")
-    assert torch.equal(uniform, jk.philox_rand(seed, offset + B * D, B))
+    assert torch.equal(uniform, torch_philox_rand(seed, offset + B * D, B))
     for l in range(len(dims)):
         # the reference's float32 ops on the same normals, bit for bit
         expected = x[l] - (s[l] * s[l] / 2) * g[l] + (s[l] * tau) * noise[l]

@@ -38,7 +38,7 @@ import torch
 
 import jebm_kernels as jk
 from jebm_kernels import activation_table, extension
-from jebm_kernels.philox import philox_rand, philox_randint4x, philox_randn
+from jebm_kernels.philox import philox_randint4x, torch_philox_rand, torch_philox_randn
 
 import binding_reference
 import helpers
@@ -68,9 +68,9 @@ def test_shared_philox_header_on_the_host(builds, seed, offset, n):
     w0, w1, _, _ = philox_randint4x(seed, offset, n)
     assert np.array_equal(rec["w0"].astype(np.int64), w0.numpy()), "Philox word 0 differs from jebm_kernels.philox"
     assert np.array_equal(rec["w1"].astype(np.int64), w1.numpy()), "Philox word 1 differs"
-    assert np.array_equal(rec["uniform"], philox_rand(seed, offset, n).numpy()), "uniforms differ"
+    assert np.array_equal(rec["uniform"], torch_philox_rand(seed, offset, n).numpy()), "uniforms differ"
     normal = torch.from_numpy(rec["normal"].copy())
-    ref = philox_randn(seed, offset, n)
+    ref = torch_philox_randn(seed, offset, n)
     # the words and uniforms are exact; glibc's and torch's logf/cosf differ by an ulp on a
     # quarter of the values: |n| < 6, so 2e-6 is ~4 ulp (test_philox.py's bound against Triton)
     assert float((normal - ref).abs().max()) <= 2e-6
