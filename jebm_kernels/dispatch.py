@@ -102,8 +102,13 @@ class ReferenceBackend(Backend):
 
 
 class CpuBackend(Backend):
-    """The C++ kernels. Serves what they can evaluate: a fusable prior, a posterior with an MLP
-    decoder (both whole), and a posterior with a callable decoder (the decoder term by autograd)."""
+    """The C++ kernels, for every float32 CPU energy: whole chains of what they can evaluate (a
+    fusable prior, a posterior with an MLP decoder); a posterior with a callable decoder on the
+    shared loop with the decoder term by autograd and the prior terms in C++; any other energy
+    (a closure, a conv net, a prior beyond the kernels' limits) on the shared loop with autograd's
+    gradient and the C++ update (noise, step; MALA's terms from its noise), so it is never slower
+    than the reference. Refuses only what lies in the input (``prior_chain_cpu.InputFault``:
+    NaN/inf weights or observations, mismatched structure), saying why."""
     name = "cpu"
     prior_chain = prior_chain_cpu
     update = update_cpu
@@ -115,11 +120,17 @@ class CpuBackend(Backend):
         return None
 
     def unsupported_reason(self, problem):
-        return prior_chain_cpu.prior_terms_reason(problem)
+        why = update_cpu.reason(problem)  # the extension, CPU tensors, float32, step constants
+        if why is None and problem.spec is not None:
+            terms = prior_chain_cpu.prior_terms_reason(problem)
+            if isinstance(terms, prior_chain_cpu.InputFault):
+                why = terms
+        return why
 
     def energy_and_grad(self, problem):
         post = problem.posterior
-        if post is not None and not isinstance(post.decoder, MLPSpec):
+        if (post is not None and not isinstance(post.decoder, MLPSpec)
+                and prior_chain_cpu.prior_terms_reason(problem) is None):
             return prior_chain_cpu.posterior_energy_and_grad(problem)
         return autograd_energy_and_grad(problem)
 

@@ -23,14 +23,15 @@ def test_registry_and_priority():
 
 
 @needs_cpp
-def test_auto_picks_cpu_for_what_it_fuses_and_falls_back_quietly():
+def test_auto_picks_cpu_for_every_float32_cpu_energy_and_falls_back_quietly():
     assert "cpu" in jk.available_backends()
     assert extension.isa() in ("avx512", "avx2", "avx2-narrow", "generic")
     net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     _, info = jk.langevin(net, torch.randn(4, 3), n_steps=2, step_size=0.1, prior_sigma=1.0, return_info=True)
-    assert info["backend"] == "cpu"
+    assert info["backend"] == "cpu" and info["fused"]
+    # nothing to fuse: autograd's gradient and the C++ update, and info says why it was not fused
     _, info = jk.langevin(lambda z: (z ** 2).sum(-1), torch.randn(4, 3), n_steps=2, step_size=0.1, return_info=True)
-    assert info["backend"] == "reference"  # nothing to fuse: auto falls back quietly
+    assert info["backend"] == "cpu" and not info["fused"] and info["why_not_fused"]
     _, info = jk.langevin(net.double(), torch.randn(4, 3, dtype=torch.float64), n_steps=2, step_size=0.1,
                           prior_sigma=1.0, return_info=True)
     assert info["backend"] == "reference"  # the kernels work in float32
@@ -74,18 +75,25 @@ def test_triton_rejects_float64_clearly():
 
 
 @needs_cpp
-def test_explicit_cpu_refuses_what_it_cannot_serve():
+def test_explicit_cpu_serves_what_it_cannot_fuse_and_refuses_bad_input():
     net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     z = torch.randn(4, 3)
     kw = dict(n_steps=1, step_size=0.1, backend="cpu")
     with pytest.raises(ValueError, match="float32"):
         jk.langevin(net.double(), z.double(), **kw)
-    with pytest.raises(ValueError, match="nothing to fuse"):
-        jk.langevin(lambda t: (t ** 2).sum(-1), z, **kw)
-    with pytest.raises(ValueError, match="not of the fusable family"):
-        jk.langevin(nn.Sequential(nn.Linear(3, 8), nn.Dropout(), nn.Linear(8, 1)), z, **kw)
-    with pytest.raises(ValueError, match="not of the fusable family"):
-        jk.langevin(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)), z, **kw)
+    with pytest.raises(ValueError, match="beyond float32"):
+        jk.langevin(lambda t: (t ** 2).sum(-1), z, n_steps=1, step_size=1e30, backend="cpu")
+    for energy, why in [(lambda t: torch.cosh(t).sum(-1), "aten.cosh"),
+                        (nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 1)), "layer_norm"),
+                        (nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)), "")]:
+        if why == "":  # two outputs: summed by the caller, no longer a chain of Linear layers
+            energy = (lambda net: lambda t: net(t).pow(2).sum(-1))(energy)
+        out, info = jk.langevin(energy, z, return_info=True, **kw)
+        assert info["backend"] == "cpu" and not info["fused"], why
+        assert why in info["why_not_fused"]
+        ref = jk.langevin(energy, z, n_steps=1, step_size=0.1, backend="reference",
+                          generator=(info["seed"], info["offset"]))
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
     bad = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
     with torch.no_grad():
         bad[2].bias[0] = float("inf")

@@ -60,8 +60,6 @@ def test_jebm_model_posterior(backend):
 
 def test_closure_energy_with_mala(backend):
     """A non-fusable energy: autograd gradients, the backend's update for every move."""
-    if backend.name == "cpu":
-        pytest.skip("the cpu backend serves only energies its C++ kernels can evaluate (issue 11 widens this)")
     w = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
 
     def energy(zs):

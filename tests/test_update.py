@@ -67,8 +67,6 @@ def test_seed_and_offset_read_from_a_tensor(backend):
                                              (100, (129,), True)])
 def test_chains_equal_the_reference(backend, batch, dims, mala):
     """A non-fusable energy's whole chain: autograd gradients, this backend's update."""
-    if backend.name == "cpu":
-        pytest.skip("the cpu backend serves only energies its C++ kernels can evaluate (issue 11 widens this)")
     torch.manual_seed(batch)
     z0 = backend.to_device([torch.randn(batch, d) for d in dims])
     kw = dict(n_steps=12, step_size=[0.3 / (i + 1) for i in range(len(dims))], generator=(7, 3), mala=mala,

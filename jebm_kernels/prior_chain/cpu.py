@@ -35,7 +35,13 @@ from ..problem import Problem
 from ..spec import MLPSpec
 from ..update import cpu as update_cpu
 
-__all__ = ["reason", "prior_terms_reason", "run", "posterior_energy_and_grad", "clear_caches"]
+__all__ = ["reason", "prior_terms_reason", "InputFault", "run", "posterior_energy_and_grad", "clear_caches"]
+
+
+class InputFault(str):
+    """A refusal that lies in the caller's tensors (NaN/inf weights or observations, weights of
+    another dtype or device, layers of the wrong structure), not in the kernels' reach: the cpu
+    backend reports it instead of running the chain on autograd (``dispatch.CpuBackend``)."""
 
 _FUSABLE_FAMILY = ("this nn.Sequential is not of the fusable family: Linear layers with one activation "
                    "(LeakyReLU, GELU, SiLU, Softplus(threshold=20), Tanh, ReLU, ELU) between them, ending in "
@@ -154,8 +160,8 @@ def prior_terms_reason(problem: Problem) -> str | None:
 def _weight_reason(t, what: str, device) -> str | None:
     why = tensor_reason(t, what, device, "cpu")
     if why is None and t.numel() and not _FINITE.finite(t):
-        return f"{what} contains NaN or inf"
-    return why
+        why = f"{what} contains NaN or inf"
+    return None if why is None else InputFault(why)
 
 
 def _prior_terms_reason(problem: Problem) -> str | None:
@@ -169,10 +175,10 @@ def _prior_terms_reason(problem: Problem) -> str | None:
         return (f"the energy ({type(problem.energy).__name__}) is not a PriorEnergy, a PosteriorEnergy or a "
                 "fusable nn.Sequential, so there is nothing to fuse")
     if not problem.is_list and not problem.tensor_spec:
-        return (f"a {type(problem.energy).__name__} takes z as a list with one [B, d] tensor per layer "
-                "(as the reference calls it), got a single tensor")
+        return InputFault(f"a {type(problem.energy).__name__} takes z as a list with one [B, d] tensor per layer "
+                          "(as the reference calls it), got a single tensor")
     if not problem.tensor_spec and any(len(s) != 2 for s in problem.shapes):
-        return f"a fused energy takes each layer as [B, d]; z has shapes {[tuple(s) for s in problem.shapes]}"
+        return InputFault(f"a fused energy takes each layer as [B, d]; z has shapes {[tuple(s) for s in problem.shapes]}")
     lim = _LIMITS
     L = len(spec.dims)
     if L > lim["max_latent"]:
@@ -210,13 +216,13 @@ def _prior_terms_reason(problem: Problem) -> str | None:
     if post is not None:
         why = tensor_reason(post.x_obs, "the posterior's observations x_obs", problem.device, "cpu", finite=True)
         if why:
-            return why
+            return InputFault(why)
         if isinstance(post.decoder, MLPSpec):
             if post.decoder.in_dim != spec.dims[0]:
-                return f"the MLP decoder takes {post.decoder.in_dim} inputs but z_1 has {spec.dims[0]}"
+                return InputFault(f"the MLP decoder takes {post.decoder.in_dim} inputs but z_1 has {spec.dims[0]}")
             if post.x_obs.numel() != problem.batch * post.decoder.out_dim:
-                return (f"the MLP decoder gives {post.decoder.out_dim} values per chain but x_obs has shape "
-                        f"{tuple(post.x_obs.shape)}")
+                return InputFault(f"the MLP decoder gives {post.decoder.out_dim} values per chain but x_obs has "
+                                  f"shape {tuple(post.x_obs.shape)}")
     return None
 
 

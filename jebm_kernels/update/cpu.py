@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import extension
+from ..fusable import FLOAT32_MAX
 from ..problem import Problem
 
 __all__ = ["reason", "propose"]
@@ -18,6 +19,10 @@ def reason(problem: Problem) -> str | None:
         return f"tensors on {problem.device}; the cpu backend runs CPU tensors"
     if problem.dtype != torch.float32:
         return f"the cpu backend works in float32, got {problem.dtype}"
+    for name, values in (("s^2/2", problem.h), ("s*tau", problem.c)):
+        for v in values:
+            if not abs(v) <= FLOAT32_MAX:  # NaN too
+                return f"{name} = {v:.3g} is beyond float32's range, in which the cpu update holds it"
     return None
 
 
