@@ -195,3 +195,32 @@ def test_fusion_facts_of_known_energies():
     assert "float32" in why  # the kernels' type: float64 energies are not traced
     with pytest.raises(TypeError, match="unexpected arguments"):
         jk.explain_fusion(seq, z, color="red")
+
+
+def test_a_closure_rebuilt_over_new_observations_is_not_traced_again(monkeypatch):
+    """A posterior closure built per batch (new x, same decoder) is refused by its structure: one
+    trace, not one per call. A fusable closure over new weights is still read at those weights."""
+    from jebm_kernels import recognize
+    dec = nn.Sequential(nn.Linear(D, 16), nn.Tanh(), nn.Linear(16, 20))
+    traces = []
+    real = recognize._trace
+    monkeypatch.setattr(recognize, "_trace", lambda *a: traces.append(1) or real(*a))
+
+    def posterior(x):
+        return lambda z: (x - dec(z)).pow(2).sum(-1) / 0.18 + 0.5 * z.pow(2).sum(-1)
+
+    z = torch.randn(5, D)
+    for seed in range(3):
+        x = torch.rand(5, 20, generator=torch.Generator().manual_seed(seed))
+        info = jk.explain_fusion(posterior(x), z)
+        assert not info["fused"] and info["why_not_fused"]
+    assert len(traces) == 1
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(2):
+        w = torch.randn(D, 9, generator=gen)
+        energy = (lambda w: lambda t: torch.tanh(t @ w).sum(-1) + 0.5 * t.pow(2).sum(-1))(w)
+        kw = dict(n_steps=5, step_size=0.2, generator=(3, 0), return_info=True)
+        out, info = jk.langevin(energy, z, **kw)
+        ref, _ = jk.langevin(energy, z, backend="reference", **kw)
+        assert info["fused"] or extension.cpu_error() is not None
+        assert_close_where(out, ref, atol=2e-5, rtol=2e-5, what="a closure over new weights")
