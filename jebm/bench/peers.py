@@ -103,6 +103,12 @@ class CompiledLangevin:
         if key in self._steps:
             return self._steps[key]
         import torch._dynamo as dynamo
+        # Every step function shares one code object, so dynamo counts each configuration's graph as a
+        # recompilation of it; its default limit (8) stops a whole benchmark session (18 configurations
+        # and batches, plus the trainers) with FailOnRecompileLimitHit. A user compiling their own
+        # energy compiles once; raising the limit only lets the session hold one graph per case.
+        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
+        dynamo.config.accumulated_recompile_limit = max(dynamo.config.accumulated_recompile_limit, 1024)
         noise = tuple(torch.zeros_like(t) for t in xs)
         try:
             fn = torch.compile(self._step_fn(is_list, prior_sigma, h, c, True), fullgraph=True, dynamic=False)
