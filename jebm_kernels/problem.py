@@ -214,7 +214,8 @@ def _per_layer(value, n_layers: int, what: str) -> tuple[float, ...]:
 def fusable_spec(energy, flat: list[torch.Tensor], *, is_list: bool, shapes=None):
     """(spec, posterior, squeeze_output, why not) for ``energy`` of the flattened layers ``flat``:
     the energy objects that carry a spec, an MLP ``nn.Sequential``, or any other callable of one
-    [B, d] tensor that ``recognize.py`` reads as an MLP energy by tracing it."""
+    [B, d] tensor that ``recognize.py`` reads as an MLP energy (or an MLP-decoder posterior) by
+    tracing it."""
     from .recognize import recognize  # (recognize imports this module's names lazily: no cycle)
     if isinstance(energy, PriorEnergy):
         return energy.spec, None, False, None
@@ -229,9 +230,9 @@ def fusable_spec(energy, flat: list[torch.Tensor], *, is_list: bool, shapes=None
             return spec, None, True, None
     if len(flat) != 1:
         return None, None, squeeze, f"the energy takes {len(flat)} layers; only energies of one tensor are traced"
-    spec, why = recognize(energy, flat[0], as_list=is_list, squeeze=squeeze,
-                          shape=shapes[0] if shapes is not None else None)
-    return spec, None, squeeze, why
+    spec, posterior, why = recognize(energy, flat[0], as_list=is_list, squeeze=squeeze,
+                                     shape=shapes[0] if shapes is not None else None)
+    return spec, posterior, squeeze, why
 
 
 def _spec_weights(spec: PriorSpec | None, posterior: PosteriorEnergy | None):

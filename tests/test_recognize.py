@@ -197,30 +197,64 @@ def test_fusion_facts_of_known_energies():
         jk.explain_fusion(seq, z, color="red")
 
 
-def test_a_closure_rebuilt_over_new_observations_is_not_traced_again(monkeypatch):
-    """A posterior closure built per batch (new x, same decoder) is refused by its structure: one
-    trace, not one per call. A fusable closure over new weights is still read at those weights."""
+@needs_cpp
+def test_a_closure_rebuilt_over_new_observations_is_traced_once(monkeypatch):
+    """A posterior closure built per batch (new x, same decoder), as LEBM writes its posterior:
+    traced once, then read with each call's x; fused whole as an MLP-decoder posterior and equal
+    to the reference. One that cannot be fused is refused per call without tracing again."""
     from jebm_kernels import recognize
-    dec = nn.Sequential(nn.Linear(D, 16), nn.Tanh(), nn.Linear(16, 20))
+    dec = nn.Sequential(nn.Linear(D, 16), nn.LeakyReLU(0.2), nn.Linear(16, 20), nn.Tanh())
     traces = []
     real = recognize._trace
     monkeypatch.setattr(recognize, "_trace", lambda *a: traces.append(1) or real(*a))
 
-    def posterior(x):
-        return lambda z: (x - dec(z)).pow(2).sum(-1) / 0.18 + 0.5 * z.pow(2).sum(-1)
+    def posterior(x):  # sigma_x = 0.3; the images as [B, 4, 5], the decoder's rows viewed so
+        return lambda z: (x - dec(z).view(-1, 4, 5)).pow(2).sum(dim=(1, 2)) / 0.18 + 0.5 * z.pow(2).sum(-1)
+
+    def not_fusable(x):
+        return lambda z: (x - torch.sin(dec(z))).pow(2).sum(-1)
 
     z = torch.randn(5, D)
+    kw = dict(n_steps=5, step_size=0.1, generator=(3, 0), return_info=True)
     for seed in range(3):
-        x = torch.rand(5, 20, generator=torch.Generator().manual_seed(seed))
-        info = jk.explain_fusion(posterior(x), z)
-        assert not info["fused"] and info["why_not_fused"]
+        x = torch.rand(5, 4, 5, generator=torch.Generator().manual_seed(seed))
+        out, info = jk.langevin(posterior(x), z, **kw)
+        assert info["fused"], info["why_not_fused"]
+        ref, _ = jk.langevin(posterior(x), z, backend="reference", **kw)
+        assert_close_where(out, ref, atol=2e-5, rtol=2e-5, what=f"posterior closure, batch {seed}")
     assert len(traces) == 1
+    for seed in range(3):
+        info = jk.explain_fusion(not_fusable(torch.rand(5, 20)), z)
+        assert not info["fused"] and "sin" in info["why_not_fused"]
+    assert len(traces) == 2
     gen = torch.Generator().manual_seed(7)
-    for _ in range(2):
+    for _ in range(2):  # a fusable prior over new weights: read at those weights
         w = torch.randn(D, 9, generator=gen)
         energy = (lambda w: lambda t: torch.tanh(t @ w).sum(-1) + 0.5 * t.pow(2).sum(-1))(w)
-        kw = dict(n_steps=5, step_size=0.2, generator=(3, 0), return_info=True)
         out, info = jk.langevin(energy, z, **kw)
         ref, _ = jk.langevin(energy, z, backend="reference", **kw)
-        assert info["fused"] or extension.cpu_error() is not None
+        assert info["fused"]
         assert_close_where(out, ref, atol=2e-5, rtol=2e-5, what="a closure over new weights")
+    assert len(traces) == 3
+
+
+@needs_cpp
+@pytest.mark.parametrize("form", ["sum_div", "mean_mul", "g_minus_x", "with_ebm_term"])
+def test_mlp_decoder_posteriors_written_as_closures_are_fused(form):
+    """||x - g(z)||^2 terms however written, with a Gaussian and optionally an MLP energy term."""
+    torch.manual_seed(0)
+    dec = nn.Sequential(nn.Linear(D, 24), nn.GELU(), nn.Linear(24, 30))
+    ebm = nn.Sequential(nn.Linear(D, 10), nn.GELU(), nn.Linear(10, 1))
+    x = torch.rand(6, 30)
+    energy = {
+        "sum_div": lambda z: ((x - dec(z)) ** 2).sum(-1) / (2 * 0.3 ** 2) + (z * z).sum(-1) / 2,
+        "mean_mul": lambda z: 4.0 * F.mse_loss(dec(z), x, reduction="none").mean(-1) + 0.5 * z.pow(2).sum(-1),
+        "g_minus_x": lambda z: 0.5 * (dec(z) - x).pow(2).flatten(1).sum(1),
+        "with_ebm_term": lambda z: ((x - dec(z)) ** 2).sum(-1) / 0.18 + ebm(z).squeeze(-1) + 0.5 * z.pow(2).sum(-1),
+    }[form]
+    z = torch.randn(6, D)
+    kw = dict(n_steps=8, step_size=0.05, generator=(9, 1), return_info=True)
+    out, info = jk.langevin(energy, z, **kw)
+    assert info["fused"], info["why_not_fused"]
+    ref, _ = jk.langevin(energy, z, backend="reference", **kw)
+    assert_close_where(out, ref, atol=3e-5, rtol=3e-5, what=form)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import jebm_kernels as jk
+from jebm_kernels import extension
 
 
 def gaussian_energy(mu, prec):
@@ -84,7 +85,8 @@ def test_replay_from_info_reproduces_the_call_exactly():
     again = jk.langevin(energy, z0, n_steps=10, step_size=0.3, generator=(info["seed"], info["offset"]))
     assert torch.equal(out, again)
     assert len(info["energy"]) == 10 and len(info["grad_norm"]) == 10 and info["accept"] == []
-    assert info["backend"] == "reference" and info["accept_rate"] is None
+    # a closure no kernel fuses: the cpu backend's loop where the extension is built
+    assert info["backend"] == ("reference" if extension.cpu_error() else "cpu") and info["accept_rate"] is None
 
 
 def test_a_stream_continues_across_calls():
