@@ -476,7 +476,6 @@ def _time(fn, *, budget_s: float, max_rounds: int = 30, min_rounds: int = 3, war
 
 
 def step_bench_prior(part: Partial) -> int:
-    import torch
 
     import jebm_kernels as jk
     from jebm.bench.configs import CONFIG_TITLES, NOISE_SEED, make_case

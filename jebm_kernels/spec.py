@@ -11,7 +11,7 @@ constant of the Gaussian log densities dropped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import math
 
 import torch

@@ -46,7 +46,7 @@ def _garbage_cases():
         keep.append(t)
         return t.data_ptr()
 
-    L, dims, B = 2, [3, 2], 4
+    dims, B = [3, 2], 4
     # a valid model: f_1 3-5-1, f_2 2-5-1, Gaussian 2-5-6, decoder 3-4
     def mlp(sizes, act=1, param=0.2, out_act=0):
         ws = [buf(sizes[i] * sizes[i + 1]) for i in range(len(sizes) - 1)]

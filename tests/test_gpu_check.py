@@ -183,7 +183,6 @@ def test_a_step_streams_its_output_and_is_killed_whole_at_its_timeout(tmp_path, 
         r = gc.run_step(gc.STEPS[0], tmp_path, 3.0, dict(__import__("os").environ), log)
     assert r["status"] == "timeout" and "started" in r["tail"] and r["seconds"] < 30
     assert "started" in (tmp_path / gc.LOG_NAME).read_text()
-    import os
     import time
     pid = int(pid_file.read_text())
     def gone():  # no such process, or a zombie waiting for whoever adopted it

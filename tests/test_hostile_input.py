@@ -1,6 +1,5 @@
 """Property test: whatever langevin is given, on every backend this machine has, it either raises a
 clear ValueError/TypeError or returns what the reference returns. It never crashes the interpreter."""
-import math
 
 import pytest
 import torch

@@ -4,7 +4,6 @@ a final sum / squeeze / view / select / mean and a hand-written Gaussian term is
 a ``PriorSpec`` and run by the fused kernel; its chain equals the reference's (autograd on the
 user's own code) to the fused backends' tolerance (test_prior_chain.py). Energies of another form
 are not fused, and ``info["why_not_fused"]`` / ``explain_fusion`` say why."""
-import math
 
 import pytest
 import torch
