@@ -455,6 +455,70 @@ void philox_uniform_pairs(uint64_t seed, uint64_t offset, int64_t n, uint64_t u1
     ops->uniform_pairs(seed, offset, n, a, b, nt);
 }
 
+// MALA's accept step for a chain loop that gets its gradients elsewhere (autograd): per chain,
+// log alpha = U(x) - U(x') - sum_l |x_l - x'_l + h_l g'_l|^2 / den_l + |xi|^2 / 2 (the Gaussian
+// proposal's two densities, den_l = 2 (s_l tau)^2), accepted when log(uniform) < log alpha; an
+// accepted chain takes x', g' and U(x') in place of x, g and U(x). The sums run in double, chain by
+// chain in feature order. One call instead of the ~20 small torch ops the same arithmetic takes in
+// Python (about 25 us per step at B = 8 on Zen 5, a fifth of a small energy's step).
+void mala_select(int64_t B, const std::vector<int64_t>& dims, const std::vector<uint64_t>& x,
+                 const std::vector<uint64_t>& prop, const std::vector<uint64_t>& g, const std::vector<uint64_t>& g_prop,
+                 const std::vector<uint64_t>& noise, uint64_t u, uint64_t u_prop, uint64_t uniform,
+                 const std::vector<double>& h, const std::vector<double>& den, uint64_t accepted, int64_t nthreads) {
+    const int L = (int)check_count((int64_t)dims.size(), 1, kMaxLatent, "number of layers");
+    std::vector<int64_t> d(L);
+    int64_t D = 0;
+    for (int l = 0; l < L; ++l) D += (d[l] = check_count(dims[l], 1, kMaxWidth, "dim " + std::to_string(l)));
+    check_batch(B, D);
+    for (auto* v : {&x, &prop, &g, &g_prop, &noise}) check_per_layer(v->size(), L, "layer addresses", "address");
+    std::vector<float*> xs(L), gs(L);
+    std::vector<const float*> ps(L), gps(L), ns(L);
+    std::vector<double> hs(L), inv_den(L);
+    check_per_layer(h.size(), L, "h", "value");
+    check_per_layer(den.size(), L, "den", "value");
+    for (int l = 0; l < L; ++l) {
+        xs[l] = addr<float>(x[l], layer_name("x", l));
+        ps[l] = addr<const float>(prop[l], layer_name("prop", l));
+        gs[l] = addr<float>(g[l], layer_name("g", l));
+        gps[l] = addr<const float>(g_prop[l], layer_name("g_prop", l));
+        ns[l] = addr<const float>(noise[l], layer_name("noise", l));
+        hs[l] = (double)finite_float(h[l], "h");
+        const float dn = finite_float(den[l], "den");
+        if (!(dn > 0.0f)) bad("den must be > 0");
+        inv_den[l] = 1.0 / (double)dn;
+    }
+    float* uu = addr<float>(u, "u");
+    const float* up = addr<const float>(u_prop, "u_prop");
+    const float* un = addr<const float>(uniform, "uniform");
+    float* acc = addr<float>(accepted, "accepted");
+    const int nt = check_threads(nthreads);
+    py::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static) num_threads(nt) if (B * D > 65536)
+    for (int64_t b = 0; b < B; ++b) {
+        double log_alpha = (double)uu[b] - (double)up[b];
+        for (int l = 0; l < L; ++l) {
+            const int64_t o = b * d[l];
+            double fwd = 0.0, bwd = 0.0;
+            for (int64_t j = 0; j < d[l]; ++j) {
+                const double n = ns[l][o + j];
+                const double r = (double)xs[l][o + j] - (double)ps[l][o + j] + hs[l] * (double)gps[l][o + j];
+                fwd += n * n;
+                bwd += r * r;
+            }
+            log_alpha += 0.5 * fwd - bwd * inv_den[l];
+        }
+        const bool take = std::log((double)un[b]) < log_alpha;
+        acc[b] = take ? 1.0f : 0.0f;
+        if (!take) continue;
+        uu[b] = up[b];
+        for (int l = 0; l < L; ++l) {
+            const int64_t o = b * d[l];
+            std::memcpy(xs[l] + o, ps[l] + o, sizeof(float) * d[l]);
+            std::memcpy(gs[l] + o, gps[l] + o, sizeof(float) * d[l]);
+        }
+    }
+}
+
 void multi_layer_update(int64_t B, const std::vector<int64_t>& dims, const std::vector<uint64_t>& x,
                         const std::vector<uint64_t>& g, const std::vector<uint64_t>& out,
                         const std::vector<uint64_t>& noise, uint64_t uniform, const std::vector<double>& h,
@@ -530,6 +594,11 @@ PYBIND11_MODULE(_C, m) {
           py::arg("u2"), py::arg("nthreads") = 1,
           "Writes the two float32 uniforms Box-Muller takes for tl.randn(seed, offset + i) (Philox words 0 and 1) at "
           "addresses u1 and u2.");
+    m.def("mala_select", &mala_select, py::arg("B"), py::arg("dims"), py::arg("x"), py::arg("prop"), py::arg("g"),
+          py::arg("g_prop"), py::arg("noise"), py::arg("u"), py::arg("u_prop"), py::arg("uniform"), py::arg("h"),
+          py::arg("den"), py::arg("accepted"), py::arg("nthreads") = 1,
+          "MALA's accept step in place: chains with log(uniform) < log alpha take prop, g_prop, u_prop; accepted[b] = "
+          "1 or 0.");
     m.def("multi_layer_update", &multi_layer_update, py::arg("B"), py::arg("dims"), py::arg("x"), py::arg("g"),
           py::arg("out"), py::arg("noise"), py::arg("uniform"), py::arg("h"), py::arg("c"), py::arg("seed"),
           py::arg("offset"), py::arg("nthreads") = 1,

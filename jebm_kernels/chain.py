@@ -6,7 +6,10 @@ supplied by the caller:
   (``autograd_energy_and_grad``, every backend's default), or the cpu backend's mix for a conv
   decoder (autograd for the decoder term, C++ for the prior terms);
 - ``propose(problem, x, g, k) -> (moved, normals, uniforms)``: one multi-layer update, from the
-  ``update`` package (torch reference, C++, Triton or CUDA), drawing step k's noise.
+  ``update`` package (torch reference, C++, Triton or CUDA), drawing step k's noise;
+- optionally ``select(problem, x, prop, g, g_p, noise, u, u_p, uniform) -> accepted [B] or None``:
+  MALA's accept step done elsewhere (the cpu backend's one C++ call), in place on x, g and u;
+  None when it cannot take these tensors (the torch formulas below then run).
 
 The update (DESIGN.md), all layers together, per-layer step size s_l, noise scale tau:
     z_l <- z_l - (s_l^2 / 2) dU/dz_l + s_l * tau * xi_l,    xi = Philox normals (problem.py layout)
@@ -40,7 +43,7 @@ def autograd_energy_and_grad(problem: Problem):
     return energy_and_grad
 
 
-def run_chain(problem: Problem, energy_and_grad, propose) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+def run_chain(problem: Problem, energy_and_grad, propose, select=None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """K steps from ``problem.z``: (final layers [B, d_l], statistics [K, 3] or None)."""
     h, den = problem.h, problem.mala_denominators
     x = [t.clone() for t in problem.z]
@@ -57,6 +60,11 @@ def run_chain(problem: Problem, energy_and_grad, propose) -> tuple[list[torch.Te
                 u, g = energy_and_grad(x)
             continue
         u_p, g_p = energy_and_grad(prop)
+        accepted = select(problem, x, prop, g, g_p, noise, u, u_p, uniform) if select is not None else None
+        if accepted is not None:
+            if stats is not None:
+                stats[k, 2] = accepted.mean()
+            continue
         log_q_fwd = -0.5 * sum(nl.pow(2).sum(-1) for nl in noise)
         log_q_bwd = -sum((xl - pl + hl * gpl).pow(2).sum(-1) / dl for xl, pl, gpl, hl, dl in zip(x, prop, g_p, h, den))
         log_alpha = u - u_p + log_q_bwd - log_q_fwd

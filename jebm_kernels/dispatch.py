@@ -134,6 +134,11 @@ class CpuBackend(Backend):
             return prior_chain_cpu.posterior_energy_and_grad(problem)
         return autograd_energy_and_grad(problem)
 
+    def run(self, problem):
+        if self.fuses(problem):
+            return self.prior_chain.run(problem)
+        return run_chain(problem, self.energy_and_grad(problem), self.update.propose, update_cpu.mala_select)
+
 
 class TritonBackend(Backend):
     """CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (for tests; ``auto`` never

@@ -97,6 +97,14 @@ def _garbage_cases():
         kw.update(over)
         return lambda: _C.multi_layer_update(**kw)
 
+    sel = dict(B=B, dims=dims, x=x, prop=x, g=out, g_prop=out, noise=x, u=buf(B), u_prop=buf(B), uniform=buf(B),
+               h=[0.1, 0.1], den=[0.02, 0.02], accepted=buf(B), nthreads=1)
+
+    def run_select(**over):
+        kw = dict(sel)
+        kw.update(over)
+        return lambda: _C.mala_select(**kw)
+
     f = buf(16)
     cases = {
         # Model(...)
@@ -185,6 +193,15 @@ def _garbage_cases():
         "pairs: null u2": lambda: _C.philox_uniform_pairs(1, 0, 5, f, 0, 1),
         "pairs: counter overflow": lambda: _C.philox_uniform_pairs(1, 2 ** 64 - 2, 5, f, f, 1),
         "pairs: n negative": lambda: _C.philox_uniform_pairs(1, 0, -1, f, f, 1),
+        # mala_select
+        "select: no layers": run_select(dims=[], x=[], prop=[], g=[], g_prop=[], noise=[], h=[], den=[]),
+        "select: B 0": run_select(B=0),
+        "select: prop count": run_select(prop=x[:1]),
+        "select: null noise": run_select(noise=[x[0], 0]),
+        "select: null accepted": run_select(accepted=0),
+        "select: den 0": run_select(den=[0.02, 0.0]),
+        "select: NaN h": run_select(h=[float("nan"), 0.1]),
+        "select: zero threads": run_select(nthreads=0),
         # multi_layer_update
         "update: no layers": run_update(dims=[], x=[], g=[], out=[], h=[], c=[]),
         "update: zero dim": run_update(dims=[3, 0]),
@@ -257,11 +274,11 @@ def test_garbage_raises_a_python_exception(name, garbage_results):
 def test_garbage_covers_every_binding():
     from jebm_kernels import _C
     names = " ".join(GARBAGE_NAMES)
-    for fn in ("Model", "chain", "eval", "z1", "randn", "rand", "pairs", "update", "activation", "set_isa"):
+    for fn in ("Model", "chain", "eval", "z1", "randn", "rand", "pairs", "select", "update", "activation", "set_isa"):
         assert fn.lower() in names.lower(), f"no garbage case for {fn}"
     public = {n for n in dir(_C) if not n.startswith("_")}
     assert public == {"Model", "activation", "act_codes", "available_isas", "block_chains", "isa", "limits",
-                      "multi_layer_update", "philox_rand", "philox_randn", "philox_uniform_pairs", "set_isa", "vector_width"}, \
+                      "mala_select", "multi_layer_update", "philox_rand", "philox_randn", "philox_uniform_pairs", "set_isa", "vector_width"}, \
         "a new binding needs garbage cases here"
 
 
@@ -487,3 +504,34 @@ def test_without_the_extension_jebm_kernels_warns_once_and_uses_the_reference():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+@needs_ext
+def test_mala_select_equals_the_formula():
+    """_C.mala_select against MALA's accept step written in torch (float64), chain by chain."""
+    from jebm_kernels import _C
+    gen = torch.Generator().manual_seed(3)
+    B, dims, h, den = 257, [3, 17], [0.045, 0.02], [0.072, 0.032]
+    x = [torch.randn(B, d, generator=gen) for d in dims]
+    noise = [torch.randn(B, d, generator=gen) for d in dims]
+    g = [torch.randn(B, d, generator=gen) for d in dims]
+    g_p = [torch.randn(B, d, generator=gen) for d in dims]
+    prop = [xl - hl * gl + (2 * dl) ** 0.5 / 2 * nl for xl, gl, nl, hl, dl in zip(x, g, noise, h, den)]
+    u, u_p = torch.randn(B, generator=gen) * 3, torch.randn(B, generator=gen) * 3
+    uniform = torch.rand(B, generator=gen)
+    log_alpha = (u.double() - u_p.double() + 0.5 * sum(n.double().pow(2).sum(-1) for n in noise)
+                 - sum((xl.double() - pl.double() + hl * gpl.double()).pow(2).sum(-1) / dl
+                       for xl, pl, gpl, hl, dl in zip(x, prop, g_p, h, den)))
+    want = uniform.double().log() < log_alpha
+    xs, gs, us = [t.clone() for t in x], [t.clone() for t in g], u.clone()
+    accepted = torch.empty(B)
+    _C.mala_select(B, dims, [t.data_ptr() for t in xs], [t.data_ptr() for t in prop], [t.data_ptr() for t in gs],
+                   [t.data_ptr() for t in g_p], [t.data_ptr() for t in noise], us.data_ptr(), u_p.data_ptr(),
+                   uniform.data_ptr(), h, den, accepted.data_ptr(), 2)
+    assert 0 < int(want.sum()) < B  # both outcomes occur
+    assert torch.equal(accepted.bool(), want)
+    acc = want.unsqueeze(1)
+    for l in range(len(dims)):
+        assert torch.equal(xs[l], torch.where(acc, prop[l], x[l]))
+        assert torch.equal(gs[l], torch.where(acc, g_p[l], g[l]))
+    assert torch.equal(us, torch.where(want, u_p, u))

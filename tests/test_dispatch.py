@@ -147,3 +147,22 @@ def test_auto_picks_cuda_on_a_gpu():
     z = [t.cuda() for t in start(5, spec.dims)]
     _, info = jk.langevin(jk.PriorEnergy(move_spec(spec, "cuda")), z, n_steps=2, step_size=0.4, return_info=True)
     assert info["backend"] == "cuda"
+
+
+@needs_cpp
+@pytest.mark.parametrize("u_dtype", [torch.float32, torch.float64])
+def test_cpu_mala_on_an_unfused_energy_equals_the_reference(u_dtype):
+    """The cpu backend's MALA accept step (one C++ call; the torch formulas when the energy returns
+    float64) decides as the reference does, step by step."""
+    w = torch.randn(5, 7, generator=torch.Generator().manual_seed(2))
+
+    def energy(z):
+        return (0.5 * z.pow(2).sum(-1) + torch.cos(z @ w).sum(-1)).to(u_dtype)
+
+    z = torch.randn(33, 5, generator=torch.Generator().manual_seed(4))
+    kw = dict(n_steps=15, step_size=0.6, mala=True, generator=(8, 3), return_info=True)
+    out, info = jk.langevin(energy, z, backend="cpu", **kw)
+    ref, ref_info = jk.langevin(energy, z, backend="reference", **kw)
+    assert info["backend"] == "cpu" and 0 < info["accept_rate"] < 1
+    assert info["accept"] == ref_info["accept"]
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)

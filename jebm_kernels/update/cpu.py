@@ -9,7 +9,7 @@ from .. import extension
 from ..fusable import FLOAT32_MAX
 from ..problem import Problem
 
-__all__ = ["reason", "propose"]
+__all__ = ["reason", "propose", "mala_select"]
 
 
 def reason(problem: Problem) -> str | None:
@@ -39,3 +39,19 @@ def propose(problem: Problem, x: list[torch.Tensor], g: list[torch.Tensor], k: i
         [t.data_ptr() for t in noise], uniform.data_ptr() if uniform is not None else 0,
         list(problem.h), list(problem.c), seed, offset, extension.threads())
     return prop, noise, uniform
+
+
+def mala_select(problem: Problem, x, prop, g, g_p, noise, u, u_p, uniform):
+    """MALA's accept step as one C++ call (``_C.mala_select``), in place on ``x``, ``g`` and ``u``;
+    the accepted flags [B] (float 0/1), or None when these tensors are not the contiguous float32
+    ones it takes (an energy that returns float64 or strided values: the torch formulas run)."""
+    tensors = [*x, *prop, *g, *g_p, *noise, u, u_p, uniform]
+    if any(t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
+        return None
+    accepted = torch.empty(problem.batch)
+    extension.cpu_ext.mala_select(
+        problem.batch, list(problem.dims), [t.data_ptr() for t in x], [t.data_ptr() for t in prop],
+        [t.data_ptr() for t in g], [t.data_ptr() for t in g_p], [t.data_ptr() for t in noise], u.data_ptr(),
+        u_p.data_ptr(), uniform.data_ptr(), list(problem.h), list(problem.mala_denominators), accepted.data_ptr(),
+        extension.threads())
+    return accepted
