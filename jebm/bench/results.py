@@ -192,7 +192,7 @@ def check_targets(data: dict, prows: list[dict], trows: list[dict], orows: list[
     # issue 11: energies no kernel fuses, against the loop users write
     for config in ("closure-mlp", "closure-conv"):
         for batch in (8, 100, 1000):
-            out.append(_ratio_target(info, orows, f"{config} (autograd + fused update) >= 1.2x the plain loop, "
+            out.append(_ratio_target(info, orows, f"{config} closure with the cpu backend >= 1.2x the plain loop, "
                                      f"batch {batch}", 1.2, dict(config=config, batch=batch), "plain",
                                      "posterior_chain"))
     # issue 3: against the reference backend
