@@ -135,13 +135,14 @@ _LIMITS = extension.cpu_limits()
 
 
 def _tensors_and_stamps(problem: Problem, mlps):
-    """The weight tensors of ``mlps`` (in order) and their stamps, read once per call (the
-    dispatch rule's question and ``run`` share them through the problem's memo)."""
+    """The weight tensors of ``mlps`` (in order) and their stamps, each read once per call (the
+    dispatch rule's question and ``run`` list the same tensors in different orders and share the
+    stamps through the problem's memo, by tensor identity)."""
     tensors = [t for _, m in mlps for t in (*m.weights, *m.biases) if t is not None]
-    memo = problem.remember("cpu.stamps", lambda: (tensors, _stamps(tensors)))
-    if len(memo[0]) == len(tensors) and all(a is b for a, b in zip(memo[0], tensors)):
-        return tensors, memo[1]
-    return tensors, _stamps(tensors)
+    known = problem.remember("cpu.stamps", dict)
+    if not all(id(t) in known for t in tensors):
+        known.update(zip(map(id, tensors), _stamps(tensors)))
+    return tensors, [known[id(t)] for t in tensors]
 
 
 def clear_caches() -> None:
