@@ -37,8 +37,8 @@ def autograd_energy_and_grad(problem: Problem):
             if not u.requires_grad:
                 raise TypeError("the energy's output does not depend on z through autograd (no grad_fn): it detached "
                                 "z, ran under torch.no_grad() or is a constant; langevin needs dU/dz")
-            grads = torch.autograd.grad(u.sum(), leaves)
-        return u.detach(), [g.detach() for g in grads]
+            grads = torch.autograd.grad(u.sum(), leaves)  # (no graph of their own: no detach needed)
+        return u.detach(), list(grads)
 
     return energy_and_grad
 

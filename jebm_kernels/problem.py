@@ -96,17 +96,25 @@ class Problem:
     @property
     def h(self) -> tuple[float, ...]:
         """s_l^2 / 2 per layer (``step_constants``)."""
-        return tuple(step_constants(s, self.noise_scale)[0] for s in self.step_sizes)
+        return self._constants()[0]
 
     @property
     def c(self) -> tuple[float, ...]:
         """s_l * tau per layer (``step_constants``)."""
-        return tuple(step_constants(s, self.noise_scale)[1] for s in self.step_sizes)
+        return self._constants()[1]
 
     @property
     def mala_denominators(self) -> tuple[float, ...]:
         """2 (s_l tau)^2 per layer: MALA's log q(z | z') = -|z - z' + h g'|^2 / (2 (s tau)^2)."""
-        return tuple(2 * (s * self.noise_scale) ** 2 for s in self.step_sizes)
+        return self._constants()[2]
+
+    def _constants(self) -> tuple[tuple[float, ...], ...]:
+        # read every step by the chain loop and the update: computed once per step sizes
+        def compute():
+            pairs = [step_constants(s, self.noise_scale) for s in self.step_sizes]
+            return (tuple(p[0] for p in pairs), tuple(p[1] for p in pairs),
+                    tuple(2 * (s * self.noise_scale) ** 2 for s in self.step_sizes))
+        return self.remember(("step constants", tuple(self.step_sizes), self.noise_scale), compute)
 
     def quadratic_coefficients(self) -> list[float]:
         """q_l: every pure quadratic term of the prior's U (top N(0, I), base_sigma, eps's |eps|^2/2,

@@ -166,3 +166,16 @@ def test_cpu_mala_on_an_unfused_energy_equals_the_reference(u_dtype):
     assert info["backend"] == "cpu" and 0 < info["accept_rate"] < 1
     assert info["accept"] == ref_info["accept"]
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+
+
+@needs_cpp
+def test_cpu_mala_with_a_step_float32_cannot_square_serves_as_the_reference():
+    """2 (s tau)^2 = 5e-61 rounds to 0 in float32: the C++ accept step declines it and the torch
+    formulas decide, as in the reference (found by hypothesis in test_hostile_input)."""
+    z = [torch.zeros(1, 1), torch.full((1, 1), -0.4623)]
+    kw = dict(n_steps=1, step_size=1e-30, noise_scale=0.5, mala=True, generator=(5, 7))
+    energy = lambda zs: sum(0.5 * (t ** 2).sum(-1) for t in zs)  # noqa: E731
+    out = jk.langevin(energy, z, backend="cpu", **kw)
+    ref = jk.langevin(energy, z, backend="reference", **kw)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import extension
-from ..fusable import FLOAT32_MAX
+from ..fusable import FLOAT32_MAX, float32
 from ..problem import Problem
 
 __all__ = ["reason", "propose", "mala_select"]
@@ -44,7 +44,10 @@ def propose(problem: Problem, x: list[torch.Tensor], g: list[torch.Tensor], k: i
 def mala_select(problem: Problem, x, prop, g, g_p, noise, u, u_p, uniform):
     """MALA's accept step as one C++ call (``_C.mala_select``), in place on ``x``, ``g`` and ``u``;
     the accepted flags [B] (float 0/1), or None when these tensors are not the contiguous float32
-    ones it takes (an energy that returns float64 or strided values: the torch formulas run)."""
+    ones it takes (an energy that returns float64 or strided values) or a denominator float32
+    cannot hold: the torch formulas run."""
+    if any(not 0 < float32(d) <= FLOAT32_MAX for d in problem.mala_denominators):
+        return None  # 2 (s tau)^2 beyond float32 (a step of 1e-30): the torch formulas' own arithmetic
     tensors = [*x, *prop, *g, *g_p, *noise, u, u_p, uniform]
     if any(t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
         return None
