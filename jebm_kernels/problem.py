@@ -181,8 +181,9 @@ class Problem:
         return self.z[0].dtype
 
     def restructure(self, flat: list[torch.Tensor]):
-        """Flattened layers back to the caller's shapes and structure."""
-        out = [t.reshape(s) for t, s in zip(flat, self.shapes)]
+        """Flattened layers back to the caller's shapes and structure (a layer already in its
+        shape passes as it is: a reshape would add a view to autograd's graph, ~8 us a step)."""
+        out = [t if t.shape == s else t.reshape(s) for t, s in zip(flat, self.shapes)]
         return out if self.is_list else out[0]
 
     def call_energy(self, flat: list[torch.Tensor]) -> torch.Tensor:
