@@ -106,8 +106,9 @@ class CpuBackend(Backend):
     fusable prior, a posterior with an MLP decoder); a posterior with a callable decoder on the
     shared loop with the decoder term by autograd and the prior terms in C++; any other energy
     (a closure, a conv net, a prior beyond the kernels' limits) on the shared loop with autograd's
-    gradient and the C++ update (noise, step; MALA's terms from its noise), so it is never slower
-    than the reference. Refuses only what lies in the input (``prior_chain_cpu.InputFault``:
+    gradient, the C++ update (noise and step in one call) and MALA's accept step in one call:
+    faster than the reference, and within ~2% of a hand-written loop where autograd dominates
+    (BENCHMARKS.md, closure-conv). Refuses only what lies in the input (``prior_chain_cpu.InputFault``:
     NaN/inf weights or observations, mismatched structure), saying why."""
     name = "cpu"
     prior_chain = prior_chain_cpu
