@@ -2,7 +2,7 @@
 // Box-Muller normals of tl.randn(seed, offset): the stream of philox.h (scalar) and
 // jebm_kernels/philox.py, the words and uniforms bit for bit, the normals to the rounding of
 // log/cos (evaluated here in double and rounded once).
-// Part of isa_kernels.h (uses simd.h).
+// Part of isa_kernels.h (uses simd.h and vector_math.h).
 #pragma once
 #ifndef JEBM_ISA_KERNELS
 #error "philox_simd.h is a layer of the CPU kernels: include isa_kernels.h (from a chain_<isa>.cpp)"
@@ -10,35 +10,11 @@
 
 // ------------------------------------------------------------------------ Box-Muller's log and cos
 // The normal is sqrtf(-2 logf(u1)) * cosf(2 pi u2) in float32 as torch/Triton compute it. log is
-// Cephes' logf (vector_math.h's vlog without its special cases: u1 is a normal float in
-// [1e-7, 1)), within an ulp; cos is evaluated in double and rounded once, i.e. correctly rounded
+// Cephes' logf (vector_math.h's vlog_normal: vlog without its special cases, u1 being a normal
+// float in [1e-7, 1)), within an ulp; cos is evaluated in double and rounded once, i.e. correctly rounded
 // but for rare ties (float polynomials would be off by an ulp for ~16% of arguments). The normals
 // agree with a faithful logf/cosf to the last bit for ~97% of counters and are within 2 ulp.
 
-JEBM_INLINE vf vlog_unit(vf x) {
-    const vi bits = (vi)x;
-    vi e = ((bits >> 23) & 0xff) - 126;
-    vf m = (vf)((bits & (int32_t)0x807fffff) | 0x3f000000);  // [0.5, 1)
-    const vi small = m < 0.707106781186547524f;
-    e = e + small;  // small is -1 where true
-    m = sel(small, m + m - 1.0f, m - 1.0f);
-    const vf z = m * m;
-    vf y = splat(7.0376836292e-2f);
-    y = vfma(y, m, splat(-1.1514610310e-1f));
-    y = vfma(y, m, splat(1.1676998740e-1f));
-    y = vfma(y, m, splat(-1.2420140846e-1f));
-    y = vfma(y, m, splat(1.4249322787e-1f));
-    y = vfma(y, m, splat(-1.6668057665e-1f));
-    y = vfma(y, m, splat(2.0000714765e-1f));
-    y = vfma(y, m, splat(-2.4999993993e-1f));
-    y = vfma(y, m, splat(3.3333331174e-1f));
-    y = y * m * z;
-    const vf ef = __builtin_convertvector(e, vf);
-    y = y + ef * -2.12194440e-4f;
-    y = y - 0.5f * z;
-    const vf r = m + y;
-    return r + ef * 0.693359375f;
-}
 
 // cos(t) for t in [0, 2 pi], in double: cos(t) = (-1)^(k+1) sin(s) with s = t - (2k+1) pi/2 in
 // [-pi/2, pi/2] (k = round((t - pi/2) / pi), read from the low mantissa bits of its rounding sum:
@@ -149,7 +125,7 @@ JEBM_INLINE vf box_muller_vec(vu w0, vu w1) {
     vf u1 = uniform_of(w0);
     const vf u2 = uniform_of(w1);
     u1 = sel(u1 < kMinUniform, splat(kMinUniform), u1);  // torch.clamp_min(u1, 1e-7)
-    const vf r = vsqrt(-2.0f * vlog_unit(u1));
+    const vf r = vsqrt(-2.0f * vlog_normal(u1));
     return r * vcos_bm(kTwoPi * u2);
 }
 

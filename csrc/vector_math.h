@@ -65,14 +65,13 @@ JEBM_INLINE vf vexpm1_neg(vf x) {
     return sel(x != x, x, sel(x < -17.5f, splat(-1.0f), y));
 }
 
-// log: Cephes logf (mantissa in [sqrt(1/2), sqrt(2)), degree-8 polynomial); subnormals are
-// rescaled first; 0 -> -inf, negative -> NaN, inf -> inf.
-JEBM_INLINE vf vlog(vf x) {
-    const vi sub = x < 1.17549435e-38f;
-    vf xs = sel(sub, x * 8388608.0f, x);
-    vi bits = (vi)xs;
+// Cephes logf's core (mantissa in [sqrt(1/2), sqrt(2)), degree-8 polynomial) for a normal
+// positive float whose exponent field is e_shift above the true one (vlog's rescaled subnormals);
+// no special cases.
+JEBM_INLINE vf vlog_core(vf xs, vi e_shift) {
+    const vi bits = (vi)xs;
     vi e = ((bits >> 23) & 0xff) - 126;
-    e = e - (sub & 23);
+    e = e - e_shift;
     vf m = (vf)((bits & (int32_t)0x807fffff) | 0x3f000000);  // [0.5, 1)
     const vi small = m < 0.707106781186547524f;
     e = e + small;  // small is -1 where true
@@ -91,8 +90,17 @@ JEBM_INLINE vf vlog(vf x) {
     const vf ef = __builtin_convertvector(e, vf);
     y = y + ef * -2.12194440e-4f;
     y = y - 0.5f * z;
-    vf r = m + y;
-    r = r + ef * 0.693359375f;
+    const vf r = m + y;
+    return r + ef * 0.693359375f;
+}
+
+// log of a normal positive float (Box-Muller's u1 in [1e-7, 1)): the core alone.
+JEBM_INLINE vf vlog_normal(vf x) { return vlog_core(x, (vi)splat(0.0f)); }
+
+// log: subnormals are rescaled first; 0 -> -inf, negative -> NaN, inf -> inf.
+JEBM_INLINE vf vlog(vf x) {
+    const vi sub = x < 1.17549435e-38f;
+    vf r = vlog_core(sel(sub, x * 8388608.0f, x), sub & 23);
     r = sel(x == 0.0f, splat(-__builtin_inff()), r);
     r = sel(x < 0.0f, splat(__builtin_nanf("")), r);
     r = sel(x == __builtin_inff(), x, r);
