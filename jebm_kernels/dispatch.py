@@ -43,7 +43,7 @@ class Backend:
     """One backend: its two op implementations and what it serves."""
     name: str = ""
     prior_chain = None  # module with reason(problem), run(problem), or None
-    update = None       # module with reason(problem), propose(problem, x, g, k)
+    update = None       # module with reason(problem), propose(problem, x, g, k), optionally mala_select
 
     def unavailable_reason(self) -> str | None:
         """Why this machine cannot run the backend at all, or None."""
@@ -82,7 +82,9 @@ class Backend:
     def run(self, problem: Problem) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         if self.fuses(problem):
             return self.prior_chain.run(problem)
-        return run_chain(problem, self.energy_and_grad(problem), self.update.propose)
+        # an update implementation may also take MALA's accept step (the cpu one does, in C++)
+        return run_chain(problem, self.energy_and_grad(problem), self.update.propose,
+                         getattr(self.update, "mala_select", None))
 
 
 class ReferenceBackend(Backend):
@@ -134,11 +136,6 @@ class CpuBackend(Backend):
                 and prior_chain_cpu.prior_terms_reason(problem) is None):
             return prior_chain_cpu.posterior_energy_and_grad(problem)
         return autograd_energy_and_grad(problem)
-
-    def run(self, problem):
-        if self.fuses(problem):
-            return self.prior_chain.run(problem)
-        return run_chain(problem, self.energy_and_grad(problem), self.update.propose, update_cpu.mala_select)
 
 
 class TritonBackend(Backend):

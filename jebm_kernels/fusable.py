@@ -10,7 +10,7 @@ import torch
 
 from .spec import MLPSpec, PriorSpec
 
-__all__ = ["FLOAT32_MAX", "float32", "named_mlps", "scalars_reason", "float32_constants_reason",
+__all__ = ["FLOAT32_MAX", "float32", "named_mlps", "scalars_reason", "step_constants_reason", "float32_constants_reason",
            "activations_reason", "tensor_reason"]
 
 FLOAT32_MAX = 3.0e38  # what the bindings accept as a finite float32 (csrc/binding_checks.h finite_float)
@@ -56,6 +56,20 @@ def activations_reason(mlps: list[tuple[str, MLPSpec]], known: frozenset, backen
     return None
 
 
+def step_constants_reason(problem, backend: str) -> str | None:
+    """Why a kernel cannot hold this call's step constants s^2/2 and s*tau as float32 (beyond its
+    range), or None: what every C++/CUDA update needs."""
+    return _beyond_float32([("s^2/2", problem.h), ("s*tau", problem.c)], backend)
+
+
+def _beyond_float32(named, backend: str) -> str | None:
+    for name, values in named:
+        for v in values:
+            if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
+                return f"{name} = {v:.3g} is beyond float32's range, in which the {backend} kernels hold it"
+    return None
+
+
 def float32_constants_reason(problem, backend: str) -> str | None:
     """The C++ kernels hold s^2/2, s*tau, 2 (s tau)^2 (MALA) and the denominators 2 sigma^2
     (prior_sigma, base_sigma, sigma_x) as float32: a value beyond float32's range, or a
@@ -64,12 +78,10 @@ def float32_constants_reason(problem, backend: str) -> str | None:
     if problem.posterior is not None:
         sig.append(problem.posterior.sigma_x)
     denominators = [2 * s * s for s in sig]
-    named = [("s^2/2", problem.h), ("s*tau", problem.c),
-             ("2 (s tau)^2", problem.mala_denominators if problem.mala else []), ("2 sigma^2", denominators)]
-    for name, values in named:
-        for v in values:
-            if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
-                return f"{name} = {v:.3g} is beyond float32's range, in which the {backend} kernels hold it"
+    why = step_constants_reason(problem, backend) or _beyond_float32(
+        [("2 (s tau)^2", problem.mala_denominators if problem.mala else []), ("2 sigma^2", denominators)], backend)
+    if why:
+        return why
     for v in denominators:
         if float32(v) == 0.0:
             return f"2 sigma^2 = {v:.3g} rounds to 0 in float32, in which the {backend} kernels divide by it"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import extension
-from ..fusable import FLOAT32_MAX, float32
+from ..fusable import FLOAT32_MAX, float32, step_constants_reason
 from ..problem import Problem
 
 __all__ = ["reason", "propose", "mala_select"]
@@ -19,11 +19,7 @@ def reason(problem: Problem) -> str | None:
         return f"tensors on {problem.device}; the cpu backend runs CPU tensors"
     if problem.dtype != torch.float32:
         return f"the cpu backend works in float32, got {problem.dtype}"
-    for name, values in (("s^2/2", problem.h), ("s*tau", problem.c)):
-        for v in values:
-            if not abs(v) <= FLOAT32_MAX:  # NaN too
-                return f"{name} = {v:.3g} is beyond float32's range, in which the cpu update holds it"
-    return None
+    return step_constants_reason(problem, "cpu")
 
 
 def propose(problem: Problem, x: list[torch.Tensor], g: list[torch.Tensor], k: int):
@@ -49,7 +45,8 @@ def mala_select(problem: Problem, x, prop, g, g_p, noise, u, u_p, uniform):
     the accepted flags [B] (float 0/1), or None when these tensors are not the contiguous float32
     ones it takes (an energy that returns float64 or strided values) or a denominator float32
     cannot hold: the torch formulas run."""
-    if any(not 0 < float32(d) <= FLOAT32_MAX for d in problem.mala_denominators):
+    if not problem.remember("cpu.mala_den", lambda: all(0 < float32(d) <= FLOAT32_MAX
+                                                            for d in problem.mala_denominators)):
         return None  # 2 (s tau)^2 beyond float32 (a step of 1e-30): the torch formulas' own arithmetic
     tensors = [*x, *prop, *g, *g_p, *noise, u, u_p, uniform]
     if any(t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):

@@ -2,12 +2,10 @@
 ``philox`` tensor on the device the kernel reads seed and base offset itself (graph-safe)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import extension
-from ..fusable import FLOAT32_MAX
+from ..fusable import step_constants_reason
 from ..problem import Problem
 
 __all__ = ["reason", "propose", "stream_of"]
@@ -41,11 +39,7 @@ def reason(problem: Problem) -> str | None:
         return f"{len(problem.dims)} latent layers; the kernels take at most {limits['max_latent']}"
     if problem.batch > limits.get("max_batch", (1 << 31) - 1) or any(d > limits["max_width"] for d in problem.dims):
         return "batch or latent dims beyond the cuda kernels' limits"
-    for name, values in (("s^2/2", problem.h), ("s*tau", problem.c)):
-        for v in values:
-            if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
-                return f"{name} = {v:.3g} is beyond float32's range, in which the cuda kernels hold it"
-    return None
+    return step_constants_reason(problem, "cuda")
 
 
 def propose(problem: Problem, x: list[torch.Tensor], g: list[torch.Tensor], k: int, *, ext=None):
