@@ -149,3 +149,30 @@ def test_inference_tensors_are_never_cached():
     ref = jk.langevin(plain, z, backend="reference", prior_sigma=1.0, **KW)
     assert_close_where(out, ref, atol=2e-5, rtol=2e-5, what="inference mode")
     assert _packs() == []
+
+
+class _Gelu(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.gelu(x)
+
+
+def test_a_traced_energy_is_packed_once_while_its_weights_stay(monkeypatch):
+    """A module the tracer reads (its own activation class) gives the same weight tensors call after
+    call, so its model is packed once; an in-place update repacks it; ``.data`` needs clear_caches()."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 16), _Gelu(), torch.nn.Linear(16, 1))
+    z = torch.randn(8, 5)
+    packs = []
+    real = cpu._mlp_arg
+    monkeypatch.setattr(cpu, "_mlp_arg", lambda *a: packs.append(1) or real(*a))
+    for _ in range(4):
+        _close_to_reference(net, z, prior_sigma=1.0)
+    assert len(packs) == 1
+    with torch.no_grad():
+        net[0].weight.mul_(1.5)
+    _close_to_reference(net, z, prior_sigma=1.0)
+    assert len(packs) == 2
+    net[2].weight.data.mul_(-2.0)
+    cpu.clear_caches()
+    _close_to_reference(net, z, prior_sigma=1.0)
+    assert len(packs) == 3

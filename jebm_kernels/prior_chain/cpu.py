@@ -29,7 +29,7 @@ import weakref
 
 import torch
 
-from .. import extension
+from .. import extension, recognize
 from ..fusable import activations_reason, float32_constants_reason, named_mlps, scalars_reason, tensor_reason
 from ..problem import Problem
 from ..spec import MLPSpec
@@ -146,7 +146,9 @@ def _tensors_and_stamps(problem: Problem, mlps):
 
 
 def clear_caches() -> None:
-    """Forget every weight check and packed model (after writing weights through ``.data``)."""
+    """Forget every weight check and packed model, and the traced energies' last weight reads
+    (after writing weights through ``.data``)."""
+    recognize.forget_reads()
     _FINITE.clear()
     _MODELS.clear()
     _VERIFIED.clear()
