@@ -43,12 +43,16 @@ def autograd_energy_and_grad(problem: Problem):
     return energy_and_grad
 
 
-def run_chain(problem: Problem, energy_and_grad, propose, select=None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """K steps from ``problem.z``: (final layers [B, d_l], statistics [K, 3] or None)."""
+def run_chain(problem: Problem, energy_and_grad, propose, select=None,
+              start=None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """K steps from ``problem.z``: (final layers [B, d_l], statistics [K, 3] or None). ``start``:
+    (U, dU/dx) at ``problem.z`` when already evaluated (the start check's)."""
     h, den = problem.h, problem.mala_denominators
     x = [t.clone() for t in problem.z]
     stats = problem.new_stats()
-    u, g = (energy_and_grad(x) if problem.n_steps else (None, None))
+    if not problem.n_steps:
+        return x, stats
+    u, g = start if start is not None else energy_and_grad(x)
     for k in range(problem.n_steps):
         if stats is not None:
             stats[k, 0] = u.mean()

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from . import extension
+from . import extension, fusion
 from .chain import autograd_energy_and_grad, run_chain
 from .problem import Problem
 from .prior_chain import cpu as prior_chain_cpu
@@ -67,9 +67,21 @@ class Backend:
         """How the chain loop gets U and dU/dx when no whole-chain kernel runs the problem."""
         return autograd_energy_and_grad(problem)
 
+    def kernel_energy_and_grad(self, problem: Problem):
+        """x -> (U, dU/dx) as the whole-chain kernel computes them, for the start check
+        (``fusion.confirm``): the kernel's own evaluation where it has one, else autograd on the torch
+        specification of the reading (which the GPU kernels read tensor by tensor at each launch)."""
+        own = getattr(self.prior_chain, "energy_and_grad", None)
+        return own(problem) if own is not None else fusion.spec_energy_and_grad(problem)
+
     def fuses(self, problem: Problem) -> bool:
-        """Whether ``run`` takes the whole-chain kernel for this problem."""
+        """Whether the whole-chain kernel can take this problem's reading."""
         return self.prior_chain is not None and problem.spec is not None and self.prior_chain.reason(problem) is None
+
+    def will_fuse(self, problem: Problem) -> bool:
+        """Whether ``run`` takes the whole-chain kernel: it can, and the reading passed the start
+        check (``fusion.confirm``; a refusal there becomes the problem's ``why_not_fused``)."""
+        return self.fuses(problem) and fusion.confirm(problem, self)
 
     def why_not_fused(self, problem: Problem) -> str | None:
         """None when ``run`` fuses the whole chain, else why not (the energy, or this backend)."""
@@ -80,11 +92,12 @@ class Backend:
         return self.prior_chain.reason(problem)
 
     def run(self, problem: Problem) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        if self.fuses(problem):
+        if self.will_fuse(problem):
             return self.prior_chain.run(problem)
-        # an update implementation may also take MALA's accept step (the cpu one does, in C++)
+        # an update implementation may also take MALA's accept step (the cpu one does, in C++); the
+        # loop starts from the start check's evaluation when there was one (no call repeated)
         return run_chain(problem, self.energy_and_grad(problem), self.update.propose,
-                         getattr(self.update, "mala_select", None))
+                         getattr(self.update, "mala_select", None), start=problem.start)
 
 
 class ReferenceBackend(Backend):
@@ -98,9 +111,9 @@ class ReferenceBackend(Backend):
         return False
 
     def why_not_fused(self, problem):
-        if problem.spec is None:
-            return super().why_not_fused(problem)
-        return "the reference backend runs the torch loop (the specification)"
+        # (never reads the energy: the reference calls it only as its loop does)
+        why = "the reference backend runs the torch loop (the specification)"
+        return why if problem.refusals is None else f"{why}; auto passed over {problem.refusals}"
 
 
 class CpuBackend(Backend):
@@ -219,8 +232,11 @@ def select(name: str, problem: Problem, *, op: str | None = None) -> Backend:
         b = REGISTRY[n]
         why = _reason(b, problem, op) or b.auto_reason(problem)
         if why is None:
+            if refusals:
+                problem.refusals = "; ".join(refusals)
             return b
         refusals.append(f"{n}: {why}")
     if op is None:
+        problem.refusals = "; ".join(refusals)
         return REGISTRY["reference"]
     raise ValueError(f"no backend can run this {op} call: " + "; ".join(refusals))

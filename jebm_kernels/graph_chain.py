@@ -29,7 +29,7 @@ from .device_tables import live_tables
 from .philox import philox_tensor
 from .prior_chain.encoding import encode_prior
 from .prior_chain.op import run_prior_chain_op
-from .problem import make_problem
+from .arguments import make_problem
 from .update.op import run_update_op
 
 __all__ = ["GraphSafeChain"]
@@ -71,7 +71,10 @@ class GraphSafeChain:
         self.seed, self.start_offset = problem.seed, problem.offset
         self.philox = philox_tensor(problem.seed, problem.offset, device=problem.device)
         self.chunk = problem.n_steps * problem.stride  # counters one chain uses
-        self._fused = problem.spec is not None and problem.posterior is None
+        # a spec that describes the energy itself (PriorEnergy, an MLP nn.Sequential) is fused; a traced
+        # reading is confirmed per call by langevin, which a replayed graph cannot do: it runs the loop
+        reading = problem.reading
+        self._fused = reading.spec is not None and reading.posterior is None and reading.recognition is None
         self._encoded = encode_prior(problem.spec) if self._fused else None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_out: list[torch.Tensor] | None = None

@@ -33,7 +33,8 @@ import torch
 from . import extension
 
 __all__ = ["philox_randint4x", "philox_randn", "philox_rand", "torch_philox_randn", "torch_philox_rand",
-           "philox_randn_from", "philox_rand_from", "PhiloxGenerator", "uint_to_uniform", "philox_tensor"]
+           "philox_randn_from", "philox_rand_from", "PhiloxGenerator", "uint_to_uniform", "philox_tensor",
+           "read_philox", "check_philox", "signed_seed", "unsigned_seed"]
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
@@ -196,5 +197,28 @@ def philox_tensor(seed: int, offset: int = 0, device=None) -> torch.Tensor:
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
     if not isinstance(offset, int) or not 0 <= offset < 2**63:
         raise ValueError(f"offset must be an int in [0, 2**63), got {offset!r}")
-    return torch.tensor([seed - (1 << 64) if seed >= 1 << 63 else seed, offset], dtype=torch.int64,
-                        device=device)
+    return torch.tensor([signed_seed(seed), offset], dtype=torch.int64, device=device)
+
+
+def signed_seed(seed: int) -> int:
+    """A 64-bit seed's bits as a signed int64 (how a tensor or a kernel argument holds them)."""
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
+
+
+def unsigned_seed(seed: int) -> int:
+    """The 64-bit seed whose bits a signed int64 holds."""
+    return seed & _MASK64
+
+
+def read_philox(philox: torch.Tensor) -> tuple[int, int]:
+    """(seed, offset) of a CPU int64 [seed, offset] tensor."""
+    seed, offset = philox.tolist()  # a CPU tensor: no device sync
+    return unsigned_seed(seed), offset
+
+
+def check_philox(philox, device) -> None:
+    if not torch.is_tensor(philox) or philox.dtype != torch.int64 or tuple(philox.shape) != (2,):
+        raise ValueError("philox must be an int64 tensor of shape (2,): [seed, offset] (see philox_tensor)")
+    if philox.device.type != "cpu" and philox.device != device:
+        raise ValueError(f"philox is on {philox.device} but the state is on {device}: put it on the "
+                         "state's device (graph-safe) or on the CPU")

@@ -22,30 +22,26 @@ activation between them are multiplied out. Every tensor that does not depend on
 transposes, a spectral norm's W / sigma) is evaluated from the graph at each call, so the chain
 runs with the weights as they are at that call ("read at their current weights").
 
-What is not of that form (another op on z, two MLP terms, mixed activations, a constant term,
-a data-dependent branch that cannot be traced) is left to autograd, and ``why_not`` says why. A
-recognised spec is checked against the user's energy at the chain's start before it is used.
-Traces are cached per energy (a module, a bound method, or a function with its closure), and by
-the closure's structure: a closure rebuilt per batch over new tensors of the same shapes (new
-observations, new weights) reuses the trace with those tensors in place of the old ones (the
-graph holds the closure's tensors themselves, so they are substituted by identity), and the
-reproduction check below catches any reading the substitution would make wrong.
+What is not of that form (another op on z, two MLP terms, mixed activations, a constant term, a
+stopped gradient, a write to the energy's own state, random numbers) is left to autograd, and
+``NotFusable`` says why. Reading a graph is pure: ``read_graph`` gives the plan, and
+``TracedEnergy.read`` the spec with a call's tensors. Tracing, the cache of traces and where each
+call's tensors come from are in ``traces.py``; whether a reading may run is decided at the chain's
+start by ``fusion.py``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 import math
-import types
-import weakref
 
 import torch
-from torch import nn
 
 from .activation_table import by_name
 from .energies import PosteriorEnergy
-from .spec import MLPSpec, PriorSpec, posterior_energy, prior_energy
+from .spec import MLPSpec, PriorSpec
+from .tensor_cache import LEDGER
 
-__all__ = ["TracedEnergy", "recognize", "forget_reads"]
+__all__ = ["NotFusable", "TracedEnergy", "read_graph"]
 
 aten = torch.ops.aten
 
@@ -59,6 +55,9 @@ _ACT_OPS = {
     aten.softplus.default: ("softplus", lambda a: float(a[1]) if len(a) > 1 else 1.0),
     aten.elu.default: ("elu", lambda a: float(a[1]) if len(a) > 1 else 1.0),
 }
+# the in-place forms (``nn.ReLU(inplace=True)``), applied to a Linear's fresh output, compute the same
+_ACT_OPS.update({getattr(aten, op.__name__.split(".")[0] + "_").default: read for op, read in list(_ACT_OPS.items())
+                 if hasattr(aten, op.__name__.split(".")[0] + "_")})
 
 
 class NotFusable(Exception):
@@ -104,55 +103,76 @@ class _Resid:
 
 @dataclass
 class TracedEnergy:
-    """A recognised energy: the graph, and how to build its PriorSpec at each call."""
+    """A recognised energy: its graph, the plan read from it, and where a call finds the graph's
+    tensors (``bound``: get_attr target -> (root index, path), resolved per call by ``traces.py``)."""
     graph_module: torch.fx.GraphModule
-    plan: object          # _Sum with node references
+    plan: _Sum
     dim: int
-    bound: dict           # get_attr target -> index of the closure's held object it is
-    _last: tuple | None = field(default=None, repr=False)  # (the sources' stamps, the last read)
+    bound: dict = field(default_factory=dict)
+    # (epochs of the weights' source tensors, (spec, decoder MLPSpec or None)): the last reading of
+    # the weights, returned while the sources hold the same values, so the same weight tensors go to
+    # the kernels call after call and the cpu backend's packed model is reused
+    _weights: tuple | None = field(default=None, repr=False)
 
-    def read(self, held=()) -> tuple[PriorSpec, PosteriorEnergy | None]:
-        """The PriorSpec (and for a posterior, its ``PosteriorEnergy``) with the weights and
-        observations as they are now: the z-independent nodes evaluated, the closure's tensors
-        taken from ``held`` (this call's). While every source tensor is the same live object with
-        the same version and address, the last read is returned as it was: the same weight tensors
-        call after call, so the cpu backend's packed model and weight checks are reused (a read
-        made new transposes each call, and each call repacked the model)."""
-        attrs = {t: held[i] for t, i in self.bound.items()}
-        sources = [attrs[n.target] if n.target in attrs else getattr(self.graph_module, n.target)
-                   for n in self.graph_module.graph.nodes if n.op == "get_attr"]
-        stamps = _source_stamps(sources)
-        last = self._last
-        if stamps is not None and last is not None and _same_sources(last[0], stamps, sources):
-            return last[1]
-        result = self._read(attrs)
-        self._last = None if stamps is None else (stamps, result)
-        return result
-
-    def _read(self, attrs: dict) -> tuple[PriorSpec, PosteriorEnergy | None]:
-        values = _evaluate_constants(self.graph_module, attrs)
+    def __post_init__(self):
         plan = self.plan
-        mlp = None if plan.mlp is None else _mlp_spec(plan.mlp, values)
-        sigma = math.inf if plan.q == 0 else math.sqrt(1.0 / (2.0 * plan.q))
-        spec = PriorSpec(dims=(self.dim,), layer_terms=(mlp,), energy_sign=float(plan.a) if mlp is not None else 1.0,
-                         base_sigma=(sigma,))
-        if plan.recon is None:
+        weight_nodes = _nodes_of([plan.mlp.linears if plan.mlp else (), plan.recon.linears if plan.recon else ()])
+        self._weight_nodes = weight_nodes
+        self._x_nodes = _nodes_of([plan.x]) if plan.recon is not None else []
+        self._weight_sources = [n for n in _ancestors(weight_nodes) if n.op == "get_attr"]
+
+    def read(self, attrs: dict) -> tuple[PriorSpec, PosteriorEnergy | None]:
+        """The PriorSpec (and for a posterior its ``PosteriorEnergy``) at this call's tensors
+        (``attrs``: get_attr target -> tensor, for the bound ones; the graph's own otherwise)."""
+        gm, plan = self.graph_module, self.plan
+        sources = [attrs[n.target] if n.target in attrs else getattr(gm, n.target) for n in self._weight_sources]
+        epochs = LEDGER.epochs(sources)
+        if self._weights is None or self._weights[0] != epochs:
+            values = _evaluate_constants(gm, attrs, self._weight_nodes)
+            mlp = None if plan.mlp is None else _mlp_spec(plan.mlp, values)
+            recon = None if plan.recon is None else _mlp_spec(plan.recon, values)
+            sigma = math.inf if plan.q == 0 else math.sqrt(1.0 / (2.0 * plan.q))
+            spec = PriorSpec(dims=(self.dim,), layer_terms=(mlp,), energy_sign=float(plan.a) if mlp is not None else 1.0,
+                             base_sigma=(sigma,))
+            self._weights = (epochs, (spec, recon))
+        spec, recon = self._weights[1]
+        if recon is None:
             return spec, None
-        x = _value(plan.x, values).detach()
-        return spec, PosteriorEnergy(spec, _mlp_spec(plan.recon, values), x, math.sqrt(1.0 / (2.0 * plan.r)))
+        x = _value(plan.x, _evaluate_constants(gm, attrs, self._x_nodes)).detach()
+        return spec, PosteriorEnergy(spec, recon, x, math.sqrt(1.0 / (2.0 * plan.r)))
+
+    def forget(self) -> None:
+        self._weights = None
 
 
-def _source_stamps(sources) -> list | None:
-    """(weak reference, _version, address) per source tensor; None when one has no version counter
-    (an inference tensor) or is not a tensor: then nothing is reused."""
-    try:
-        return [(weakref.ref(t), t._version, t.data_ptr()) for t in sources]
-    except (RuntimeError, TypeError, AttributeError):
-        return None
+def _nodes_of(refs) -> list:
+    """The fx nodes a plan's value references name (nested tuples: ("t", node), ("mm", a, b), ...)."""
+    out: list = []
+
+    def walk(r):
+        if isinstance(r, torch.fx.Node):
+            out.append(r)
+        elif isinstance(r, (tuple, list)):
+            for x in r:
+                walk(x)
+
+    walk(refs)
+    return out
 
 
-def _same_sources(old, new, sources) -> bool:
-    return len(old) == len(new) and all(o[0]() is t and o[1:] == n[1:] for o, n, t in zip(old, new, sources))
+def _ancestors(nodes) -> list:
+    """``nodes`` and every node they depend on, in graph order."""
+    seen: set = set()
+    stack = list(nodes)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    if not seen:
+        return []
+    graph = next(iter(seen)).graph
+    return [n for n in graph.nodes if n in seen]
 
 
 def _mlp_spec(chain: _Chain, values) -> MLPSpec:
@@ -196,31 +216,28 @@ def _value(x, values):
     return values[x]
 
 
-def _evaluate_constants(gm: torch.fx.GraphModule, attrs: dict | None = None) -> dict:
-    """Every z-independent node's value, computed now (a small interpreter over those nodes);
-    ``attrs`` replaces the graph's own tensor attributes by target."""
+def _evaluate_constants(gm: torch.fx.GraphModule, attrs: dict, wanted) -> dict:
+    """The values of the z-independent nodes ``wanted`` depends on, computed now (a small
+    interpreter over those nodes); ``attrs`` replaces the graph's own tensor attributes by target."""
     env: dict = {}
-    with torch.no_grad():  # the weights as values (a spectral norm's power iteration writes its buffers)
-        _run_constants(gm, env, attrs or {})
+    with torch.no_grad():  # the weights as values
+        for node in _ancestors(wanted):
+            if node.op == "get_attr":
+                env[node] = attrs[node.target] if node.target in attrs else getattr(gm, node.target)
+            elif node.op == "call_function" and node.meta.get("jebm_const"):
+                args = torch.fx.node.map_arg(node.args, lambda n: env[n])
+                kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
+                env[node] = node.target(*args, **kwargs)
     return env
-
-
-def _run_constants(gm: torch.fx.GraphModule, env: dict, attrs: dict) -> None:
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            env[node] = attrs[node.target] if node.target in attrs else getattr(gm, node.target)
-        elif node.op == "call_function" and node.meta.get("jebm_const"):
-            args = torch.fx.node.map_arg(node.args, lambda n: env[n])
-            kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
-            env[node] = node.target(*args, **kwargs)
 
 
 def _scalar(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def _read(gm: torch.fx.GraphModule, z_shape, squeeze: bool) -> _Sum:
+def read_graph(gm: torch.fx.GraphModule, z_shape, squeeze: bool) -> _Sum:
     """Walk the graph in order, giving each node a symbolic value; raise NotFusable otherwise."""
+    _refuse_effects(gm)
     sym: dict = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
@@ -259,6 +276,45 @@ def _read(gm: torch.fx.GraphModule, z_shape, squeeze: bool) -> _Sum:
     if out.recon is not None and not (math.isfinite(out.r) and out.r > 0):
         raise NotFusable(f"the reconstruction term's coefficient {out.r} is not finite and > 0")
     return out
+
+
+def _refuse_effects(gm: torch.fx.GraphModule) -> None:
+    """What a fixed reading cannot repeat: an energy that writes its own state at each call (a
+    spectral norm's power iteration or BatchNorm's running statistics, in training mode), that
+    draws random numbers, or that stops the gradient of a value computed from z (``detach``,
+    ``.data``; autograd's own saved copies are detaches nothing uses)."""
+    depends: set = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or (node.op == "call_function" and any(a in depends for a in node.all_input_nodes)):
+            depends.add(node)
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        op = node.target
+        if torch.Tag.nondeterministic_seeded in op.tags:
+            raise NotFusable(f"it draws random numbers ({op}): each call differs")
+        if op is aten.detach.default and node in depends and node.users:
+            raise NotFusable("it stops the gradient of a value computed from z (detach or .data)")
+        for arg, value in zip(op._schema.arguments, list(node.args) + [node.kwargs.get(a.name) for a in
+                                                                      op._schema.arguments[len(node.args):]]):
+            if arg.alias_info is not None and arg.alias_info.is_write and _state_of(value):
+                raise NotFusable(f"it writes its own state at each call ({op} on a buffer or weight: a spectral "
+                                 "norm's power iteration or BatchNorm's statistics in training mode; .eval() "
+                                 "makes such an energy a function of z)")
+
+
+def _state_of(value) -> bool:
+    """Whether ``value`` (an fx node) is a graph attribute (a weight, a buffer) or a view of one."""
+    while isinstance(value, torch.fx.Node):
+        if value.op == "get_attr":
+            return True
+        op = value.target
+        if value.op != "call_function" or not isinstance(op, torch._ops.OpOverload) or not value.args:
+            return False
+        rets = op._schema.returns
+        if not rets or rets[0].alias_info is None:  # a new tensor, not a view
+            return False
+        value = value.args[0]
+    return False
 
 
 def _is_input(v) -> bool:
@@ -317,11 +373,11 @@ def _apply(node, sym, B):
         if not isinstance(h, _Chain) or not h.linears or h.acts[-1] is not None:
             raise NotFusable(f"{t} not directly after a Linear layer")
         name, read = _ACT_OPS[t]
-        if t is aten.gelu.default and node.kwargs.get("approximate", args[1] if len(args) > 1 else "none") == "tanh":
+        if name == "gelu" and node.kwargs.get("approximate", args[1] if len(args) > 1 else "none") == "tanh":
             name = "gelu_tanh"
-        if t is aten.softplus.default and (args[2] if len(args) > 2 else 20) != 20:
+        if name == "softplus" and (args[2] if len(args) > 2 else 20) != 20:
             raise NotFusable("Softplus with a threshold other than torch's 20")
-        if t is aten.elu.default and any((args[i] if len(args) > i else 1) != 1 for i in (2, 3)):
+        if name == "elu" and any((args[i] if len(args) > i else 1) != 1 for i in (2, 3)):
             raise NotFusable("ELU with scale or input_scale other than 1")
         return _Chain(h.linears, h.acts[:-1] + [(name, read(args))], h.width)
     if t in (aten.pow.Tensor_Scalar,):
@@ -429,146 +485,3 @@ def _apply(node, sym, B):
     if t in (aten.t.default, aten.transpose.int):
         raise NotFusable(f"{t} of a z-dependent value")
     raise NotFusable(f"{t} on a value that depends on z")
-
-
-# --------------------------------------------------------------------------------- the cache
-
-_CACHE: "weakref.WeakKeyDictionary | dict" = {}
-_MAX_CACHE = 256
-
-
-def _identity(energy):
-    """A key that is the same for the same energy: a module (by identity), a bound method, or a
-    function with the objects its closure and defaults hold (a lambda rebuilt per call over the
-    same modules hits the cache)."""
-    if isinstance(energy, nn.Module):
-        return ("module", id(energy)), (energy,)
-    if isinstance(energy, types.MethodType):
-        return ("method", id(energy.__self__), energy.__func__), (energy.__self__,)
-    if isinstance(energy, types.FunctionType):
-        cells = tuple(c.cell_contents for c in (energy.__closure__ or ()))
-        held = cells + tuple(energy.__defaults__ or ())
-        return ("function", energy.__code__, tuple(id(o) for o in held)), held
-    return ("object", id(energy)), (energy,)
-
-
-def _structure(held) -> tuple:
-    """What a trace depends on: the tensors a closure holds by shape, dtype and device, everything
-    else (modules, functions) by identity. A closure rebuilt per batch over new observations
-    (``lambda z: ((x - g(z)) ** 2).sum(-1)``) has the same structure every call, so its trace is
-    reused (with the new tensors put in, ``TracedEnergy.bound``): tracing a small decoder cost
-    ~14 ms per call at B = 8, about the whole chain's time (closure-mlp, K = 60, Zen 5)."""
-    return tuple(("tensor", tuple(o.shape), o.dtype, str(o.device)) if torch.is_tensor(o) else ("id", id(o))
-                 for o in held)
-
-
-def _held_refs(held) -> list:
-    refs = []
-    for o in held:
-        try:
-            refs.append(weakref.ref(o))
-        except TypeError:
-            refs.append(lambda o=o: o)
-    return refs
-
-
-def _alive(refs, held) -> bool:
-    return all(r() is o for r, o in zip(refs, held))
-
-
-_BY_STRUCTURE: dict = {}  # key -> (refs to the non-tensor objects held, TracedEnergy or why not)
-
-
-def forget_reads() -> None:
-    """Drop every trace's last read (after writing weights through ``.data``, which no version
-    counter sees; ``prior_chain.cpu.clear_caches`` calls this)."""
-    for cache in (_CACHE, _BY_STRUCTURE):
-        for entry in cache.values():
-            if isinstance(entry[1], TracedEnergy):
-                entry[1]._last = None
-
-
-def _trace(fn, z: torch.Tensor, squeeze: bool, held) -> TracedEnergy:
-    from torch.fx.experimental.proxy_tensor import make_fx
-    try:
-        with torch.enable_grad():
-            gm = make_fx(fn, tracing_mode="real")(z.detach())
-    except Exception as exc:  # data-dependent control flow, ops without a trace, ...
-        msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-        raise NotFusable(f"it could not be traced ({type(exc).__name__}: {msg})") from None
-    plan = _read(gm, tuple(z.shape), squeeze)
-    # the graph holds the closure's tensors themselves: remember which, to put another call's in
-    bound = {}
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            value = getattr(gm, node.target)
-            for i, o in enumerate(held):
-                if value is o:
-                    bound[node.target] = i
-    return TracedEnergy(gm, plan, int(z.shape[1]), bound)
-
-
-def recognize(energy, z: torch.Tensor, *, as_list: bool = False, squeeze: bool = False,
-              shape=None) -> tuple[PriorSpec | None, PosteriorEnergy | None, str | None]:
-    """(spec, posterior or None, None) when ``energy`` of the single tensor ``z`` (flattened to
-    [B, d]; the energy gets it reshaped to ``shape``, e.g. LEBM's [B, nz, 1, 1], and as ``[z]`` with ``as_list``; its
-    [B, 1] result read as [B] with ``squeeze``) is of the MLP form, checked against the energy at
-    ``z`` (a posterior with an MLP decoder comes with its ``PosteriorEnergy``); else (None, None,
-    why not). Only float32 energies are traced (the kernels' type)."""
-    if z.dim() != 2 or z.dtype != torch.float32:
-        return None, None, "only energies of one [B, d] float32 tensor are traced for fusion"
-    if z.device.type == "meta":
-        return None, None, "z is on the meta device"
-
-    shape = tuple(shape) if shape is not None else tuple(z.shape)
-
-    def fn(t):
-        t = t.reshape(shape) if tuple(t.shape) != shape else t
-        u = energy([t] if as_list else t)
-        return u.squeeze(-1) if squeeze and torch.is_tensor(u) and u.dim() == 2 and u.shape[-1] == 1 else u
-
-    base, held = _identity(energy)
-    where = (shape[1:], z.dtype, str(z.device), as_list, squeeze)
-    key = base + where
-    entry = _CACHE.get(key)
-    if entry is not None and not _alive(entry[0], held):
-        entry = None
-    if entry is None:
-        # a function by its code, its closure by structure; anything else as identified
-        structure = ((base[:2] if base[0] == "function" else base), _structure(held)) + where
-        others = [o for o in held if not torch.is_tensor(o)]
-        shared = _BY_STRUCTURE.get(structure)
-        if shared is not None and _alive(shared[0], others):
-            traced = shared[1]
-        else:
-            try:
-                traced = _trace(fn, z, squeeze, held)
-            except NotFusable as exc:
-                traced = str(exc)
-            _remember(_BY_STRUCTURE, structure, (_held_refs(others), traced))
-        entry = (_held_refs(held), traced)
-        _remember(_CACHE, key, entry)
-    traced = entry[1]
-    if isinstance(traced, str):
-        return None, None, traced
-    try:
-        spec, posterior = traced.read(held)
-    except NotFusable as exc:
-        return None, None, str(exc)
-    except Exception as exc:  # evaluating the weights failed (an op that needs its module's state)
-        return None, None, f"its weights could not be read from the trace ({type(exc).__name__}: {exc})"
-    # the recognised form must reproduce the energy here (a rebound global, an op the reading
-    # missed, a closure's tensors put in the wrong place)
-    with torch.no_grad():
-        want = fn(z)
-        got = (prior_energy(spec, [z]) if posterior is None
-               else posterior_energy(spec, posterior.decoder, posterior.x_obs, posterior.sigma_x, [z]))
-    if not torch.is_tensor(want) or want.shape != got.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
-        return None, None, "the traced MLP does not reproduce the energy at the chain's start"
-    return spec, posterior, None
-
-
-def _remember(cache: dict, key, value) -> None:
-    if len(cache) >= _MAX_CACHE:
-        cache.pop(next(iter(cache)))
-    cache[key] = value

@@ -9,8 +9,9 @@ tau < 1 gives the "cold" chains the papers use for short-run training; tau = 1 i
 """
 from __future__ import annotations
 
+from .arguments import make_problem
 from .dispatch import select
-from .problem import ChainInfo, make_problem
+from .problem import ChainInfo
 
 __all__ = ["langevin", "explain_fusion"]
 
@@ -76,5 +77,6 @@ def explain_fusion(energy, z, *, backend: str = "auto", **kwargs) -> dict:
     if kwargs:
         raise TypeError(f"explain_fusion got unexpected arguments {sorted(kwargs)}")
     chosen = select(backend, problem)
-    why = chosen.why_not_fused(problem)
-    return {"backend": chosen.name, "fused": why is None, "why_not_fused": why, "spec": problem.spec}
+    fused = chosen.will_fuse(problem)  # a traced energy is evaluated once here, as langevin's start check does
+    why = None if fused else chosen.why_not_fused(problem)
+    return {"backend": chosen.name, "fused": fused, "why_not_fused": why, "spec": problem.reading.spec}

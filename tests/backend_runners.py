@@ -20,7 +20,8 @@ from jebm_kernels import dispatch, extension
 from jebm_kernels.chain import autograd_energy_and_grad, run_chain
 from jebm_kernels.prior_chain import cpu as prior_chain_cpu
 from jebm_kernels.prior_chain import cuda as prior_chain_cuda
-from jebm_kernels.problem import info_from_stats, make_problem
+from jebm_kernels.arguments import make_problem
+from jebm_kernels.problem import info_from_stats
 from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec
 from jebm_kernels.update import cuda as update_cuda
 

@@ -1,8 +1,8 @@
-"""The cpu backend's per-call caches (jebm_kernels/prior_chain/cpu.py): a weight's NaN/inf scan
-and the packed C++ model are reused while the weights are the same tensors at the same version,
-and never once they are not -- an optimizer step, an in-place write under no_grad,
-load_state_dict, a new tensor, another instruction set. A stale pack would run the old weights:
-every test here compares with the reference on the weights as they are now."""
+"""The cpu backend's per-call caches (jebm_kernels/prior_chain/cpu.py): a weight set's checks and
+the packed C++ model are reused while the weights are the same tensors holding the same values,
+and never once they are not -- an optimizer step, an in-place write under no_grad, a write
+through ``.data``, load_state_dict, a new tensor, another instruction set. A stale pack would run
+the old weights: every test here compares with the reference on the weights as they are now."""
 import pytest
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ def _close_to_reference(energy, z, **extra):
 
 
 def _packs():
-    return [v[0] for _, _, v in cpu._MODELS._d.values()]
+    return [v[1][0] for v in cpu._MODELS.values()]
 
 
 @pytest.fixture(autouse=True)
@@ -83,14 +83,24 @@ def test_in_place_writes_are_seen(how):
     _close_to_reference(net, z, prior_sigma=1.0)
 
 
-def test_writes_through_data_need_clear_caches():
-    """``.data`` bypasses the version counter: documented, and clear_caches() is the way out."""
+@pytest.mark.parametrize("how", ["data.mul_", "data -= ", "data.clamp_", "data = same shape"])
+def test_writes_through_data_are_seen(how):
+    """``.data`` bypasses the version counter; the values are compared, so the next call repacks."""
     net = _net()
     z = torch.randn(8, 5)
     _close_to_reference(net, z, prior_sigma=1.0)
-    net[0].weight.data.mul_(1.5)
-    cpu.clear_caches()
+    (first,) = _packs()
+    w = net[0].weight
+    if how == "data.mul_":
+        w.data.mul_(1.5)
+    elif how == "data -= ":
+        w.data -= 0.1 * torch.ones_like(w)
+    elif how == "data.clamp_":
+        w.data.clamp_(-0.05, 0.05)
+    else:
+        w.data = torch.randn_like(w)
     _close_to_reference(net, z, prior_sigma=1.0)
+    assert first not in _packs()
 
 
 def test_nan_written_after_a_clean_check_is_reported():
@@ -139,16 +149,26 @@ def test_another_instruction_set_gets_another_pack():
         assert_close_where(a, b, atol=2e-5, rtol=2e-5, what="isa")
 
 
-def test_inference_tensors_are_never_cached():
-    plain = _net()
-    with torch.inference_mode():
-        net = _net()  # the same values, as inference tensors (no version counter)
+def test_inference_mode_raises_what_the_reference_raises():
+    """Under torch.inference_mode() the reference cannot take dU/dz and raises; so does every backend
+    (a fused kernel there would accept what the user's loop rejects). Weights made under inference
+    mode cannot be saved for backward: the reference raises, and so does auto."""
+    net = _net()
     z = torch.randn(8, 5)
+    errors = []
+    for backend in ("reference", "auto", "cpu"):
+        with torch.inference_mode(), pytest.raises(TypeError) as exc:
+            jk.langevin(net, z, backend=backend, prior_sigma=1.0, **KW)
+        errors.append(str(exc.value))
+    assert len(set(errors)) == 1 and "autograd" in errors[0]
     with torch.inference_mode():
-        out = jk.langevin(net, z, backend="cpu", prior_sigma=1.0, **KW)
-    ref = jk.langevin(plain, z, backend="reference", prior_sigma=1.0, **KW)
-    assert_close_where(out, ref, atol=2e-5, rtol=2e-5, what="inference mode")
-    assert _packs() == []
+        inference_net = _net()
+    errors = []
+    for backend in ("reference", "auto"):
+        with pytest.raises(RuntimeError) as exc:
+            jk.langevin(inference_net, z, backend=backend, prior_sigma=1.0, **KW)
+        errors.append(str(exc.value))
+    assert errors[0] == errors[1] and "nference tensors" in errors[0]
 
 
 class _Gelu(torch.nn.Module):
@@ -158,7 +178,7 @@ class _Gelu(torch.nn.Module):
 
 def test_a_traced_energy_is_packed_once_while_its_weights_stay(monkeypatch):
     """A module the tracer reads (its own activation class) gives the same weight tensors call after
-    call, so its model is packed once; an in-place update repacks it; ``.data`` needs clear_caches()."""
+    call, so its model is packed once; an in-place update repacks it, and so does a ``.data`` write."""
     torch.manual_seed(3)
     net = torch.nn.Sequential(torch.nn.Linear(5, 16), _Gelu(), torch.nn.Linear(16, 1))
     z = torch.randn(8, 5)
@@ -173,6 +193,5 @@ def test_a_traced_energy_is_packed_once_while_its_weights_stay(monkeypatch):
     _close_to_reference(net, z, prior_sigma=1.0)
     assert len(packs) == 2
     net[2].weight.data.mul_(-2.0)
-    cpu.clear_caches()
     _close_to_reference(net, z, prior_sigma=1.0)
     assert len(packs) == 3

@@ -263,7 +263,7 @@ def test_opcheck_on_cuda(philox_device):
 def _triton_op_args(device):
     """Arguments of jebm::prior_chain_triton and jebm::multi_layer_update_triton for a small prior."""
     from jebm_kernels.prior_chain import triton as prior_chain_triton
-    from jebm_kernels.problem import make_problem
+    from jebm_kernels.arguments import make_problem
     from jebm_kernels.update import triton as update_triton
     from jebm_kernels.device_tables import device_table
     from backend_runners import move_spec

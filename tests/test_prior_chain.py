@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import jebm_kernels as jk
-from jebm_kernels.problem import make_problem
+from jebm_kernels.arguments import make_problem
 from jebm_kernels.spec import ACTIVATIONS, GaussianSpec, PriorSpec
 
 import helpers

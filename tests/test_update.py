@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import jebm_kernels as jk
-from jebm_kernels.problem import make_problem
+from jebm_kernels.arguments import make_problem
 from jebm_kernels.update import reference as update_reference
 
 from backend_runners import GPU

@@ -65,7 +65,8 @@ import torch
 from torch import nn
 
 import jebm_kernels as jk
-from jebm_kernels.problem import make_problem, step_constants
+from jebm_kernels.arguments import make_problem
+from jebm_kernels.problem import step_constants
 
 from ..model import JEBM, SamplingSettings, randn_layers
 

@@ -12,30 +12,25 @@ Float32 CPU tensors only. Everything is checked here before an address reaches C
 device, shape, contiguity: non-contiguous tensors are copied; NaN/inf in weights or observations
 is reported); the C++ side checks sizes and addresses again and raises ValueError.
 
-Per-call work is done once per version of the weights: the NaN/inf scan of a weight and the
-packed C++ model (``_C.Model``: the weights in the kernels' panel layout, each thread's scratch)
-are kept and reused while the tensors are the same objects with the same stamp (``_version`` and
-address). Every in-place write autograd can see bumps ``_version`` (an optimizer step,
-``load_state_dict``, ``w.add_(...)`` under ``no_grad``, ``set_``, ``resize_``), and a new tensor
-behind a parameter (``w.data = other``) has another address, so the next call re-reads the weights.
-Writes through ``.data`` (``w.data.copy_(...)``) bump nothing, nor does ``w.data = w.data.t()``
-(same address): call ``clear_caches()`` after those. Entries go when their tensors do (weak
-references); inference tensors (no version counter) are never cached.
+Per-call work is done once per value of the weights: the checks of a weight set and the packed C++
+model (``_C.Model``: the weights in the kernels' panel layout, each thread's scratch) are kept by
+the weights' epochs (``tensor_cache.LEDGER``: the same tensor objects holding the same values,
+compared each call), so an optimizer step, ``load_state_dict`` or a write through ``.data`` is seen
+on the next call. Entries go when their tensors do.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-import weakref
-
 import torch
 
-from .. import extension, recognize
+from .. import extension, traces
 from ..fusable import activations_reason, float32_constants_reason, named_mlps, scalars_reason, tensor_reason
 from ..problem import Problem
 from ..spec import MLPSpec
+from ..tensor_cache import LEDGER, LRUCache
 from ..update import cpu as update_cpu
 
-__all__ = ["reason", "prior_terms_reason", "InputFault", "run", "posterior_energy_and_grad", "clear_caches"]
+__all__ = ["reason", "prior_terms_reason", "InputFault", "run", "energy_and_grad", "posterior_energy_and_grad",
+           "clear_caches"]
 
 
 class InputFault(str):
@@ -50,108 +45,28 @@ _FUSABLE_FAMILY = ("this nn.Sequential is not of the fusable family: Linear laye
 
 # ------------------------------------------------------------------------------------- caches
 
-def _stamp(t: torch.Tensor):
-    """What identifies a tensor's values without reading them, or None (no version counter)."""
-    try:
-        return (t._version, t.data_ptr())
-    except RuntimeError:  # an inference tensor
-        return None
-
-
-def _stamps(tensors: list) -> list:
-    try:
-        return [(t._version, t.data_ptr()) for t in tensors]
-    except RuntimeError:  # an inference tensor among them
-        return [_stamp(t) for t in tensors]
-
-
-class _FiniteChecked:
-    """Tensors found free of NaN/inf, each at the stamp it had then (weakly held)."""
-
-    def __init__(self):
-        self._d: dict[int, tuple] = {}
-
-    def finite(self, t: torch.Tensor) -> bool:
-        st = _stamp(t)
-        e = self._d.get(id(t))
-        if st is not None and e is not None and e[0]() is t and e[1] == st:
-            return True
-        ok = bool(torch.isfinite(t.detach()).all())
-        if ok and st is not None:
-            key, d = id(t), self._d
-
-            def gone(ref, key=key, d=d):
-                e = d.get(key)
-                if e is not None and e[0] is ref:
-                    del d[key]
-
-            self._d[key] = (weakref.ref(t, gone), st)
-        return ok
-
-    def clear(self):
-        self._d.clear()
-
-
-class _ModelCache:
-    """Packed C++ models by (configuration, the identities of their tensors), kept while every
-    tensor is alive and keeps its stamp; the least recently used go beyond ``size``."""
-
-    def __init__(self, size: int = 8):
-        self.size = size
-        self._d: OrderedDict = OrderedDict()
-
-    def get(self, key, tensors, stamps):
-        e = self._d.get(key)
-        if e is None:
-            return None
-        refs, old, value = e
-        if old == stamps and all(r() is t for r, t in zip(refs, tensors)):
-            self._d.move_to_end(key)
-            return value
-        del self._d[key]
-        return None
-
-    def put(self, key, tensors, stamps, value):
-        if any(st is None for st in stamps):
-            return
-        d = self._d
-
-        def gone(_ref, key=key, d=d):
-            d.pop(key, None)
-
-        d[key] = ([weakref.ref(t, gone) for t in tensors], stamps, value)
-        d.move_to_end(key)
-        while len(d) > self.size:
-            d.popitem(last=False)
-
-    def clear(self):
-        self._d.clear()
-
-
-_FINITE = _FiniteChecked()
-_MODELS = _ModelCache()
-_VERIFIED = _ModelCache(size=32)  # weight sets whose every per-tensor check passed, by identity
+# Weight sets whose every per-tensor check passed, and packed C++ models, by the weights' identities,
+# valid while the weights keep their epochs (``tensor_cache.LEDGER``: the same values), so neither is
+# redone per call and neither outlives a change of the values, ``.data`` writes included.
+_VERIFIED = LRUCache(size=32)
+_MODELS = LRUCache(size=8)
 _LIMITS = extension.cpu_limits()
 
 
-def _tensors_and_stamps(problem: Problem, mlps):
-    """The weight tensors of ``mlps`` (in order) and their stamps, each read once per call (the
-    dispatch rule's question and ``run`` list the same tensors in different orders and share the
-    stamps through the problem's memo, by tensor identity)."""
+def _tensors_and_epochs(problem: Problem, mlps):
+    """The weight tensors of ``mlps`` (in order) and their epochs, each tensor's values compared
+    once per call (the dispatch rule's question and ``run`` share them through the problem's memo)."""
     tensors = [t for _, m in mlps for t in (*m.weights, *m.biases) if t is not None]
-    known = problem.remember("cpu.stamps", dict)
-    if not all(id(t) in known for t in tensors):
-        known.update(zip(map(id, tensors), _stamps(tensors)))
-    return tensors, [known[id(t)] for t in tensors]
+    return tensors, LEDGER.epochs(tensors, problem.remember("cpu.epochs", dict))
 
 
 def clear_caches() -> None:
-    """Forget every weight check and packed model, and the traced energies' last weight reads
-    (after writing weights through ``.data``)."""
-    recognize.forget_reads()
-    _FINITE.clear()
-    _MODELS.clear()
+    """Forget every weight check, packed model and traced reading (they are found again by
+    comparing values: this only frees their memory)."""
+    traces.forget_reads()
     _VERIFIED.clear()
+    _MODELS.clear()
+    LEDGER.clear()
 
 
 def prior_terms_reason(problem: Problem) -> str | None:
@@ -161,9 +76,7 @@ def prior_terms_reason(problem: Problem) -> str | None:
 
 
 def _weight_reason(t, what: str, device) -> str | None:
-    why = tensor_reason(t, what, device, "cpu")
-    if why is None and t.numel() and not _FINITE.finite(t):
-        why = f"{what} contains NaN or inf"
+    why = tensor_reason(t, what, device, "cpu", finite=True)
     return None if why is None else InputFault(why)
 
 
@@ -193,11 +106,11 @@ def _prior_terms_reason(problem: Problem) -> str | None:
     if len(mlps) > lim["max_mlps"]:
         return f"{len(mlps)} MLPs; the cpu kernels take at most {lim['max_mlps']}"
     # the per-MLP and per-tensor checks depend only on the tensors (shapes, device, dtype, values):
-    # skipped while the same tensors keep the stamps they passed with
-    tensors, stamps = _tensors_and_stamps(problem, mlps)
+    # skipped while the same tensors hold the values they passed with
+    tensors, epochs = _tensors_and_epochs(problem, mlps)
     key = (tuple(len(m.weights) for _, m in mlps), tuple(b is None for _, m in mlps for b in m.biases),
-           tuple(id(t) for t in tensors))
-    if _VERIFIED.get(key, tensors, stamps) is None:
+           tuple(map(id, tensors)))
+    if _VERIFIED.get(key) != epochs:
         for name, m in mlps:
             if len(m.weights) > lim["max_linear_per_mlp"]:
                 return (f"the {name} has {len(m.weights)} Linear layers; the cpu kernels take at most "
@@ -210,7 +123,7 @@ def _prior_terms_reason(problem: Problem) -> str | None:
                     None if b is None else _weight_reason(b, f"the {name}'s bias {i}", problem.device))
                 if why:
                     return why
-        _VERIFIED.put(key, tensors, stamps, True)
+        _VERIFIED.put(key, epochs, tensors)
     why = (activations_reason(mlps, extension.ext_activations("cpu"), "cpu") or scalars_reason(spec, mlps)
            or float32_constants_reason(problem, "cpu"))
     if why:
@@ -278,22 +191,22 @@ def _build_model(problem: Problem, with_decoder: bool):
     ps = [float(s) for s in problem.prior_sigma] if problem.prior_sigma is not None else []
     space = 1 if spec.space == "eps" else 0
     ext = extension.cpu_ext
-    tensors, stamps = _tensors_and_stamps(problem, [(None, m) for m in specs])
+    tensors, epochs = _tensors_and_epochs(problem, [(None, m) for m in specs])
     # the extension and its instruction set are part of the key: set_isa() changes the kernels a
     # new Model runs
     key = (id(ext), ext.isa(), tuple(spec.dims), tuple((m.activation, float(m.act_param), m.out_activation,
                                                tuple(b is None for b in m.biases)) for m in specs),
            tuple(terms), joint, tuple(gauss), tuple(floors), space, float(spec.energy_sign), tuple(base), tuple(ps),
-           decoder, float(sigma_x), tuple(id(t) for t in tensors))
-    hit = _MODELS.get(key, tensors, stamps)
-    if hit is not None:
-        return hit
+           decoder, float(sigma_x), tuple(map(id, tensors)))
+    hit = _MODELS.get(key)
+    if hit is not None and hit[0] == epochs:
+        return hit[1]
     keep: list = []
     codes = ext.act_codes()
     mlps = [_mlp_arg(m, codes, keep) for m in specs]
     model = ext.Model(list(spec.dims), mlps, terms, joint, gauss, floors, space, float(spec.energy_sign), base, ps,
                       decoder, float(sigma_x))
-    _MODELS.put(key, tensors, stamps, (model, keep))
+    _MODELS.put(key, (epochs, (model, keep)), tensors)
     return model, keep
 
 
@@ -332,6 +245,29 @@ def run(problem: Problem, accept_record: torch.Tensor | None = None):
     if stats is not None:
         stats.copy_(rows.t())
     return out, stats
+
+
+def energy_and_grad(problem: Problem):
+    """x -> (U(x), dU/dx) computed by the packed model ``run`` would run (prior, or posterior with an
+    MLP decoder): the kernel's side of the start check (``fusion.confirm``)."""
+    B, dims = problem.batch, problem.dims
+    model, keep = _build_model(problem, with_decoder=True)
+    xobs = 0
+    if problem.posterior is not None:
+        xo = problem.posterior.x_obs.detach().reshape(B, -1).contiguous()
+        keep = keep + [xo]
+        xobs = xo.data_ptr()
+    nt = extension.threads()
+
+    def evaluate(xs):
+        xs = [t.contiguous() for t in xs]
+        u = torch.empty(B)
+        g = [torch.empty(B, d) for d in dims]
+        model.eval(B, [t.data_ptr() for t in xs], 0, 0, xobs, u.data_ptr(), [t.data_ptr() for t in g], 0, nt)
+        return u, g
+
+    evaluate.keep = keep  # the packed weights and observations live as long as the function
+    return evaluate
 
 
 def posterior_energy_and_grad(problem: Problem):

@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import dispatch
 from ..energies import PriorEnergy
-from ..problem import check_op_layers, make_op_problem
+from ..arguments import check_op_layers, make_op_problem
 from ..spec import PriorSpec
 from .encoding import decode_prior, encode_prior
 

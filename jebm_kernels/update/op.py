@@ -19,7 +19,7 @@ from contextlib import nullcontext
 import torch
 
 from .. import dispatch
-from ..problem import check_op_layers, make_op_problem
+from ..arguments import check_op_layers, make_op_problem
 
 __all__ = ["multi_layer_update", "run_update_op"]
 

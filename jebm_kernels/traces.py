@@ -1,0 +1,314 @@
+"""Traces of users' energies: taken once per key, found again at later calls, with each call's
+tensors put in.
+
+An energy is a callable; what it computes besides z depends on what it can reach: a module's
+parameters, buffers, attributes and hooks; a function's closure, defaults and the globals its code
+names; a partial's arguments; a bound method's object. These are the energy's *roots*. A trace is
+kept under a key made of everything about the roots that changes the graph the trace records
+(types, shapes, dtypes, scalar attributes such as a temperature, training flags, hooks, the
+identity of modules and functions) and of z's shape; tensors enter the key by shape only, and are
+found again at each call by where they sit (a root and an attribute path: ``self.x``, a closure's
+cell, ``net.0.weight``), so a posterior module given each batch as ``self.x``, or a closure rebuilt
+per batch over new observations, keeps its trace and its fusion.
+
+Traces are taken with ``make_fx`` on fake tensors: the energy's code runs on shapes only, so the
+trace neither draws from torch's random generators nor writes buffers (BatchNorm's statistics, a
+spectral norm's vectors) nor costs a real evaluation. A key whose trace could not be read, or whose
+reading failed the start check (``fusion.py``), is traced again only after 1, 2, 4, ... more calls:
+an energy that is not fusable costs a logarithmic number of traces, never one per call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import functools
+import types
+import weakref
+
+import torch
+from torch import nn
+
+from .recognize import NotFusable, TracedEnergy, read_graph
+
+__all__ = ["Recognition", "recognize", "forget_reads", "clear"]
+
+_MAX_ENTRIES = 256
+_MAX_ITEMS = 64          # a list, tuple or dict reached from an energy is keyed item by item up to this size
+_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+
+
+@dataclass
+class _Entry:
+    traced: TracedEnergy | None
+    why: str | None                     # why not fusable, when ``traced`` is None
+    anchors: list                       # what the key names by identity, kept so an id is not reused
+    calls: int = 0                      # calls looked up under this key
+    failures: int = 0
+    retry_at: int = 0                   # with traced None: trace again at this call
+
+    def fail(self, why: str) -> None:
+        """Give up on this key until 2^failures more calls have passed."""
+        self.failures += 1
+        self.traced, self.why = None, why
+        self.retry_at = self.calls + (1 << min(self.failures, 30))
+
+
+@dataclass
+class Recognition:
+    """What ``recognize`` found for one call: a spec (with its ``PosteriorEnergy``) or why not."""
+    spec: object = None
+    posterior: object = None
+    why: str | None = None
+    entry: _Entry | None = field(default=None, repr=False)
+    fresh: bool = False                 # traced at this call (not found again)
+    retrace: object = field(default=None, repr=False)  # () -> Recognition: trace this key again now
+
+
+_ENTRIES: dict = {}
+
+
+def clear() -> None:
+    _ENTRIES.clear()
+
+
+def forget_reads() -> None:
+    """Drop every trace's last reading of its weights (memory only: readings are found again by
+    comparing values)."""
+    for entry in _ENTRIES.values():
+        if entry.traced is not None:
+            entry.traced.forget()
+
+
+def recognize(energy, z: torch.Tensor, *, shape, as_list: bool, squeeze: bool) -> Recognition:
+    """The spec of ``energy`` at the [B, d] float32 tensor ``z`` (passed to the energy reshaped to
+    ``shape``, as ``[z]`` with ``as_list``; a [B, 1] result read as [B] with ``squeeze``)."""
+    shape = tuple(shape)
+
+    def fn(t):
+        t = t.reshape(shape) if tuple(t.shape) != shape else t
+        u = energy([t] if as_list else t)
+        return u.squeeze(-1) if squeeze and torch.is_tensor(u) and u.dim() == 2 and u.shape[-1] == 1 else u
+
+    kind, roots = _roots(energy)
+    anchors: list = []
+    try:
+        key = (kind, tuple(_signature(r, anchors, 2) for r in roots), _global_hooks(),
+               shape, z.dtype, str(z.device), as_list, squeeze)
+        hash(key)
+    except Exception as exc:  # an attribute that cannot be hashed or read
+        return Recognition(why=f"its state could not be keyed ({type(exc).__name__}: {exc})")
+    entry = _ENTRIES.get(key)
+    if entry is not None and not all(_alive(a) for a in entry.anchors):
+        entry = None
+
+    def trace_now() -> Recognition:
+        nonlocal entry
+        old = entry
+        try:
+            traced, why = _trace(fn, z, squeeze, roots), None
+        except NotFusable as exc:
+            traced, why = None, str(exc)
+        entry = _Entry(traced, why, [_anchor(a) for a in anchors])
+        if old is not None:  # a retrace keeps the key's history of failures
+            entry.calls, entry.failures = old.calls, old.failures
+        if traced is None:
+            entry.fail(why)
+        _remember(key, entry)
+        return _read(entry, roots, fresh=True, retrace=None)
+
+    if entry is None or (entry.traced is None and entry.calls >= entry.retry_at):
+        found = trace_now()
+        entry.calls += 1
+        return found
+    entry.calls += 1
+    if entry.traced is None:
+        return Recognition(why=entry.why, entry=entry)
+    return _read(entry, roots, fresh=False, retrace=trace_now)
+
+
+def _read(entry: _Entry, roots, *, fresh: bool, retrace) -> Recognition:
+    if entry.traced is None:
+        return Recognition(why=entry.why, entry=entry, fresh=fresh)
+    try:
+        attrs = {target: _resolve(roots, where) for target, where in entry.traced.bound.items()}
+        spec, posterior = entry.traced.read(attrs)
+    except Exception as exc:  # a tensor no longer where it was, an evaluation that needs state
+        if retrace is not None:
+            return retrace()
+        why = exc.args[0] if isinstance(exc, NotFusable) else f"its weights could not be read ({type(exc).__name__}: {exc})"
+        entry.fail(why)
+        return Recognition(why=why, entry=entry, fresh=fresh)
+    return Recognition(spec, posterior, None, entry, fresh, retrace)
+
+
+def _remember(key, entry: _Entry) -> None:
+    _ENTRIES.pop(key, None)
+    if len(_ENTRIES) >= _MAX_ENTRIES:
+        _ENTRIES.pop(next(iter(_ENTRIES)))
+    _ENTRIES[key] = entry
+
+
+# ------------------------------------------------------------------------------ the trace
+
+def _trace(fn, z: torch.Tensor, squeeze: bool, roots) -> TracedEnergy:
+    from torch.fx.experimental.proxy_tensor import make_fx
+    try:
+        with torch.enable_grad():
+            gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(z.detach())
+    except Exception as exc:  # data-dependent control flow, ops without a trace, the energy's own errors
+        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise NotFusable(f"it could not be traced ({type(exc).__name__}: {msg})") from None
+    plan = read_graph(gm, tuple(z.shape), squeeze)
+    places = _places(roots)
+    bound = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            where = places.get(id(getattr(gm, node.target)))
+            if where is not None:
+                bound[node.target] = where
+    return TracedEnergy(gm, plan, int(z.shape[1]), bound)
+
+
+# ------------------------------------------------------------------------------ roots and keys
+
+def _roots(energy) -> tuple[tuple, list]:
+    """(what kind of callable, the objects its computation can reach besides z)."""
+    if isinstance(energy, nn.Module):
+        return ("module", type(energy)), [energy]
+    if isinstance(energy, types.MethodType):
+        kind, roots = _function_roots(energy.__func__)
+        return ("method",) + kind, [energy.__self__] + roots
+    if isinstance(energy, types.FunctionType):
+        return _function_roots(energy)
+    if isinstance(energy, functools.partial):
+        kind, roots = _roots(energy.func)
+        return (("partial", tuple(energy.keywords)) + kind,
+                roots + list(energy.args) + list(energy.keywords.values()))
+    return ("object", type(energy)), [energy] + ([energy.__dict__] if hasattr(energy, "__dict__") else [])
+
+
+def _function_roots(fn: types.FunctionType) -> tuple[tuple, list]:
+    """A function's closure cells, defaults and the globals its code (and its nested code) names;
+    the key holds the code object and the globals dict by identity (equal code in two modules, or
+    the same code over other globals, is another energy)."""
+    code = fn.__code__
+    names = _global_names(code)
+    g = fn.__globals__
+    present = tuple(n for n in names if n in g)
+    cells = []
+    for c in fn.__closure__ or ():
+        try:
+            cells.append(c.cell_contents)
+        except ValueError:  # an empty cell
+            cells.append(None)
+    roots = cells + list(fn.__defaults__ or ()) + list((fn.__kwdefaults__ or {}).values()) + [g[n] for n in present]
+    return ("function", id(code), id(g), present, tuple(fn.__kwdefaults__ or ())), roots + [code]
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.extend(_global_names(const))
+    return tuple(dict.fromkeys(names))
+
+
+def _global_hooks() -> tuple:
+    """nn.Module's global hooks (``register_module_forward_hook`` and kin) by identity."""
+    m = nn.modules.module
+    return tuple(tuple(id(h) for h in getattr(m, name, {}).values())
+                 for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                              "_global_backward_pre_hooks"))
+
+
+def _signature(o, anchors: list, depth: int):
+    """What about ``o`` changes the graph a trace of the energy records."""
+    if torch.is_tensor(o):
+        return ("tensor", type(o), tuple(o.shape), o.dtype, str(o.device), o.is_inference())
+    if isinstance(o, _SCALARS):
+        return ("value", type(o), o)
+    if isinstance(o, nn.Module):
+        anchors.append(o)
+        return ("module", id(o), _module_state(o, anchors))
+    if isinstance(o, (list, tuple)) and depth and len(o) <= _MAX_ITEMS:
+        anchors.append(o)
+        return (type(o).__name__, id(o), tuple(_signature(x, anchors, depth - 1) for x in o))
+    if isinstance(o, dict) and depth and len(o) <= _MAX_ITEMS:
+        anchors.append(o)
+        return ("dict", id(o), tuple((k if isinstance(k, _SCALARS) else id(k), _signature(v, anchors, depth - 1))
+                                     for k, v in o.items()))
+    anchors.append(o)
+    return ("object", id(o))
+
+
+def _module_state(module: nn.Module, anchors: list) -> tuple:
+    """Per submodule: its type, training flag, hooks, an instance ``forward``, its scalar attributes
+    (a temperature, a slope) and the shapes of its tensors."""
+    state = []
+    for name, m in module.named_modules(remove_duplicate=False):
+        own = m.__dict__
+        hooks = tuple(tuple(id(h) for h in own.get(k, {}).values())
+                      for k in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+        scalars = tuple((k, v) for k, v in own.items() if not k.startswith("_") and isinstance(v, _SCALARS))
+        tensors = tuple((k, tuple(v.shape), v.dtype, str(v.device))
+                        for d in (own.get("_parameters", {}), own.get("_buffers", {})) for k, v in d.items() if v is not None)
+        plain = tuple((k, tuple(v.shape), v.dtype, str(v.device)) for k, v in own.items() if torch.is_tensor(v))
+        forward = own.get("forward")
+        if forward is not None:
+            anchors.append(forward)
+        state.append((name, type(m), m.training, hooks, scalars, tensors, plain, id(forward)))
+    return tuple(state)
+
+
+def _anchor(o):
+    try:
+        return ("weak", weakref.ref(o), id(o))
+    except TypeError:
+        return ("strong", o, id(o))
+
+
+def _alive(anchor) -> bool:
+    kind, ref, _ = anchor
+    return kind == "strong" or ref() is not None
+
+
+# ------------------------------------------------------------------------------ places of tensors
+
+def _places(roots) -> dict:
+    """id(tensor) -> (root index, path) for every tensor reachable from the roots: a tensor root,
+    a module's parameters, buffers and tensor attributes, the items of a list, tuple or dict, an
+    object's attributes."""
+    places: dict = {}
+
+    def walk(o, where, depth):
+        if torch.is_tensor(o):
+            places.setdefault(id(o), where)
+        elif isinstance(o, nn.Module):
+            for name, m in o.named_modules(remove_duplicate=False):
+                prefix = tuple(name.split(".")) if name else ()
+                for k, v in list(m._parameters.items()) + list(m._buffers.items()):
+                    if v is not None:
+                        places.setdefault(id(v), (where[0], where[1] + prefix + (k,)))
+                for k, v in m.__dict__.items():
+                    if torch.is_tensor(v):
+                        places.setdefault(id(v), (where[0], where[1] + prefix + (k,)))
+        elif depth and isinstance(o, (list, tuple)) and len(o) <= _MAX_ITEMS:
+            for i, x in enumerate(o):
+                walk(x, (where[0], where[1] + (("item", i),)), depth - 1)
+        elif depth and isinstance(o, dict) and len(o) <= _MAX_ITEMS:
+            for k, x in o.items():
+                walk(x, (where[0], where[1] + (("item", k),)), depth - 1)
+
+    for i, r in enumerate(roots):
+        walk(r, (i, ()), 2)
+    return places
+
+
+def _resolve(roots, where):
+    i, path = where
+    o = roots[i]
+    for step in path:
+        o = o[step[1]] if isinstance(step, tuple) else getattr(o, step)
+    if not torch.is_tensor(o):
+        raise NotFusable("a tensor the trace read is no longer a tensor")
+    return o
