@@ -550,6 +550,19 @@ void activation(int64_t act, double param, uint64_t in, int64_t n, uint64_t valu
     g_isa->activation(code, p, i, n, v, d);
 }
 
+// Whether every pair of byte ranges (a[i], b[i], n[i]) holds the same bytes: the content test of
+// tensor_cache.py (a weight compared with its copy), one call for a whole weight set.
+bool same_bytes(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b, const std::vector<uint64_t>& n) {
+    if (a.size() != b.size() || a.size() != n.size()) bad("same_bytes: give one address and size per range");
+    for (size_t i = 0; i < a.size(); ++i) {
+        if (n[i] == 0) continue;
+        const void* pa = addr<const unsigned char>(a[i], "a");
+        const void* pb = addr<const unsigned char>(b[i], "b");
+        if (std::memcmp(pa, pb, (size_t)n[i]) != 0) return false;
+    }
+    return true;
+}
+
 }  // namespace
 }  // namespace jebm
 
@@ -604,6 +617,8 @@ PYBIND11_MODULE(_C, m) {
           py::arg("offset"), py::arg("nthreads") = 1,
           "out_l = (x_l - h_l g_l) + c_l xi_l for every layer, xi at the problem.py noise layout; optionally "
           "writes the normals and the B MALA uniforms (counters offset + B*D + b).");
+    m.def("same_bytes", &same_bytes, py::arg("a"), py::arg("b"), py::arg("n"),
+          "Whether each pair of byte ranges (addresses a[i], b[i], n[i] bytes) holds the same bytes.");
     m.def("activation", &activation, py::arg("act"), py::arg("param"), py::arg("inp"), py::arg("n"),
           py::arg("value"), py::arg("deriv"), "An activation's value and derivative at n floats (for tests).");
 

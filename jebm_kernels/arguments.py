@@ -13,7 +13,7 @@ from . import fusion
 from .energies import PosteriorEnergy, PriorEnergy
 from .philox import PhiloxGenerator, check_philox
 from .problem import Problem, Reading
-from .spec import MLPSpec, PriorSpec, mlp_spec_from_sequential
+from .spec import MLPSpec, PriorSpec
 
 __all__ = ["make_problem", "make_op_problem", "check_op_layers"]
 
@@ -48,20 +48,13 @@ def _spec_weights(spec: PriorSpec | None, posterior: PosteriorEnergy | None):
 
 
 def _check_described_energy(energy, flat: list[torch.Tensor], z0: torch.Tensor) -> None:
-    """An energy that describes itself (PriorEnergy, PosteriorEnergy, an MLP nn.Sequential) with
-    weights in another dtype or on another device than z, or of other dims, would fail deep inside
-    a matmul; say so up front, in words (for every backend alike: nothing is called or traced)."""
-    spec, posterior = None, None
-    if isinstance(energy, (PriorEnergy, PosteriorEnergy)):
-        spec = energy.spec
-        posterior = energy if isinstance(energy, PosteriorEnergy) else None
-    elif type(energy) is nn.Sequential and len(flat) == 1:
-        mlp = mlp_spec_from_sequential(energy)
-        if mlp is None or mlp.in_dim != flat[0].shape[1] or mlp.out_dim != 1:
-            return
-        spec = PriorSpec(dims=(mlp.in_dim,), layer_terms=(mlp,), energy_sign=1.0, base_sigma=(math.inf,))
-    else:
+    """A PriorEnergy or PosteriorEnergy with weights in another dtype or on another device than z,
+    or of other dims, would fail deep inside a matmul; say so up front, in words (for every backend
+    alike). Any other energy fails, if it does, as the user's own code fails."""
+    if not isinstance(energy, (PriorEnergy, PosteriorEnergy)):
         return
+    spec = energy.spec
+    posterior = energy if isinstance(energy, PosteriorEnergy) else None
     if tuple(spec.dims) != tuple(t.shape[1] for t in flat):
         raise ValueError(f"the energy's prior has layer dims {tuple(spec.dims)} but z has "
                          f"{tuple(t.shape[1] for t in flat)}")

@@ -39,7 +39,7 @@ from .problem import Reading
 from .spec import MLPSpec, PriorSpec, mlp_spec_from_sequential, posterior_energy, prior_energy
 from . import traces
 
-__all__ = ["read", "confirm", "environment_reason", "sequential_reason", "VALUE_RTOL", "GRAD_RTOL"]
+__all__ = ["read", "confirm", "environment_reason", "read_sequential", "VALUE_RTOL", "GRAD_RTOL"]
 
 # |U_kernel - U| <= VALUE_RTOL (|U| + mean |U| + 1) per chain, and
 # |dU_kernel - dU| <= GRAD_RTOL (|dU| + mean |dU|) per chain (2-norms over its coordinates)
@@ -73,21 +73,21 @@ def _global_hooks() -> bool:
     return any(getattr(g, "_global" + d, None) for d in _HOOK_DICTS)
 
 
-def sequential_reason(seq: nn.Sequential, shape, z: torch.Tensor, is_list: bool) -> str | None:
-    """Why an ``nn.Sequential`` given z (``shape`` as the caller gave it, ``z`` flattened to [B, d])
-    cannot be read directly from its layers (None: it can)."""
+def read_sequential(seq: nn.Sequential, shape, z: torch.Tensor, is_list: bool) -> tuple[PriorSpec | None, str]:
+    """(spec, "") of an ``nn.Sequential`` given z (``shape`` as the caller gave it, ``z`` flattened to
+    [B, d]) read directly from its layers, or (None, why it cannot be)."""
     if is_list or len(shape) != 2:
-        return "it is given z in another structure than one [B, d] tensor"
+        return None, "it is given z in another structure than one [B, d] tensor"
     if _global_hooks() or any(_hooked(m) for m in seq.modules()):
-        return "it or one of its layers has hooks (or an instance forward)"
+        return None, "it or one of its layers has hooks (or an instance forward)"
     mlp = mlp_spec_from_sequential(seq)
     if mlp is None or mlp.in_dim != z.shape[1] or mlp.out_dim != 1:
-        return "it is not Linear layers with one activation between them ending in Linear(h, 1) on z's width"
+        return None, "it is not Linear layers with one activation between them ending in Linear(h, 1) on z's width"
     for t in (*mlp.weights, *mlp.biases):
         if t is not None and (type(t) not in (torch.Tensor, nn.Parameter) or t.dtype != z.dtype
                               or t.device != z.device or t.is_inference()):
-            return "its weights are not plain tensors of z's dtype and device"
-    return None
+            return None, "its weights are not plain tensors of z's dtype and device"
+    return PriorSpec(dims=(mlp.in_dim,), layer_terms=(mlp,), energy_sign=1.0, base_sigma=(math.inf,)), ""
 
 
 def read(problem) -> Reading:
@@ -100,10 +100,10 @@ def read(problem) -> Reading:
         return Reading(energy.spec)
     if isinstance(energy, PosteriorEnergy):
         return Reading(energy.spec, energy)
-    if type(energy) is nn.Sequential and sequential_reason(energy, problem.shapes[0], flat[0], problem.is_list) is None:
-        mlp = mlp_spec_from_sequential(energy)
-        spec = PriorSpec(dims=(mlp.in_dim,), layer_terms=(mlp,), energy_sign=1.0, base_sigma=(math.inf,))
-        return Reading(spec, tensor_spec=True)
+    if type(energy) is nn.Sequential:
+        spec, _ = read_sequential(energy, problem.shapes[0], flat[0], problem.is_list)
+        if spec is not None:
+            return Reading(spec, tensor_spec=True)
     if problem.n_steps == 0:
         return Reading(why="n_steps = 0: no step to run")
     if len(flat) != 1:
@@ -165,22 +165,34 @@ def confirm(problem, backend) -> bool:
 
 def _disagreement(kernel, u: torch.Tensor, g: list[torch.Tensor]) -> str | None:
     """How the kernel's (U, dU) at the start differ from autograd's beyond float32 rounding, or None."""
+    value, grad = discrepancy(kernel, u, g)
+    if value is None:
+        return "the energy or its gradient is not finite there"
+    if value > 1.0:
+        return f"value off by {value * VALUE_RTOL:.3g} of its scale"
+    if grad > 1.0:
+        return f"gradient off by {grad * GRAD_RTOL:.3g} of its norm"
+    return None
+
+
+def discrepancy(kernel, u: torch.Tensor, g: list[torch.Tensor]) -> tuple[float | None, float]:
+    """(value, gradient) differences between the kernel's evaluation and autograd's, each as a
+    fraction of what the check allows (> 1: the check fails); (None, inf) where autograd's values
+    are not finite (such a start is left to the loop)."""
     uk, gk = kernel
     u, uk = u.detach().double(), uk.detach().double().reshape(u.shape)
     ga = torch.cat([t.detach().reshape(t.shape[0], -1).double() for t in g], dim=1)
     gb = torch.cat([t.detach().reshape(t.shape[0], -1).double() for t in gk], dim=1)
     if not (bool(torch.isfinite(u).all()) and bool(torch.isfinite(ga).all())):
-        return "the energy or its gradient is not finite there"
-    du = (uk - u).abs()
-    bound = VALUE_RTOL * (u.abs() + u.abs().mean() + 1.0)
-    if bool((du > bound).any()) or not bool(torch.isfinite(uk).all()):
-        return f"value off by {float(du.max()):.3g}"
+        return None, math.inf
+    if not (bool(torch.isfinite(uk).all()) and bool(torch.isfinite(gb).all())):
+        return math.inf, math.inf
+    value = float(((uk - u).abs() / (VALUE_RTOL * (u.abs() + u.abs().mean() + 1.0))).max())
     norm = ga.norm(dim=1)
+    scale = GRAD_RTOL * (norm + norm.mean())
     dg = (gb - ga).norm(dim=1)
-    if bool((dg > GRAD_RTOL * (norm + norm.mean())).any()) or not bool(torch.isfinite(gb).all()):
-        rel = float((dg / (norm + norm.mean()).clamp_min(1e-30)).max())
-        return f"gradient off by {rel:.3g} of its norm"
-    return None
+    grad = float((dg / scale.clamp_min(1e-300)).max()) if bool((scale > 0).all()) else (0.0 if bool((dg == 0).all()) else math.inf)
+    return value, grad
 
 
 def spec_energy_and_grad(problem):

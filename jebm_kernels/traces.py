@@ -19,8 +19,10 @@ an energy that is not fusable costs a logarithmic number of traces, never one pe
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 import functools
+import logging
 import types
 import weakref
 
@@ -152,7 +154,7 @@ def _remember(key, entry: _Entry) -> None:
 def _trace(fn, z: torch.Tensor, squeeze: bool, roots) -> TracedEnergy:
     from torch.fx.experimental.proxy_tensor import make_fx
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), _state_kept(roots), _quiet():
             gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(z.detach())
     except Exception as exc:  # data-dependent control flow, ops without a trace, the energy's own errors
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
@@ -166,6 +168,35 @@ def _trace(fn, z: torch.Tensor, squeeze: bool, roots) -> TracedEnergy:
             if where is not None:
                 bound[node.target] = where
     return TracedEnergy(gm, plan, int(z.shape[1]), bound)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The fake-tensor mode logs each op that fails in it (an energy that rejects its input, a
+    shape mismatch) at ERROR level: here that is an answer (not fusable), not an error."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _state_kept(roots):
+    """Tensors the energy reaches hold the same values after the trace as before: an in-place write
+    on a real tensor (BatchNorm's ``num_batches_tracked += 1``) runs even on fake inputs."""
+    reachable = [t for t in _reachable(roots) if not t.is_inference()]
+    versions = [t._version for t in reachable]
+    copies = [t.detach().clone() for t in reachable]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, v, c in zip(reachable, versions, copies):
+                if t._version != v:
+                    t.copy_(c)
 
 
 # ------------------------------------------------------------------------------ roots and keys
@@ -274,24 +305,32 @@ def _alive(anchor) -> bool:
 
 # ------------------------------------------------------------------------------ places of tensors
 
-def _places(roots) -> dict:
+def _reachable(roots) -> list:
+    tensors: dict = {}
+    _places(roots, tensors)
+    return list(tensors.values())
+
+
+def _places(roots, tensors: dict | None = None) -> dict:
     """id(tensor) -> (root index, path) for every tensor reachable from the roots: a tensor root,
     a module's parameters, buffers and tensor attributes, the items of a list, tuple or dict, an
-    object's attributes."""
+    object's attributes (``tensors``, when given, collects id -> tensor)."""
     places: dict = {}
+    seen = tensors if tensors is not None else {}
 
     def walk(o, where, depth):
         if torch.is_tensor(o):
             places.setdefault(id(o), where)
+            seen[id(o)] = o
         elif isinstance(o, nn.Module):
             for name, m in o.named_modules(remove_duplicate=False):
                 prefix = tuple(name.split(".")) if name else ()
-                for k, v in list(m._parameters.items()) + list(m._buffers.items()):
+                own = [(k, v) for d in (m._parameters, m._buffers) for k, v in d.items()]
+                own += [(k, v) for k, v in m.__dict__.items() if torch.is_tensor(v)]
+                for k, v in own:
                     if v is not None:
                         places.setdefault(id(v), (where[0], where[1] + prefix + (k,)))
-                for k, v in m.__dict__.items():
-                    if torch.is_tensor(v):
-                        places.setdefault(id(v), (where[0], where[1] + prefix + (k,)))
+                        seen[id(v)] = v
         elif depth and isinstance(o, (list, tuple)) and len(o) <= _MAX_ITEMS:
             for i, x in enumerate(o):
                 walk(x, (where[0], where[1] + (("item", i),)), depth - 1)
