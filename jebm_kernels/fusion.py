@@ -43,8 +43,8 @@ __all__ = ["read", "confirm", "environment_reason", "read_sequential", "VALUE_RT
 
 # |U_kernel - U| <= VALUE_RTOL (|U| + mean |U| + 1) per chain, and
 # |dU_kernel - dU| <= GRAD_RTOL (|dU| + mean |dU|) per chain (2-norms over its coordinates)
-VALUE_RTOL = 1e-4
-GRAD_RTOL = 1e-4
+VALUE_RTOL = 2e-5
+GRAD_RTOL = 2e-5
 
 
 def environment_reason(z: torch.Tensor) -> str | None:

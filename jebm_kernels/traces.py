@@ -269,7 +269,22 @@ def _signature(o, anchors: list, depth: int):
         return ("dict", id(o), tuple((k if isinstance(k, _SCALARS) else id(k), _signature(v, anchors, depth - 1))
                                      for k, v in o.items()))
     anchors.append(o)
+    attrs = _attributes(o) if depth else None
+    if attrs is not None:  # an object holding the modules or tensors (``holder.net``, ``args.T``)
+        return ("object", id(o), tuple((k, _signature(v, anchors, depth - 1)) for k, v in attrs))
     return ("object", id(o))
+
+
+def _attributes(o) -> list | None:
+    """A plain object's public attributes (not a module, function, class or Python module), when
+    it has few enough to key on."""
+    if isinstance(o, (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.ModuleType, type,
+                      types.CodeType, functools.partial)):
+        return None
+    d = getattr(o, "__dict__", None)
+    if not isinstance(d, dict) or len(d) > _MAX_ITEMS:
+        return None
+    return [(k, v) for k, v in d.items() if isinstance(k, str) and not k.startswith("_")]
 
 
 def _module_state(module: nn.Module, anchors: list) -> tuple:
@@ -337,6 +352,9 @@ def _places(roots, tensors: dict | None = None) -> dict:
         elif depth and isinstance(o, dict) and len(o) <= _MAX_ITEMS:
             for k, x in o.items():
                 walk(x, (where[0], where[1] + (("item", k),)), depth - 1)
+        elif depth and _attributes(o) is not None:
+            for k, x in _attributes(o):
+                walk(x, (where[0], where[1] + (k,)), depth - 1)
 
     for i, r in enumerate(roots):
         walk(r, (i, ()), 2)
