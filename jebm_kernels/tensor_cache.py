@@ -25,7 +25,8 @@ class ContentLedger:
     """Epochs of tensors by identity, held weakly (an entry goes with its tensor)."""
 
     def __init__(self):
-        self._entries: dict[int, tuple] = {}   # id -> (weak ref, copy of the values, epoch)
+        # id -> (weak ref, copy of the values, epoch, (shape, dtype), the copy's address, its bytes)
+        self._entries: dict[int, tuple] = {}
         self._next = itertools.count(1)
 
     def epochs(self, tensors, memo: dict | None = None) -> tuple[int, ...]:
@@ -34,53 +35,52 @@ class ContentLedger:
         memo = {} if memo is None else memo
         todo = [t for t in tensors if id(t) not in memo or memo[id(t)][0] is not t]
         if todo:
-            known = [self._entries.get(id(t)) for t in todo]
-            if all(e is not None and e[0]() is t for e, t in zip(known, todo)) and _all_same(
-                    [e[1] for e in known], [t.detach() for t in todo]):
-                for t, e in zip(todo, known):
-                    memo[id(t)] = (t, e[2])
-            else:
-                for t in todo:
-                    memo[id(t)] = (t, self._epoch(t))
+            known = self._unchanged(todo)
+            for t, e in zip(todo, known):
+                memo[id(t)] = (t, e[2] if e is not None else self._epoch(t))
         return tuple(memo[id(t)][1] for t in tensors)
 
     def epoch(self, t: torch.Tensor) -> int:
         return self.epochs([t])[0]
 
-    def _epoch(self, t: torch.Tensor) -> int:
-        key = id(t)
-        e = self._entries.get(key)
-        values = t.detach()
-        if e is not None and e[0]() is t and _all_same([e[1]], [values]):
-            return e[2]
-        epoch = next(self._next)
+    def _unchanged(self, tensors) -> list:
+        """Each tensor's entry when it holds its copy's values, else None. The common case, a CPU
+        weight set that has not changed, is one C++ memcmp (a torch.equal per tensor costs a few
+        microseconds of dispatch each)."""
+        same = getattr(extension.cpu_ext, "same_bytes", None)
         entries = self._entries
+        known, ptrs, copies, sizes = [], [], [], []
+        for t in tensors:
+            e = entries.get(id(t))
+            if e is None or e[0]() is not t or e[3] != (t.shape, t.dtype):
+                known.append(None)
+            elif same is not None and t.device.type == "cpu" and t.is_contiguous():
+                known.append(e)
+                ptrs.append(t.data_ptr())
+                copies.append(e[4])
+                sizes.append(e[5])
+            else:
+                known.append(e if bool(torch.equal(e[1], t.detach())) else None)
+        if ptrs and not same(copies, ptrs, sizes):  # something changed: find what, one by one
+            known = [e if e is None or bool(torch.equal(e[1], t.detach())) else None for e, t in zip(known, tensors)]
+        return known
+
+    def _epoch(self, t: torch.Tensor) -> int:
+        epoch = next(self._next)
+        key, entries = id(t), self._entries
 
         def gone(ref, key=key):
             old = entries.get(key)
             if old is not None and old[0] is ref:
                 del entries[key]
 
-        entries[key] = (weakref.ref(t, gone), values.clone(), epoch)
+        copy = t.detach().clone(memory_format=torch.contiguous_format)
+        entries[key] = (weakref.ref(t, gone), copy, epoch, (t.shape, t.dtype), copy.data_ptr(),
+                        copy.numel() * copy.element_size())
         return epoch
 
     def clear(self) -> None:
         self._entries.clear()
-
-
-def _all_same(old: list, new: list) -> bool:
-    """Whether each copy in ``old`` holds what the tensor in ``new`` holds: equal shape, dtype,
-    device, strides and every byte (one C++ memcmp over a CPU weight set: a torch.equal per tensor
-    costs a few microseconds of dispatch each)."""
-    if any(a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or a.stride() != b.stride()
-           for a, b in zip(old, new)):
-        return False
-    ext = extension.cpu_ext
-    if (ext is not None and hasattr(ext, "same_bytes")
-            and all(b.device.type == "cpu" and b.is_contiguous() for b in new)):
-        return ext.same_bytes([a.data_ptr() for a in old], [b.data_ptr() for b in new],
-                              [b.numel() * b.element_size() for b in new])
-    return all(bool(torch.equal(a, b)) for a, b in zip(old, new))
 
 
 LEDGER = ContentLedger()
