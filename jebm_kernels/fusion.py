@@ -65,7 +65,8 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 
 
 def _hooked(m: nn.Module) -> bool:
-    return any(getattr(m, d, None) for d in _HOOK_DICTS) or "forward" in m.__dict__
+    own = m.__dict__
+    return any(own.get(d) for d in _HOOK_DICTS) or "forward" in own
 
 
 def _global_hooks() -> bool:
@@ -78,16 +79,19 @@ def read_sequential(seq: nn.Sequential, shape, z: torch.Tensor, is_list: bool) -
     [B, d]) read directly from its layers, or (None, why it cannot be)."""
     if is_list or len(shape) != 2:
         return None, "it is given z in another structure than one [B, d] tensor"
-    if _global_hooks() or any(_hooked(m) for m in seq.modules()):
+    if _hooked(seq) or _global_hooks() or any(_hooked(m) for m in seq._modules.values()):
         return None, "it or one of its layers has hooks (or an instance forward)"
-    mlp = mlp_spec_from_sequential(seq)
+    mlp = mlp_spec_from_sequential(seq)  # exactly Linear and activation classes: no submodules below them
     if mlp is None or mlp.in_dim != z.shape[1] or mlp.out_dim != 1:
         return None, "it is not Linear layers with one activation between them ending in Linear(h, 1) on z's width"
+    dtype, device = z.dtype, z.device
     for t in (*mlp.weights, *mlp.biases):
-        if t is not None and (type(t) not in (torch.Tensor, nn.Parameter) or t.dtype != z.dtype
-                              or t.device != z.device or t.is_inference()):
+        if t is not None and (type(t) not in _PLAIN or t.dtype != dtype or t.device != device or t.is_inference()):
             return None, "its weights are not plain tensors of z's dtype and device"
     return PriorSpec(dims=(mlp.in_dim,), layer_terms=(mlp,), energy_sign=1.0, base_sigma=(math.inf,)), ""
+
+
+_PLAIN = (torch.Tensor, nn.Parameter)
 
 
 def read(problem) -> Reading:

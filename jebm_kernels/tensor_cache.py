@@ -25,7 +25,8 @@ class ContentLedger:
     """Epochs of tensors by identity, held weakly (an entry goes with its tensor)."""
 
     def __init__(self):
-        # id -> (weak ref, copy of the values, epoch, (shape, dtype), the copy's address, its bytes)
+        # id -> (weak ref, copy of the values, epoch, layout, the copy's address, its bytes, whether
+        #       the tensor can be compared with the copy byte for byte)
         self._entries: dict[int, tuple] = {}
         self._next = itertools.count(1)
 
@@ -46,24 +47,17 @@ class ContentLedger:
     def _unchanged(self, tensors) -> list:
         """Each tensor's entry when it holds its copy's values, else None. The common case, a CPU
         weight set that has not changed, is one C++ memcmp (a torch.equal per tensor costs a few
-        microseconds of dispatch each)."""
+        microseconds of dispatch each) after a check of each tensor's identity and layout."""
         same = getattr(extension.cpu_ext, "same_bytes", None)
         entries = self._entries
-        known, ptrs, copies, sizes = [], [], [], []
-        for t in tensors:
-            e = entries.get(id(t))
-            if e is None or e[0]() is not t or e[3] != (t.shape, t.dtype):
-                known.append(None)
-            elif same is not None and t.device.type == "cpu" and t.is_contiguous():
-                known.append(e)
-                ptrs.append(t.data_ptr())
-                copies.append(e[4])
-                sizes.append(e[5])
-            else:
-                known.append(e if bool(torch.equal(e[1], t.detach())) else None)
-        if ptrs and not same(copies, ptrs, sizes):  # something changed: find what, one by one
-            known = [e if e is None or bool(torch.equal(e[1], t.detach())) else None for e, t in zip(known, tensors)]
-        return known
+        known = [entries.get(id(t)) for t in tensors]
+        if same is not None and all(e is not None and e[6] and e[0]() is t and e[3] == _layout(t)
+                                    for e, t in zip(known, tensors)):
+            if same([e[4] for e in known], [t.data_ptr() for t in tensors], [e[5] for e in known]):
+                return known
+        # something is new or changed (or not on the CPU): one by one
+        return [e if e is not None and e[0]() is t and e[3] == _layout(t) and bool(torch.equal(e[1], t.detach()))
+                else None for e, t in zip(known, tensors)]
 
     def _epoch(self, t: torch.Tensor) -> int:
         epoch = next(self._next)
@@ -74,13 +68,19 @@ class ContentLedger:
             if old is not None and old[0] is ref:
                 del entries[key]
 
+        # a contiguous CPU tensor at the layout it had is compared with its copy byte for byte
         copy = t.detach().clone(memory_format=torch.contiguous_format)
-        entries[key] = (weakref.ref(t, gone), copy, epoch, (t.shape, t.dtype), copy.data_ptr(),
-                        copy.numel() * copy.element_size())
+        fast = t.device.type == "cpu" and t.is_contiguous()
+        entries[key] = (weakref.ref(t, gone), copy, epoch, _layout(t), copy.data_ptr(),
+                        copy.numel() * copy.element_size(), fast)
         return epoch
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return (t.shape, t.stride(), t.dtype, t.device)
 
 
 LEDGER = ContentLedger()
