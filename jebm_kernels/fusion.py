@@ -146,6 +146,8 @@ def confirm(problem, backend) -> bool:
     rec = reading.recognition
     if rec is None or reading.spec is None:
         return reading.spec is not None
+    if rec.entry.confirmed:
+        return True
     if problem.start is None:
         problem.start = autograd_energy_and_grad(problem)(problem.z)  # the reference's first evaluation
     u, g = problem.start
@@ -160,6 +162,7 @@ def confirm(problem, backend) -> bool:
         rec = problem.reading.recognition
         why = _disagreement(backend.kernel_energy_and_grad(problem)(problem.z), u, g)
     if why is None:
+        rec.entry.confirmed = True
         return True
     why = f"the traced MLP does not reproduce the energy at the chain's start ({why})"
     rec.entry.fail(why)

@@ -46,6 +46,7 @@ class _Entry:
     calls: int = 0                      # calls looked up under this key
     failures: int = 0
     retry_at: int = 0                   # with traced None: trace again at this call
+    confirmed: bool = False             # its reading passed the start check once (fusion.confirm)
 
     def fail(self, why: str) -> None:
         """Give up on this key until 2^failures more calls have passed."""
@@ -67,9 +68,52 @@ class Recognition:
 
 _ENTRIES: dict = {}
 
+# An energy whose key changes at every call (a counter among its attributes, a temperature set per
+# call, a batch size that never repeats) would be traced at every call: after _CHURN_LIMIT new keys
+# in a row it is not traced again before 1, 2, 4, ... more calls (and runs unfused meanwhile).
+_CHURN_LIMIT = 4
+
+
+@dataclass
+class _Churn:
+    streak: int = 0                     # calls in a row that needed a new key
+    calls: int = 0
+    failures: int = 0
+    retry_at: int = 0
+
+    def waiting(self) -> bool:
+        self.calls += 1
+        return self.streak >= _CHURN_LIMIT and self.calls < self.retry_at
+
+    def seen(self, new_key: bool) -> None:
+        self.streak = self.streak + 1 if new_key else 0
+        if self.streak >= _CHURN_LIMIT:
+            self.failures += 1
+            self.retry_at = self.calls + (1 << min(self.failures, 30))
+
+    @property
+    def why(self) -> str:
+        return (f"what it reads changed at each of its last {self.streak} calls (a counter or a value set per call "
+                "among its attributes?), so no trace is reused; it is traced again after "
+                f"{self.retry_at - self.calls} more calls")
+
+
+_CHURNS: dict = {}
+
+
+def _churn(kind, roots) -> _Churn:
+    """The churn record of this energy: its kind and the identities of what it reaches (not z's shape)."""
+    base = (kind, tuple(id(r) for r in roots))
+    c = _CHURNS.pop(base, None) or _Churn()
+    if len(_CHURNS) >= _MAX_ENTRIES:
+        _CHURNS.pop(next(iter(_CHURNS)))
+    _CHURNS[base] = c
+    return c
+
 
 def clear() -> None:
     _ENTRIES.clear()
+    _CHURNS.clear()
 
 
 def forget_reads() -> None:
@@ -101,6 +145,10 @@ def recognize(energy, z: torch.Tensor, *, shape, as_list: bool, squeeze: bool) -
     entry = _ENTRIES.get(key)
     if entry is not None and not all(_alive(a) for a in entry.anchors):
         entry = None
+    churn = _churn(kind, roots)
+    if entry is None and churn.waiting():
+        return Recognition(why=churn.why)
+    churn.seen(new_key=entry is None)
 
     def trace_now() -> Recognition:
         nonlocal entry
@@ -269,6 +317,9 @@ def _signature(o, anchors: list, depth: int):
         return ("dict", id(o), tuple((k if isinstance(k, _SCALARS) else id(k), _signature(v, anchors, depth - 1))
                                      for k, v in o.items()))
     anchors.append(o)
+    if isinstance(o, types.FunctionType):  # a helper the energy calls: what it reaches counts too
+        kind, parts = _function_roots(o) if depth else ((), ())
+        return ("function", id(o), kind, tuple(_signature(p, anchors, depth - 1) for p in parts))
     attrs = _attributes(o) if depth else None
     if attrs is not None:  # an object holding the modules or tensors (``holder.net``, ``args.T``)
         return ("object", id(o), tuple((k, _signature(v, anchors, depth - 1)) for k, v in attrs))
@@ -352,6 +403,9 @@ def _places(roots, tensors: dict | None = None) -> dict:
         elif depth and isinstance(o, dict) and len(o) <= _MAX_ITEMS:
             for k, x in o.items():
                 walk(x, (where[0], where[1] + (("item", k),)), depth - 1)
+        elif depth and isinstance(o, types.FunctionType):
+            for i, x in enumerate(_function_roots(o)[1]):
+                walk(x, (where[0], where[1] + (("function", i),)), depth - 1)
         elif depth and _attributes(o) is not None:
             for k, x in _attributes(o):
                 walk(x, (where[0], where[1] + (k,)), depth - 1)
@@ -365,7 +419,12 @@ def _resolve(roots, where):
     i, path = where
     o = roots[i]
     for step in path:
-        o = o[step[1]] if isinstance(step, tuple) else getattr(o, step)
+        if isinstance(step, str):
+            o = getattr(o, step)
+        elif step[0] == "function":
+            o = _function_roots(o)[1][step[1]]
+        else:
+            o = o[step[1]]
     if not torch.is_tensor(o):
         raise NotFusable("a tensor the trace read is no longer a tensor")
     return o

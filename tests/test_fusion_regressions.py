@@ -449,3 +449,119 @@ def test_dropout_in_train_mode():
     assert counter.n == KW["n_steps"], f"the reference called the energy {counter.n} times, expected {KW['n_steps']}"
     assert_auto_is_reference(auto, ref, "Dropout (train)")
     assert torch.equal(auto_rng, ref_rng), "auto drew a different number of dropout masks than the reference"
+
+
+# ----------------------------------------------------------------- the start check, once per trace
+
+_HELPER_NET = None
+
+
+def _score(z):  # a helper the energy calls, reading a module-level net
+    return _HELPER_NET(z).squeeze(-1)
+
+
+def _energy_through_helper(z):
+    return _score(z) + 0.5 * z.pow(2).sum(-1)
+
+
+def test_the_start_check_runs_once_per_trace():
+    """A traced energy runs twice at its trace's first call (the trace, on fake tensors, and the start
+    check by autograd); later calls under the same key run the kernel alone, with the weights read
+    anew each call."""
+    net = mlp()
+    calls = _Count()
+
+    def energy(z):
+        calls.n += 1
+        return net(z).squeeze(-1) + 0.5 * z.pow(2).sum(-1)
+
+    z = start()
+    for i in range(3):
+        with torch.no_grad():
+            net[0].weight.mul_(1.1)  # read anew at each call, with no new check
+        out, info = jk.langevin(energy, z, **KW)
+        assert info["fused"], info["why_not_fused"]
+        assert calls.n == 2, f"call {i}: the energy ran {calls.n} times"
+    ref, _ = jk.langevin(energy, z, backend="reference", **KW)
+    assert calls.n == 2 + KW["n_steps"]
+    assert_close_where(out, ref, atol=ATOL, rtol=RTOL, what="after weight changes")
+
+
+class _Count:
+    __slots__ = ("n",)  # (no attributes to key on: a counter here does not change the energy's key)
+
+    def __init__(self):
+        self.n = 0
+
+
+def test_an_energy_whose_key_changes_every_call_is_not_traced_every_call():
+    """A counter among a module's attributes changes its key at every call: after a few new keys in
+    a row it runs unfused, traced again only after 1, 2, 4, ... calls, and always equals the
+    reference."""
+    from jebm_kernels import traces
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+            self.calls = 0
+
+        def forward(self, z):
+            self.calls += 1
+            return self.net(z).squeeze(-1)
+
+    energy = Counting()
+    z = start()
+    n_traces = []
+    real = traces._trace
+    traces._trace = lambda *a: n_traces.append(1) or real(*a)
+    try:
+        for _ in range(40):
+            out, info = jk.langevin(energy, z, **KW)
+    finally:
+        traces._trace = real
+    assert len(n_traces) <= traces._CHURN_LIMIT + 6, len(n_traces)
+    assert not info["fused"] and "changed at each" in info["why_not_fused"]
+    ref, _ = jk.langevin(energy, z, backend="reference", **KW)
+    assert_close_where(out, ref, atol=ATOL, rtol=RTOL, what="a counting energy")
+
+
+def test_a_global_read_by_a_helper_function_is_part_of_the_key():
+    """energy -> _score -> a module-level net: rebinding the net (a reloaded checkpoint) changes the
+    key, so the new net is traced and checked, never run with the old trace's weights."""
+    global _HELPER_NET
+    torch.manual_seed(0)
+    _HELPER_NET = mlp()
+    z = start()
+    first, info = jk.langevin(_energy_through_helper, z, **KW)
+    assert info["fused"]
+    torch.manual_seed(5)
+    _HELPER_NET = mlp()
+    out, info = jk.langevin(_energy_through_helper, z, **KW)
+    ref, _ = jk.langevin(_energy_through_helper, z, backend="reference", **KW)
+    assert info["fused"], info["why_not_fused"]
+    assert_close_where(out, ref, atol=ATOL, rtol=RTOL, what="after rebinding the helper's global")
+    assert not torch.allclose(first, out)
+
+
+def test_an_unfaithful_trace_stays_declined_and_equal():
+    """A custom autograd.Function halving the gradient reads as the identity in the graph: the start
+    check declines it at its first call, and every later call (traced again only after 1, 2, 4, ...
+    calls) declines too and equals the reference."""
+    class Half(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return 0.5 * g
+
+    net = mlp()
+    energy = lambda z: net(Half.apply(z)).squeeze(-1) + 0.5 * z.pow(2).sum(-1)  # noqa: E731
+    z = start()
+    for _ in range(5):
+        out, info = jk.langevin(energy, z, **KW)
+        ref, _ = jk.langevin(energy, z, backend="reference", **KW)
+        assert not info["fused"] and "does not reproduce" in info["why_not_fused"]
+        assert_close_where(out, ref, atol=ATOL, rtol=RTOL, what="custom Function")
