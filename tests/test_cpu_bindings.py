@@ -222,6 +222,10 @@ def _garbage_cases():
         "activation: null derivative": lambda: _C.activation(1, 0.2, f, 4, f, 0),
         "activation: softplus beta 0": lambda: _C.activation(5, 0.0, f, 4, f, f),
         "activation: NaN parameter": lambda: _C.activation(1, float("nan"), f, 4, f, f),
+        # same_bytes
+        "same_bytes: lengths differ": lambda: _C.same_bytes([f], [f, f], [4]),
+        "same_bytes: null address": lambda: _C.same_bytes([0], [f], [4]),
+        "same_bytes: negative size": lambda: _C.same_bytes([f], [f], [-4]),
         # instruction sets
         "set_isa: unknown": lambda: _C.set_isa("sse9"),
         "set_isa: not a string": lambda: _C.set_isa(3),
@@ -274,11 +278,13 @@ def test_garbage_raises_a_python_exception(name, garbage_results):
 def test_garbage_covers_every_binding():
     from jebm_kernels import _C
     names = " ".join(GARBAGE_NAMES)
-    for fn in ("Model", "chain", "eval", "z1", "randn", "rand", "pairs", "select", "update", "activation", "set_isa"):
+    for fn in ("Model", "chain", "eval", "z1", "randn", "rand", "pairs", "select", "update", "activation", "set_isa",
+               "same_bytes"):
         assert fn.lower() in names.lower(), f"no garbage case for {fn}"
     public = {n for n in dir(_C) if not n.startswith("_")}
     assert public == {"Model", "activation", "act_codes", "available_isas", "block_chains", "isa", "limits",
-                      "mala_select", "multi_layer_update", "philox_rand", "philox_randn", "philox_uniform_pairs", "set_isa", "vector_width"}, \
+                      "mala_select", "multi_layer_update", "philox_rand", "philox_randn", "philox_uniform_pairs",
+                      "same_bytes", "set_isa", "vector_width"}, \
         "a new binding needs garbage cases here"
 
 
