@@ -23,7 +23,6 @@ import sys
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
-
 # csrc/generated/activation_codes.h: the activation codes, written from jebm_kernels/activation_table.py
 # before anything in csrc compiles (the generator is shared with the tests that compile csrc; it
 # executes the table with runpy, so this build needs no torch)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         for name in order:
             results[name].append(_run(sides[name], args))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-    print(f"| case | before (ms) | after (ms) | after / before |\n|---|---:|---:|---:|")
+    print("| case | before (ms) | after (ms) | after / before |\n|---|---:|---:|---:|")
     for case in results["before"][0]:
         b = statistics.median(x[case] for x in results["before"]) * 1e3
         a = statistics.median(x[case] for x in results["after"]) * 1e3

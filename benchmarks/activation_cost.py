@@ -11,8 +11,8 @@ update and the per-chain work, which no activation choice removes.
 """
 from __future__ import annotations
 
-from pathlib import Path
 import time
+from pathlib import Path
 
 import torch
 from torch import nn

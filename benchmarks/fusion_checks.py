@@ -19,8 +19,6 @@ import argparse
 import statistics
 import time
 
-import torch
-
 import jebm_kernels as jk
 from jebm.bench.configs import NOISE_SEED, make_case
 from jebm.bench.machine import machine

@@ -21,8 +21,7 @@ import torch
 
 from jebm.bench.configs import BATCHES, N_STEPS, QUICK, make_case
 from jebm.bench.machine import FmaPeak, cpu_seconds, load_average, machine, matmul_rate
-from jebm.bench.providers import (PHILOX_PROVIDERS, compiled_mode, flat_state, make_runner, max_abs_diff,
-                                  relative_diff)
+from jebm.bench.providers import PHILOX_PROVIDERS, compiled_mode, flat_state, make_runner, max_abs_diff, relative_diff
 from jebm.bench.timing import rounds_for
 
 HERE = Path(__file__).resolve().parent

@@ -22,9 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import jebm_kernels as jk
-
 from jebm.bench.machine import machine
-
 
 # ---- the LEBM code's networks, as written there ----------------------------------------------------
 

@@ -3,8 +3,8 @@ results section, ``benchmarks/prior_chain.png`` and the target check (the code i
 ``jebm.bench.results``; this entry point gives it the repository's files as defaults)."""
 from __future__ import annotations
 
-from pathlib import Path
 import sys
+from pathlib import Path
 
 from jebm.bench.results import main as _main
 

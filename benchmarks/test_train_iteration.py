@@ -22,7 +22,6 @@ import pytest
 import torch
 
 import jebm_kernels as jk
-
 from jebm.bench.peers import CompiledLangevin, patched_langevin, plain_langevin
 from jebm.bench.providers import gpu_reason
 

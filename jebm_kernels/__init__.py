@@ -7,16 +7,19 @@ descriptions in ``spec`` and ``PriorEnergy`` / ``PosteriorEnergy``, ``available_
 ``ops`` (the fused kernels as ``torch.ops.jebm.*`` custom ops, ``FusedPriorChain`` for
 torch.compile); ``diagnostics`` (ESS, split and nested R-hat of a trajectory). ARCHITECTURE.md maps the modules behind them.
 """
-from .dispatch import PRIORITY as _PRIORITY, available_backends
+from . import (
+    diagnostics,
+    ops,  # registers torch.ops.jebm.prior_chain / multi_layer_update
+)
+from .dispatch import PRIORITY as _PRIORITY
+from .dispatch import available_backends
 from .energies import PosteriorEnergy, PriorEnergy
+from .graph_chain import GraphSafeChain
+from .ops import FusedPriorChain
 from .philox import PhiloxGenerator, philox_rand, philox_randn, philox_tensor
 from .sampler import explain_fusion, langevin
 from .spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_sequential
 from .torchebm_compat import LangevinSampler
-from . import diagnostics
-from . import ops  # registers torch.ops.jebm.prior_chain / multi_layer_update
-from .graph_chain import GraphSafeChain
-from .ops import FusedPriorChain
 
 __all__ = [
     "langevin", "explain_fusion", "LangevinSampler", "available_backends", "BACKENDS",

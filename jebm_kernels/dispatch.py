@@ -21,11 +21,11 @@ import torch
 
 from . import extension, fusion
 from .chain import autograd_energy_and_grad, run_chain
-from .problem import Problem
 from .prior_chain import cpu as prior_chain_cpu
 from .prior_chain import cuda as prior_chain_cuda
 from .prior_chain import reference as prior_chain_reference
 from .prior_chain import triton as prior_chain_triton
+from .problem import Problem
 from .spec import MLPSpec
 from .update import cpu as update_cpu
 from .update import cuda as update_cuda

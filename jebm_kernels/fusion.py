@@ -33,11 +33,11 @@ import math
 import torch
 from torch import nn
 
+from . import traces
 from .chain import autograd_energy_and_grad
 from .energies import PosteriorEnergy, PriorEnergy
 from .problem import Reading
 from .spec import MLPSpec, PriorSpec, mlp_spec_from_sequential, posterior_energy, prior_energy
-from . import traces
 
 __all__ = ["read", "confirm", "environment_reason", "read_sequential", "VALUE_RTOL", "GRAD_RTOL"]
 

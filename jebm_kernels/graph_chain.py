@@ -24,12 +24,12 @@ from __future__ import annotations
 import torch
 
 from . import dispatch
+from .arguments import make_problem
 from .chain import autograd_energy_and_grad, run_chain
 from .device_tables import live_tables
 from .philox import philox_tensor
 from .prior_chain.encoding import encode_prior
 from .prior_chain.op import run_prior_chain_op
-from .arguments import make_problem
 from .update.op import run_update_op
 
 __all__ = ["GraphSafeChain"]

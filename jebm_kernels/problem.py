@@ -11,8 +11,8 @@ counter ``B * D + b`` (D = sum of d_l), so ``stride = B * D (+ B with MALA)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch

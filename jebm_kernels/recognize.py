@@ -31,8 +31,8 @@ start by ``fusion.py``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import math
+from dataclasses import dataclass, field
 
 import torch
 

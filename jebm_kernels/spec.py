@@ -11,8 +11,8 @@ constant of the Gaussian log densities dropped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -10,9 +10,9 @@ entries on epochs, so a stale entry can never be found.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 import itertools
 import weakref
+from collections import OrderedDict
 
 import torch
 

@@ -20,11 +20,11 @@ an energy that is not fusable costs a logarithmic number of traces, never one pe
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 import functools
 import logging
 import types
 import weakref
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn

@@ -11,21 +11,20 @@ fibers, so their chains are short (``Runner.steps``).
 import functools
 import os
 
+import helpers
 import pytest
 import torch
 from torch import nn
 
 import jebm_kernels as jk
 from jebm_kernels import dispatch, extension
+from jebm_kernels.arguments import make_problem
 from jebm_kernels.chain import autograd_energy_and_grad, run_chain
 from jebm_kernels.prior_chain import cpu as prior_chain_cpu
 from jebm_kernels.prior_chain import cuda as prior_chain_cuda
-from jebm_kernels.arguments import make_problem
 from jebm_kernels.problem import info_from_stats
 from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec
 from jebm_kernels.update import cuda as update_cuda
-
-import helpers
 
 GPU = torch.cuda.is_available()
 # |backend - reference| <= ATOL + RTOL |reference| after a whole chain: test_prior_chain.py says why

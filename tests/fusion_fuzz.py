@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 import jebm_kernels as jk
+
 try:
     from jebm_kernels.arguments import make_problem
 except ImportError:  # (before make_problem moved to arguments.py)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from jebm_kernels.chain import autograd_energy_and_grad
-from jebm_kernels.update import reference as update_reference
 from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec
+from jebm_kernels.update import reference as update_reference
 
 ACT_PARAM = {"leaky_relu": 0.2, "softplus": 1.5}
 

@@ -15,17 +15,15 @@ import subprocess
 import sys
 import textwrap
 
+import helpers
 import pytest
 import torch
-
-import jebm_kernels as jk
-from jebm_kernels import activation_table
-from jebm_kernels import extension
-from jebm_kernels.philox import torch_philox_rand, torch_philox_randn
-
-import helpers
 from binding_reference import ACTIVATIONS, TEST_PARAM, HandPrior, torch_activation
 from helpers import assert_close_where
+
+import jebm_kernels as jk
+from jebm_kernels import activation_table, extension
+from jebm_kernels.philox import torch_philox_rand, torch_philox_randn
 
 needs_ext = pytest.mark.skipif(extension.cpu_error() is not None,
                                reason=f"the C++ extension is not built: {extension.cpu_error()}")

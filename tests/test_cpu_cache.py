@@ -5,13 +5,12 @@ through ``.data``, load_state_dict, a new tensor, another instruction set. A sta
 the old weights: every test here compares with the reference on the weights as they are now."""
 import pytest
 import torch
+from helpers import assert_close_where, make_prior, start
 from torch import nn
 
 import jebm_kernels as jk
 from jebm_kernels import extension
 from jebm_kernels.prior_chain import cpu
-
-from helpers import assert_close_where, make_prior, start
 
 pytestmark = pytest.mark.skipif(extension.cpu_error() is not None,
                                 reason=f"the C++ extension is not built: {extension.cpu_error()}")

@@ -14,11 +14,10 @@ The parity of the default ISA with the reference is test_prior_chain.py's.
 """
 import pytest
 import torch
+from helpers import assert_close_where, make_prior, start
 
 import jebm_kernels as jk
 from jebm_kernels import extension
-
-from helpers import assert_close_where, make_prior, start
 from jebm_kernels.spec import ACTIVATIONS
 
 pytestmark = pytest.mark.skipif(extension.cpu_error() is not None,

@@ -32,19 +32,18 @@ import math
 import os
 import subprocess
 
+import binding_reference
+import helpers
 import numpy as np
 import pytest
 import torch
+from backend_runners import ATOL, RTOL, EmulatedCudaRunner
+from cuda_emulation.builds import ARCHS, CU_FILES, NVCC
+from helpers import assert_close_where, make_prior, start
 
 import jebm_kernels as jk
 from jebm_kernels import activation_table, extension
 from jebm_kernels.philox import philox_randint4x, torch_philox_rand, torch_philox_randn
-
-import binding_reference
-import helpers
-from backend_runners import ATOL, RTOL, EmulatedCudaRunner
-from cuda_emulation.builds import ARCHS, CU_FILES, NVCC
-from helpers import assert_close_where, make_prior, start
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,15 @@ around it are element-wise ops inductor does not reorder.
 """
 import os
 
+import helpers
 import pytest
 import torch
+from helpers import make_prior, start
 from torch import nn
 
 import jebm_kernels as jk
-from jebm_kernels import extension
-from jebm_kernels import ops
+from jebm_kernels import extension, ops
 from jebm_kernels.philox import torch_philox_rand, torch_philox_randn
-
-import helpers
-from helpers import make_prior, start
 
 pytestmark = [
     pytest.mark.skipif(extension.cpu_error() is not None,
@@ -262,11 +260,12 @@ def test_opcheck_on_cuda(philox_device):
 
 def _triton_op_args(device):
     """Arguments of jebm::prior_chain_triton and jebm::multi_layer_update_triton for a small prior."""
-    from jebm_kernels.prior_chain import triton as prior_chain_triton
-    from jebm_kernels.arguments import make_problem
-    from jebm_kernels.update import triton as update_triton
-    from jebm_kernels.device_tables import device_table
     from backend_runners import move_spec
+
+    from jebm_kernels.arguments import make_problem
+    from jebm_kernels.device_tables import device_table
+    from jebm_kernels.prior_chain import triton as prior_chain_triton
+    from jebm_kernels.update import triton as update_triton
     spec = move_spec(make_prior((3, 17), hidden=(9,), space="eps", joint=True, seed=12), device)
     z = [t.to(device) for t in start(5, spec.dims)]
     problem, _ = make_problem(jk.PriorEnergy(spec), z, n_steps=3, step_size=[0.3, 0.2], noise_scale=1.0,

@@ -15,15 +15,13 @@ import torch
 
 import jebm
 import jebm_kernels as jk
-from jebm_kernels.philox import philox_tensor
-
 from jebm.model import JEBM
 from jebm.train import make_trainer
 from jebm.train.device_chains import ChainCache, chain_kernel
-from jebm_kernels.philox import philox_randn_from
 from jebm.train.device_step import ENV, DeviceMetrics, DevicePath, must_read
 from jebm.train.presets import resolve_config
 from jebm.train.trainer import Trainer, first_non_finite
+from jebm_kernels.philox import philox_randn_from, philox_tensor
 
 GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="the GPU path's graphs and sync checks need a GPU")

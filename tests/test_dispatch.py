@@ -2,13 +2,12 @@
 cannot serve says, ``JEBM_BACKEND``, and the same rule behind the custom ops."""
 import pytest
 import torch
+from helpers import make_mlp, make_prior, start
 from torch import nn
 
 import jebm_kernels as jk
 from jebm_kernels import dispatch, extension, ops
 from jebm_kernels.spec import MLPSpec, PriorSpec
-
-from helpers import make_mlp, make_prior, start
 
 needs_cpp = pytest.mark.skipif(extension.cpu_error() is not None,
                                reason=f"the C++ extension is not built: {extension.cpu_error()}")

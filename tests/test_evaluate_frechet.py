@@ -18,7 +18,7 @@ import jebm
 from jebm.cli import main
 from jebm.data import load_dataset
 from jebm.evaluate import frechet as fd
-from jebm.evaluate.classifier import CLASSIFIER_NAME, ensure_classifier, load_classifier, train_classifier, _accuracy
+from jebm.evaluate.classifier import CLASSIFIER_NAME, _accuracy, ensure_classifier, load_classifier, train_classifier
 from jebm.evaluate.inception import InceptionV3Features, load_inception
 
 TINY = dict(dims=[6, 3], ebm_hidden=[16], gauss_hidden=[16], dec_hidden=[32], prior_steps=4, post_steps=4,

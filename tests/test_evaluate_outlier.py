@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from jebm.data import load_dataset
-from jebm.evaluate.outlier import (MODELS, format_outlier_table, model_overrides, outlier_experiment,
-                                   outlier_test_set)
+from jebm.evaluate.outlier import MODELS, format_outlier_table, model_overrides, outlier_experiment, outlier_test_set
 from jebm.evaluate.report import write_report
 from jebm.train.presets import resolve_config
 

@@ -1,11 +1,11 @@
 """``jebm report`` (``jebm.evaluate.report``): one self-contained HTML page with every section,
 missing parts stated, bad input refused. (The TensorBoard events: test_train_tensorboard.py; the
 report of a ``jebm bench`` JSON: test_bench.py.)"""
-from html.parser import HTMLParser
 import base64
 import io
 import json
 import warnings
+from html.parser import HTMLParser
 
 import pytest
 from PIL import Image

@@ -17,11 +17,10 @@ Run with ``-s`` to see the per-style counts of cases and fused calls.
 import os
 import time
 
+import fusion_fuzz as ff
 import pytest
 
 from jebm_kernels import extension
-
-import fusion_fuzz as ff
 
 needs_cpp = pytest.mark.skipif(extension.cpu_error() is not None,
                                reason=f"the C++ extension is not built: {extension.cpu_error()}")

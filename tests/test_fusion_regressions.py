@@ -7,19 +7,16 @@ same exception type and message; the reference calls the energy exactly K times 
 and nothing else touches the energy's state.
 """
 import copy
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from fusion_fuzz import CallCounter, expected_calls
+from helpers import assert_close_where
 from torch import nn
 from torch.nn.utils import prune
 
 import jebm_kernels as jk
 from jebm_kernels import extension
-
-from fusion_fuzz import CallCounter, expected_calls
-from helpers import assert_close_where
 
 needs_cpp = pytest.mark.skipif(extension.cpu_error() is not None,
                                reason=f"the C++ extension is not built: {extension.cpu_error()}")

@@ -3,10 +3,10 @@ summary and the targets from fake measurements, the orchestration (budget, --onl
 writes, a step's failure or timeout), the list of GPU test files, the wheel download command,
 and the benchmark steps' own code run on the CPU at tiny sizes (``JEBM_GPU_CHECK_SMOKE``)."""
 import json
-from pathlib import Path
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch

@@ -12,14 +12,13 @@ posterior through a conv decoder the gradient is autograd's in both, so only the
 """
 import os
 
+import helpers
 import pytest
 import torch
+from helpers import TinyConvDecoder, make_prior, start
 
 import jebm_kernels as jk
 from jebm_kernels import extension
-
-import helpers
-from helpers import TinyConvDecoder, make_prior, start
 
 ATOL = RTOL = 2e-5
 SEED, OFFSET = 2**64 - 3, 2**32 - 9

@@ -3,7 +3,8 @@ clear ValueError/TypeError or returns what the reference returns. It never crash
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import jebm_kernels as jk

@@ -6,12 +6,11 @@ set this machine has, so the reference backend's chains do not change with the e
 """
 import pytest
 import torch
+from helpers import make_prior, start
 
 import jebm_kernels as jk
 from jebm_kernels import extension
 from jebm_kernels.philox import torch_philox_rand, torch_philox_randn
-
-from helpers import make_prior, start
 
 needs_ext = pytest.mark.skipif(extension.cpu_error() is not None,
                                reason=f"the C++ extension is not built: {extension.cpu_error()}")

@@ -10,14 +10,13 @@ MLP decoder fused whole.
   uniforms the update kernel drew).
 Tolerance and MALA margin: as test_prior_chain.py explains.
 """
+import helpers
 import pytest
 import torch
-
-import jebm_kernels as jk
-
-import helpers
 from backend_runners import check, run_both
 from helpers import TinyConvDecoder, make_mlp, make_prior, start
+
+import jebm_kernels as jk
 
 
 @pytest.mark.parametrize("space", ["z", "eps"])

@@ -26,17 +26,16 @@ disagreement against that margin; chains that never disagree must then match to 
 """
 import math
 
+import helpers
 import pytest
 import torch
+from backend_runners import ATOL, RTOL, check, run_both
+from helpers import assert_close_where, make_mlp, make_prior, reference_mala_trace, start
 from torch import nn
 
 import jebm_kernels as jk
 from jebm_kernels.arguments import make_problem
 from jebm_kernels.spec import ACTIVATIONS, GaussianSpec, PriorSpec
-
-import helpers
-from backend_runners import ATOL, RTOL, check, run_both
-from helpers import assert_close_where, make_mlp, make_prior, reference_mala_trace, start
 
 MARGIN = 1e-3
 

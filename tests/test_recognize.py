@@ -8,12 +8,11 @@ are not fused, and ``info["why_not_fused"]`` / ``explain_fusion`` say why."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close_where
 from torch import nn
 
 import jebm_kernels as jk
 from jebm_kernels import extension
-
-from helpers import assert_close_where
 
 needs_cpp = pytest.mark.skipif(extension.cpu_error() is not None,
                                reason=f"the C++ extension is not built: {extension.cpu_error()}")

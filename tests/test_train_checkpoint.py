@@ -4,18 +4,18 @@ incompatible format version, or a pickle naming arbitrary objects (a __reduce__ 
 os.system) gives a clear ValueError, through every entry point (load_checkpoint, load_run,
 train(resume=True), the CLI)."""
 import os
-from pathlib import Path
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import child_env
 
 import jebm
-from jebm.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint, save_checkpoint
 from jebm.cli import main
-from helpers import child_env
+from jebm.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint, save_checkpoint
 
 TINY = dict(dims=[4, 2], ebm_hidden=[8], gauss_hidden=[8], dec_hidden=[16], prior_steps=2, post_steps=2,
             batch_size=20, sample_every=0, n_samples=4)

@@ -16,17 +16,17 @@ eps = 1e-8, so rounding that differs in the last bit can move that element by up
 positive and negative phases cancel; 7 of 2,782 for variational, not differing at all).
 """
 import json
-from pathlib import Path
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import child_env
 
 import jebm_kernels as jk
-from helpers import child_env
 from jebm.data import load_dataset
 from jebm.model import JEBM
 from jebm.train import batch_indices, build_model

@@ -107,9 +107,9 @@ def test_train_rejects_bad_arguments(tmp_path):
 
 
 def test_persistent_prior_chains_continue_across_iterations(monkeypatch):
+    import jebm_kernels as jk
     from jebm.model import JEBM
     from jebm.train.trainer import PriorChains
-    import jebm_kernels as jk
     torch.manual_seed(0)
     m = JEBM((1, 8, 8), [4, 2], ebm_hidden=[8], gauss_hidden=[8], dec_hidden=[8], prior_steps=2)
     inits = []

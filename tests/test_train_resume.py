@@ -16,17 +16,17 @@ then checkpoint.pt is damaged on disk, and the last resume must fall back to che
 """
 import json
 import os
-from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import child_env
 
 import jebm
-from helpers import child_env
 from jebm.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, load_checkpoint
 
 ITERS = 12

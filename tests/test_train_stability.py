@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import jebm
+import jebm_kernels as jk
 from jebm.model import JEBM
 from jebm.train.build import build_model, load_training_data
 from jebm.train.presets import resolve_config, upgrade_config
-import jebm_kernels as jk
 
 TINY = dict(dims=[6, 3], ebm_hidden=[16], gauss_hidden=[16], dec_hidden=[32], infer_hidden=[32],
             infer_head_hidden=[16], prior_steps=3, post_steps=3, batch_size=20, sample_every=0, n_samples=4)

@@ -9,13 +9,12 @@ rounding of the update.
 """
 import pytest
 import torch
+from backend_runners import GPU
+from helpers import assert_close_where
 
 import jebm_kernels as jk
 from jebm_kernels.arguments import make_problem
 from jebm_kernels.update import reference as update_reference
-
-from backend_runners import GPU
-from helpers import assert_close_where
 
 
 def quartic(zs):

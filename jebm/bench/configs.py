@@ -19,8 +19,8 @@ the suite). ``jebm bench`` chooses its own (``jebm.bench.quick``).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
 import os
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn

@@ -6,12 +6,12 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-from pathlib import Path
 import platform
 import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from pathlib import Path
 import time
+from pathlib import Path
 
 import torch
 

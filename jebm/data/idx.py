@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gzip
 import os
-from pathlib import Path
 import zipfile
+from pathlib import Path
 
 import numpy as np
 

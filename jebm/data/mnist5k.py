@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
-from pathlib import Path
 import zlib
+from pathlib import Path
 
 import numpy as np
 

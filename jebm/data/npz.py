@@ -12,8 +12,8 @@ maximum is at most 1, otherwise 0..255. Arrays are read with ``allow_pickle=Fals
 """
 from __future__ import annotations
 
-from pathlib import Path
 import zipfile
+from pathlib import Path
 
 import numpy as np
 

@@ -14,12 +14,12 @@ the test split, which says whether its features are worth measuring in.
 """
 from __future__ import annotations
 
-from pathlib import Path
 import time
+from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..data import load_dataset
 from ..train.checkpoint import save_checkpoint

@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 import time
+from pathlib import Path
 
 import numpy as np
 import torch

@@ -25,8 +25,8 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = ["InceptionV3Features", "load_inception", "file_sha256", "FEATURE_DIM"]
 

@@ -33,9 +33,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
-from pathlib import Path
 import statistics
 import time
+from pathlib import Path
 
 import torch
 

@@ -32,9 +32,9 @@ import io
 import json
 import math
 import os
-from pathlib import Path
 import re
 import tempfile
+from pathlib import Path
 
 from ..bench import results as br
 from ..train.metrics_log import read_metrics

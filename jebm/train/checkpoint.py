@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 import time
 import warnings
+from pathlib import Path
 
 import torch
 

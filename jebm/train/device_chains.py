@@ -17,8 +17,8 @@ On the CPU all of this runs eagerly (capture off): that is how it is tested with
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 import warnings
+from collections import OrderedDict
 
 import torch
 

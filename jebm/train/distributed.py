@@ -19,9 +19,9 @@ Each process (rank) holds a replica of the model and trains on its share of ever
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import hashlib
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist

@@ -42,12 +42,12 @@ discarded. ``JEBM_DEVICE_PATH=0`` restores the per-iteration host check on CUDA.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import json
 import math
 import os
-from pathlib import Path
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -57,8 +57,13 @@ from ..evaluate.images import save_grid, save_rows
 from . import distributed as dp
 from . import rng_state
 from .build import build_model, load_training_data
-from .checkpoint import (CHECKPOINT_NAME, PREVIOUS_NAME, newest_good_checkpoint, remove_stale_temporaries,
-                         save_checkpoint)
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    PREVIOUS_NAME,
+    newest_good_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from .data_order import DistributedBatchSampler
 from .device_step import DeviceMetrics, must_read
 from .metrics_log import MetricsLog, plot_curves, read_metrics

@@ -49,7 +49,10 @@ import math
 import jebm_kernels as jk
 
 from ..model.blocks import ACTIVATIONS
-from ..model.config import is_int as _is_int, is_real as _is_real, normalize_hidden, widths as _widths
+from ..model.config import is_int as _is_int
+from ..model.config import is_real as _is_real
+from ..model.config import normalize_hidden
+from ..model.config import widths as _widths
 
 __all__ = ["PRESETS", "SCHEME_DEFAULTS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config",
            "describe_presets"]

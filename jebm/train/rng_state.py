@@ -10,8 +10,8 @@ States are stored as tensors, ints and lists, which ``torch.load(weights_only=Tr
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 import random
+from contextlib import contextmanager
 
 import torch
 

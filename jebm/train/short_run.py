@@ -58,8 +58,8 @@ needs no backward and uses any backend (``LearnedPosterior.values`` into ``model
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .. import dispatch
-from ..energies import PriorEnergy
 from ..arguments import check_op_layers, make_op_problem
+from ..energies import PriorEnergy
 from ..spec import PriorSpec
 from .encoding import decode_prior, encode_prior
 
