@@ -13,6 +13,7 @@ run the same torch with the same threads; nothing else should run on the machine
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -23,9 +24,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _child(configs: list[str], batches: list[int], calls: int, backend: str) -> None:
-    import time
+def _timing():
+    """This checkout's ``jebm.bench.timing``, loaded by its path: a child's ``PYTHONPATH`` puts the
+    measured checkout's jebm first, and both sides must be timed by the same code."""
+    spec = importlib.util.spec_from_file_location("_ab_timing", ROOT / "jebm" / "bench" / "timing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+def _child(configs: list[str], batches: list[int], calls: int, backend: str) -> None:
     import torch
 
     import jebm_kernels
@@ -34,25 +42,20 @@ def _child(configs: list[str], batches: list[int], calls: int, backend: str) -> 
     if not Path(jebm_kernels.__file__).resolve().is_relative_to(Path(root).resolve()):
         raise SystemExit(f"jebm_kernels was imported from {jebm_kernels.__file__}, not from {root}")
     torch.set_num_threads(int(os.environ.get("JEBM_AB_THREADS", torch.get_num_threads())))
+    time_calls = _timing().time_calls
     out = {}
     for config in configs:
         for batch in batches:
             case = make_case(config, batch)
-            for _ in range(2):
-                case.langevin(backend)
-            times = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                case.langevin(backend)
-                times.append(time.perf_counter() - t0)
+            _, times = time_calls(lambda: case.langevin(backend), rounds=calls, warmup=2)
             out[f"{config}/B={batch}"] = statistics.median(times)
     print(json.dumps(out))
 
 
 def _run(root: Path, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--configs", args.configs, "--batches", args.batches,
-           "--calls", str(args.calls), "--backend", args.backend]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--configs", args.configs,
+           "--batches", args.batches, "--calls", str(args.calls), "--backend", args.backend]
     res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"{root}: the timing process failed:\n{res.stderr[-3000:]}")

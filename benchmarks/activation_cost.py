@@ -1,4 +1,4 @@
-"""What the activation and the noise cost inside the fused prior chain (issue 13's profile).
+"""What the activation and the noise cost inside the fused prior chain.
 
     python -m benchmarks.activation_cost
 
@@ -11,7 +11,6 @@ update and the per-chain work, which no activation choice removes.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -19,17 +18,13 @@ from torch import nn
 
 import jebm_kernels as jk
 from jebm.bench.machine import FmaPeak
+from jebm.bench.timing import time_calls
 from jebm_kernels.spec import mlp_spec_from_sequential
 
 
 def _best(fn, n: int = 7) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    """The fastest of ``n`` calls after one warm-up call."""
+    return min(time_calls(fn, rounds=n, warmup=1)[1])
 
 
 def main() -> int:

@@ -16,12 +16,11 @@ calls are timed after them, one per round).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jebm_kernels as jk
 from jebm.bench.configs import NOISE_SEED, make_case
 from jebm.bench.machine import machine
+from jebm.bench.timing import interleaved_medians
 from jebm_kernels import dispatch, traces
 from jebm_kernels.arguments import make_problem
 from jebm_kernels.prior_chain import cpu
@@ -55,23 +54,10 @@ def measure(energy, z, rounds: int, calls: int) -> dict:
 
     problem = prepared()
     runs = {"call": whole, "chain": lambda: cpu.run(problem), "checks": prepared}
-    times = _rounds(runs, rounds, calls)
-    times.update(_rounds({"first": first}, rounds, 1))  # after the others: it drops every trace
+    times = interleaved_medians(runs, rounds=rounds, calls=calls)
+    times.update(interleaved_medians({"first": first}, rounds=rounds))  # after the others: it drops every trace
     whole()
     return times
-
-
-def _rounds(runs: dict, rounds: int, calls: int) -> dict:
-    for fn in runs.values():
-        fn()
-    times: dict = {k: [] for k in runs}
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            times[name].append((time.perf_counter() - t0) / calls)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main(argv=None) -> int:

@@ -1,18 +1,16 @@
-"""The GPU acceptance run of issue 14: one command, from a bare GPU machine to one JSON and one
-markdown summary with PASS/FAIL for the GPU targets.
+"""The GPU acceptance run: one command, from a bare GPU machine to one JSON and one markdown
+summary with PASS/FAIL for the GPU targets.
 
     python3 -m benchmarks.gpu_check --out DIR        # default DIR: $OUT when set, else gpu_check_out/
     python3 -m benchmarks.gpu_check --dry-run        # the plan (any machine; exits 0)
-    python3 -m benchmarks.gpu_check --fetch-wheels wheels/   # here: the wheels the GPU machine lacks
-    python3 -m benchmarks.gpu_check --only bench-train-cuda  # a rerun of some steps (machine still warm)
+    python3 -m benchmarks.gpu_check --fetch-wheels wheels/   # beforehand: the wheels the GPU machine lacks
+    python3 -m benchmarks.gpu_check --only bench-train-cuda  # a rerun of some steps
 
-With the project's device tool (one H200, no package registry; README "GPU acceptance run"):
-
-    run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --out $OUT",
-        carry=["wheels"], timeout_s=540)
-
-(``wheels/`` is git-ignored; fill it first with ``--fetch-wheels wheels/``. Without it the run
-still works: the tests that need arviz, torchebm or mlxtend skip.)
+On a machine with a CUDA GPU (README "GPU acceptance run"): copy the working tree there and run,
+from its root, ``PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --out DIR`` (``RUN_COMMAND``).
+Where that machine has no package registry, fill ``wheels/`` (git-ignored) beforehand with
+``--fetch-wheels wheels/`` on a machine that has one and copy it along with the tree; without it
+the run still works: the tests that need arviz, torchebm or mlxtend skip.
 
 Steps, in order, each in its own process with its own timeout (one failure or hang does not
 lose the others' results), inside a global budget (``--budget-s``, default 450 s, so the command
@@ -21,7 +19,7 @@ the output folder and the output of every step is appended to ``gpu_check.log``:
 
 1. ``environment``: GPU (nvidia-smi, compute capability), Python, torch, Triton, nvcc; which of
    the test and benchmark packages are importable.
-2. ``wheels``: ``pip install --no-index --no-deps --target`` of the wheels carried in ``wheels/``
+2. ``wheels``: ``pip install --no-index --no-deps --target`` of the wheels copied along in ``wheels/``
    (none needed for the GPU tests; they let the CPU-only tests that need them run too).
 3. ``install``: ``JEBM_CUDA=1 JEBM_CUDA_ARCH=<the GPU's capability, e.g. 90> pip install
    --no-build-isolation --no-deps -e .`` (falls back to ``setup.py build_ext --inplace``); then a
@@ -41,7 +39,7 @@ the output folder and the output of every step is appended to ``gpu_check.log``:
 7. ``bench-train-triton`` / ``bench-train-reference``: step 5 with those backends (eager, graphed).
 8. ``suite-rest``: every other test file, in whatever budget is left (JUnit in ``junit-suite.xml``).
 
-Targets (issue 14): the fused prior chain (cuda, triton) at least 20x the eager reference and 2x
+Targets: the fused prior chain (cuda, triton) at least 20x the eager reference and 2x
 the reference captured as a CUDA graph; the graphed training iteration at least 3x the eager one
 (per backend).
 """
@@ -65,8 +63,7 @@ JSON_NAME, MD_NAME, LOG_NAME = "gpu_check.json", "gpu_check.md", "gpu_check.log"
 DEFAULT_BUDGET_S = 450.0
 RESERVE_S = 10.0  # left at the end for writing the summary
 
-DEVICE_CALL = ('run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --out $OUT", '
-               'carry=["wheels"], timeout_s=540)')
+RUN_COMMAND = "PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --out DIR"
 
 # The test files with tests that run on a GPU when there is one (torch.cuda / the backend fixture /
 # GPU-only tests); tests/test_gpu_check.py checks that the list stays complete.
@@ -76,9 +73,9 @@ GPU_TEST_FILES = (
     "tests/test_philox.py", "tests/test_hostile_input.py",
 )
 
-# What the GPU machine lacks of the test extras (its image has pytest, pytest-benchmark, pytest-xdist,
-# hypothesis, pybind11, xarray, h5py, ...: /work/.library/device/KINDS.md), pinned to the versions
-# tested here; all pure-Python wheels.
+# The test extras a GPU machine's Python may lack (the run expects pytest, pytest-xdist, hypothesis and
+# pybind11 there; the environment step reports what is missing), pinned to the versions tested here;
+# all pure-Python wheels.
 WHEELS = ("arviz==0.23.4", "xarray-einstats==0.9.1", "h5netcdf==1.8.2", "platformdirs==4.14.8", "torchebm==0.8.9",
           "mlxtend==0.25.0")
 WHEEL_TARGET = "/tmp/jebm-wheels"
@@ -91,20 +88,20 @@ TRAIN_BACKENDS = ("cuda", "triton", "reference")
 @dataclass(frozen=True)
 class Step:
     name: str
-    expected_s: float   # a design estimate for one H200 from a bare machine, not a measurement
+    expected_s: float   # a design estimate for one GPU from a bare machine, not a measurement
     timeout_s: float
     what: str
 
 
 STEPS = (
     Step("environment", 10, 60, "GPU, Python, torch, Triton, nvcc; test packages present"),
-    Step("wheels", 5, 60, "pip install --no-index --no-deps --target of the carried wheels/ (if any)"),
+    Step("wheels", 5, 60, "pip install --no-index --no-deps --target of the wheels in wheels/ (if any)"),
     Step("install", 100, 300, "JEBM_CUDA=1 JEBM_CUDA_ARCH=<cc> pip install --no-build-isolation --no-deps -e . "
-                              "(CPU extension ~20 s, nvcc for one architecture ~60-80 s, in parallel)"),
+                              "(the CPU extension and nvcc for one architecture, in parallel)"),
     Step("bench-prior", 30, 150, "CVPR prior B=100 K=60: reference eager / CUDA-graphed, triton, cuda, cuda graphed"),
     Step("bench-train-cuda", 35, 150, "cvpr-cifar10 MLE iteration, backend cuda: eager, eager-device, graphed"),
-    Step("gpu-tests", 120, 240, f"pytest -n 12 on the {len(GPU_TEST_FILES)} GPU test files (~254 tests; "
-                                "Triton compiles for the GPU)"),
+    Step("gpu-tests", 120, 240, f"pytest -n 12 on the {len(GPU_TEST_FILES)} GPU test files "
+                                "(Triton compiles for the GPU)"),
     Step("bench-train-triton", 30, 120, "cvpr-cifar10 MLE iteration, backend triton: eager, graphed"),
     Step("bench-train-reference", 35, 120, "cvpr-cifar10 MLE iteration, backend reference: eager, graphed"),
     Step("suite-rest", 85, 600, "pytest -n 12 on every other test file, in whatever budget is left"),
@@ -118,7 +115,7 @@ STEP_NAMES = tuple(s.name for s in STEPS)
 
 def plan_text(budget_s: float = DEFAULT_BUDGET_S) -> str:
     lines = [f"gpu_check: {len(STEPS)} steps, global budget {budget_s:.0f} s (expected durations are design "
-             "estimates for one H200 from a bare machine, not measurements)", ""]
+             "estimates for one GPU from a bare machine, not measurements)", ""]
     total = 0.0
     for i, s in enumerate(STEPS, 1):
         total += s.expected_s
@@ -126,7 +123,8 @@ def plan_text(budget_s: float = DEFAULT_BUDGET_S) -> str:
     lines += ["", f"expected total ~{total:.0f} s ({total / 60:.1f} min); the last step gets what the budget leaves",
               "", "targets: fused prior chain (cuda, triton) >= 20x eager reference and >= 2x the reference "
               "captured as a CUDA graph (CVPR prior, B=100, K=60); graphed cvpr-cifar10 MLE iteration >= 3x "
-              "the eager one (per backend)", "", "device-tool call:", "  " + DEVICE_CALL]
+              "the eager one (per backend)", "", "on the GPU machine, from the working tree's root:",
+              "  " + RUN_COMMAND]
     return "\n".join(lines)
 
 
@@ -208,19 +206,30 @@ def summary_markdown(results: dict) -> str:
                         f"{_fmt_ms(m.get('warmup_s'))} | {graphs} | {note} |")
     if rows:
         md += ["", "## Training iteration: cvpr-cifar10 preset, MLE, batch 100 (random 3x32x32 images)", "",
-               "| backend | mode | per iteration | timed iterations | warm-up (2 it., incl. capture) | chains captured | "
-               "error |", "|---|---|---|---|---|---|---|", *rows]
+               "| backend | mode | per iteration | timed iterations | warm-up (2 it., incl. capture) "
+               "| chains captured | error |", "|---|---|---|---|---|---|---|", *rows]
     md.append("")
     return "\n".join(md)
 
 
 def write_results(out_dir: Path, results: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = {**results, "targets": evaluate_targets(results)}
     for name, text in ((JSON_NAME, json.dumps(results, indent=2, default=str)), (MD_NAME, summary_markdown(results))):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+        _atomic_write(out_dir / name, text)
+
+
+def _load_atomic_write():
+    """``jebm.atomic.atomic_write``, loaded by its path: the orchestrator never imports the jebm
+    package (torch, its extensions), so a broken install cannot lose the summary."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_gpu_check_atomic", ROOT / "jebm" / "atomic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.atomic_write
+
+
+_atomic_write = _load_atomic_write()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,9 +355,7 @@ class Partial:
         self.save()
 
     def save(self):
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        os.replace(tmp, self.path)
+        _atomic_write(self.path, json.dumps(self.data, indent=1, default=str))
 
 
 def _run(cmd, **kw) -> tuple[int, str]:
@@ -455,24 +462,15 @@ def _sync():
 
 
 def _time(fn, *, budget_s: float, max_rounds: int = 30, min_rounds: int = 3, warmup: int = 2):
-    """Wall time of fn() with the GPU synchronised before and after each call: (last result, stats)."""
-    import statistics
+    """Wall time of fn() with the GPU synchronised before and after each call, over rounds that fill
+    ``budget_s`` (``jebm.bench.timing.time_rounds``): (last result, stats)."""
+    from jebm.bench.timing import time_rounds
 
     if _smoke():
         budget_s, max_rounds, min_rounds, warmup = 0.0, 1, 1, 0
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    _sync()
-    times, t_start = [], time.perf_counter()
-    while len(times) < max_rounds and (len(times) < min_rounds or time.perf_counter() - t_start < budget_s):
-        _sync()
-        t0 = time.perf_counter()
-        out = fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return out, {"median_s": statistics.median(times), "min_s": min(times), "mean_s": statistics.fmean(times),
-                 "rounds": len(times)}
+    out, st = time_rounds(fn, budget_s=budget_s, min_rounds=min_rounds, max_rounds=max_rounds, warmup=warmup,
+                          sync=_sync)
+    return out, {"median_s": st["median"], "min_s": st["min"], "mean_s": st["mean"], "rounds": st["rounds"]}
 
 
 def step_bench_prior(part: Partial) -> int:
@@ -532,9 +530,12 @@ def step_bench_prior(part: Partial) -> int:
 
 
 def step_bench_train(part: Partial, backend: str) -> int:
+    import functools
+
     import torch
 
     import jebm_kernels as jk
+    from jebm.bench.timing import time_calls
     from jebm.model import JEBM
     from jebm.train import make_trainer
     from jebm.train.device_step import ENV
@@ -563,27 +564,18 @@ def step_bench_train(part: Partial, backend: str) -> int:
                 model = JEBM.from_config(cfg, shape).to(device)
                 trainer = make_trainer(model, cfg)
             model.train()
-            stream = jk.PhiloxGenerator(cfg["seed"])
-            _sync()
-            t0 = time.perf_counter()
-            for _ in range(2):
-                values, bad = trainer.step(x, generator=stream, backend=backend)
-            _sync()
-            warm = time.perf_counter() - t0
-            per_it = warm / 2
+            step = functools.partial(trainer.step, x, generator=jk.PhiloxGenerator(cfg["seed"]), backend=backend)
+            _, (per_it,) = time_calls(step, calls=2, sync=_sync)  # the warm-up (graph capture included)
             n = 1 if _smoke() else int(min(10, max(3, 3.0 // max(per_it, 1e-3))))
-            t0 = time.perf_counter()
-            for _ in range(n):
-                values, bad = trainer.step(x, generator=stream, backend=backend)
-            _sync()
-            entry.update(s_per_iter=(time.perf_counter() - t0) / n, iters=n, warmup_s=warm,
+            (values, bad), (s_per_iter,) = time_calls(step, calls=n, sync=_sync)
+            entry.update(s_per_iter=s_per_iter, iters=n, warmup_s=2 * per_it,
                          loss_recon=float(values["loss_recon"]), graphs=trainer.device_path is not None
                          and trainer.device_path.capture)
             if trainer.device_path is not None:
                 entries = list(trainer.device_path.chains.entries.values())
                 entry.update(chains=len(entries), captured=sum(e.captured for e in entries),
                              capture_errors=[e.capture_error for e in entries if e.capture_error])
-            del model, trainer
+            del model, trainer, step
         except Exception as exc:  # noqa: BLE001
             entry["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
             ok = False
@@ -614,7 +606,7 @@ def run_python_step(name: str, partial: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# wheels for the GPU machine (run here, where pip reaches a registry)
+# wheels for the GPU machine (run beforehand, where pip reaches a package registry)
 # ------------------------------------------------------------------------------------------------
 
 def fetch_command(folder: str) -> list[str]:
@@ -643,9 +635,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="list the steps and their expected durations; exit 0")
     ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="global time budget in seconds")
     ap.add_argument("--only", default=None, help=f"comma-separated steps to run (of {', '.join(STEP_NAMES)})")
-    ap.add_argument("--wheels", type=Path, default=ROOT / "wheels", help="folder of carried wheels (default wheels/)")
+    ap.add_argument("--wheels", type=Path, default=ROOT / "wheels",
+                    help="folder of wheels copied along (default wheels/)")
     ap.add_argument("--fetch-wheels", metavar="DIR", default=None,
-                    help="download the wheels the GPU machine lacks into DIR (here, with a registry) and exit")
+                    help="download the wheels the GPU machine lacks into DIR (where pip reaches a registry) and exit")
     ap.add_argument("--step", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--partial", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

@@ -22,7 +22,7 @@ import torch
 from jebm.bench.configs import BATCHES, N_STEPS, QUICK, make_case
 from jebm.bench.machine import FmaPeak, cpu_seconds, load_average, machine, matmul_rate
 from jebm.bench.providers import PHILOX_PROVIDERS, compiled_mode, flat_state, make_runner, max_abs_diff, relative_diff
-from jebm.bench.timing import rounds_for
+from jebm.bench.timing import rounds_for, time_calls
 
 HERE = Path(__file__).resolve().parent
 BUDGET_S = float(os.environ.get("JEBM_BENCH_BUDGET_S", "0.2" if QUICK else "2.0"))
@@ -131,13 +131,8 @@ def run_timed(benchmark, fn, *, warmup: int = 1):
     """Warm up, then time ``fn`` with enough rounds to fill BUDGET_S (MIN..MAX_ROUNDS; 2 when one
     call takes over ``jebm.bench.timing.SLOW_CALL_S``); returns the last call's result and the
     number of rounds."""
-    last = None
-    t = float("inf")
-    for _ in range(max(1, warmup)):
-        t0 = time.perf_counter()
-        last = fn()
-        t = time.perf_counter() - t0
-    rounds = rounds_for(t, BUDGET_S, MIN_ROUNDS, MAX_ROUNDS)
+    last, times = time_calls(fn, rounds=max(1, warmup))  # the last warm-up call sizes the rounds
+    rounds = rounds_for(times[-1], BUDGET_S, MIN_ROUNDS, MAX_ROUNDS)
     sample_fma_peak()
     result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
     return (result if result is not None else last), rounds

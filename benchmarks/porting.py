@@ -14,8 +14,6 @@ tests compare jebm's chains with its reference element by element).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +21,7 @@ from torch import nn
 
 import jebm_kernels as jk
 from jebm.bench.machine import machine
+from jebm.bench.timing import interleaved_medians
 
 # ---- the LEBM code's networks, as written there ----------------------------------------------------
 
@@ -127,15 +126,10 @@ def jebm_mala(energy, z, n_steps, step):
 # ---- timing ------------------------------------------------------------------------------------------
 
 def _pair(before, after, repeats):
-    before(), after()  # warm-up (allocations, the tracer's first look)
-    tb, ta = [], []
-    for _ in range(repeats):
-        for fn, out in ((before, tb), (after, ta)):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    b, a = statistics.median(tb), statistics.median(ta)
-    return b, a
+    """Median seconds of (before, after), interleaved, after one warm-up call of each (allocations,
+    the tracer's first look)."""
+    m = interleaved_medians({"before": before, "after": after}, rounds=repeats)
+    return m["before"], m["after"]
 
 
 def main(argv=None) -> int:
@@ -169,8 +163,8 @@ def main(argv=None) -> int:
         rows.append(("hand-written MALA loop (60 x 0.3, a closure energy, d 64)", B, b, a))
     m = machine()
     simd = " ".join(f for f in m["simd_flags"] if f.startswith(("avx", "fma", "amx")))
-    print(f"machine: {m['cpu_model']} ({m['cpus']} CPUs; {simd}); isa {jk.extension.isa()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"median of {repeats}, interleaved")
+    print(f"machine: {m['cpu_model']} ({m['cpus']} CPUs; {simd}); isa {jk.extension.isa()}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {repeats}, interleaved")
     print("| chain | B | before (ms) | jebm (ms) | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for name, B, b, a in rows:

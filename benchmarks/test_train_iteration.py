@@ -12,7 +12,8 @@ one iteration (Langevin chains, losses, backward, Adam steps); the parameters mo
 as in training.
 
 The default configuration: d = (16, 8), MLP energies and Gaussians of width 64, MLP decoder,
-eps-space, 30 prior and 30 posterior Langevin steps, batch 100 (``jebm/train/presets.py``).
+60 prior and 40 posterior Langevin steps (z-space for mle, eps-space for variational), batch 100
+(``jebm/train/presets.py``).
 """
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ def _add_common_train(p: argparse.ArgumentParser, *, for_eval: bool = False) -> 
     from .train.presets import PRESETS
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="data set (default digits: scikit-learn's bundled 8x8 digits)")
-    p.add_argument("--data-root", default=None, help="folder / file the mnist, fashion-mnist, npz, folder data sets read")
+    p.add_argument("--data-root", default=None,
+                   help="folder / file the mnist, fashion-mnist, npz, folder data sets read")
     p.add_argument("--scheme", choices=("mle", "variational"), default=None, help="learning scheme (default mle)")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: the preset's)")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None, help="configuration preset (default 'default')")
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default runs/<preset>-<dataset>-<scheme>)")
     t.add_argument("--seed", type=int, default=None, help="seed of initialisation, noise and data order (default 0)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its newest good checkpoint (checkpoint.pt, else checkpoint.prev.pt)")
+                   help="continue the run in --out from its newest good checkpoint (checkpoint.pt, else "
+                        "checkpoint.prev.pt)")
     t.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="write a checkpoint every N iterations (default: the preset's ckpt_every)")
     t.add_argument("--rollback", type=int, default=None, metavar="RETRIES",
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-test", type=int, default=None, help="evaluate on the first N test images only")
     e.add_argument("--n-hier", type=int, default=10, help="columns of the hierarchical sampling grid")
     e.add_argument("--posterior", choices=("auto", "langevin", "amortised"), default="auto",
-                   help="posterior samples by Langevin or by the inference model (variational runs); auto: q when present")
+                   help="posterior samples by Langevin or by the inference model (variational runs); "
+                        "auto: q when present")
     e.add_argument("--outlier", action="store_true", help="run the held-out-class outlier protocol")
     e.add_argument("--classes", type=int, nargs="+", default=None, help="held-out classes (default 1 4 5 7 9)")
     e.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2)")

@@ -1,5 +1,7 @@
 """The one backend rule (jebm_kernels/dispatch.py): what ``auto`` picks, what a named backend that
 cannot serve says, ``JEBM_BACKEND``, and the same rule behind the custom ops."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from helpers import make_mlp, make_prior, start
@@ -13,12 +15,27 @@ needs_cpp = pytest.mark.skipif(extension.cpu_error() is not None,
                                reason=f"the C++ extension is not built: {extension.cpu_error()}")
 
 
-def test_registry_and_priority():
-    assert dispatch.PRIORITY == jk.BACKENDS == ("cuda", "triton", "cpu", "reference")
-    assert set(dispatch.REGISTRY) == set(dispatch.PRIORITY)
+def test_registry_and_priority(monkeypatch):
+    assert jk.BACKENDS == dispatch.PRIORITY and set(dispatch.REGISTRY) == set(dispatch.PRIORITY)
     assert "reference" in jk.available_backends()
     for name, b in dispatch.REGISTRY.items():
         assert b.name == name and b.update is not None and b.prior_chain is not None
+    # auto takes the first backend that can serve, in priority order, and falls back to the
+    # reference, which serves everything, when every other one refuses
+    monkeypatch.delenv("JEBM_BACKEND", raising=False)
+    refusing: set = set()
+    for name, b in dispatch.REGISTRY.items():
+        monkeypatch.setattr(b, "unavailable_reason", lambda name=name: "off" if name in refusing else None)
+        monkeypatch.setattr(b, "unsupported_reason", lambda problem: None)
+        monkeypatch.setattr(b, "auto_reason", lambda problem: None)
+    picked = []
+    while not picked or picked[-1] != "reference":
+        assert jk.available_backends() == [n for n in dispatch.PRIORITY if n not in refusing]
+        problem = SimpleNamespace()
+        picked.append(dispatch.select("auto", problem).name)
+        assert getattr(problem, "refusals", "") == "; ".join(f"{n}: off" for n in dispatch.PRIORITY if n in refusing)
+        refusing.add(picked[-1])
+    assert picked == list(dispatch.PRIORITY) and picked.index("reference") == len(picked) - 1
 
 
 @needs_cpp
@@ -69,8 +86,9 @@ def test_triton_rejects_float64_clearly():
         pytest.skip(dispatch.REGISTRY["triton"].unavailable_reason())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with pytest.raises(ValueError, match="float32"):
-        jk.langevin(lambda zs: sum((t ** 2).sum(-1) for t in zs), [torch.randn(2, 2, dtype=torch.float64, device=device)],
-                    n_steps=1, step_size=0.1, backend="triton")
+        jk.langevin(lambda zs: sum((t ** 2).sum(-1) for t in zs),
+                    [torch.randn(2, 2, dtype=torch.float64, device=device)], n_steps=1, step_size=0.1,
+                    backend="triton")
 
 
 @needs_cpp

@@ -5,8 +5,8 @@ end to end with cached training statistics, and the classifier Frechet distance 
 The FID test uses a randomly initialised Inception weights file written by the test: it checks the
 whole path (loading, 299 x 299 features, statistics, cache, eval.json), not FID values, which
 need the real weights. That our network computes what pytorch-fid's does was checked once, by
-hand, on shared random weights (the report of issue 6 says how); the architecture check here is
-the parameter count of torchvision's documentation.
+hand, on shared random weights; the architecture check here is the parameter count of
+torchvision's documentation.
 """
 import json
 

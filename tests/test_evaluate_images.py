@@ -52,7 +52,7 @@ def test_save_grid_upscales_tiny_grayscale(tmp_path):
     assert (a[:p] == FILL).all()  # border padding
     # the last two cells of row 3 are empty and filled with the padding colour
     assert (a[p + 2 * tile:, p + 2 * tile:] == FILL).all()
-    assert not list(path.parent.glob("*.tmp"))  # the atomic write left no temporary file
+    assert [p.name for p in path.parent.iterdir()] == ["grid.png"]  # the atomic write left no temporary file
 
 
 def test_save_grid_rgb_no_upscale_and_nrow(tmp_path):

@@ -22,7 +22,7 @@ def test_dry_run_lists_every_step_with_its_expected_duration_and_exits_0():
     assert proc.returncode == 0, proc.stderr
     for step in gc.STEPS:
         assert re.search(rf"{re.escape(step.name)}\s+expected ~\s*{step.expected_s:.0f} s", proc.stdout), step.name
-    assert "design estimates" in proc.stdout and gc.DEVICE_CALL in proc.stdout
+    assert "design estimates" in proc.stdout and gc.RUN_COMMAND in proc.stdout
     assert sum(s.expected_s for s in gc.STEPS) <= gc.DEFAULT_BUDGET_S <= 480 - 20  # inside 8 minutes
 
 
@@ -34,8 +34,8 @@ def test_without_a_gpu_the_run_says_so_and_measures_nothing(capsys, tmp_path):
 
 
 def fake_results(prior=None, train=None):
-    steps = {"environment": {"status": "passed", "seconds": 3.0, "data": {"gpu_name": "NVIDIA H200", "capability": "9.0",
-                                                                          "torch": "2.11.0", "triton": "3.6.0"}}}
+    env = {"gpu_name": "NVIDIA H200", "capability": "9.0", "torch": "2.11.0", "triton": "3.6.0"}
+    steps = {"environment": {"status": "passed", "seconds": 3.0, "data": env}}
     if prior is not None:
         steps["bench-prior"] = {"status": "passed", "seconds": 20.0, "data": {
             "title": "CVPR", "batch": 100, "n_steps": 60,

@@ -65,7 +65,7 @@ def test_prior_spec_energy_is_the_model_energy_up_to_the_gaussian_constant():
 
 @pytest.mark.parametrize("joint", [True, False])
 def test_eps_space_prior_energy_is_the_design_formula(joint):
-    # DESIGN.md: U(eps) = -F(z(eps)) + ||eps||^2 / 2.
+    # docs/design.md, section 1: U(eps) = -F(z(eps)) + ||eps||^2 / 2.
     m = small_model(joint=joint)
     eps = rand_z(m, B=4, seed=2)
     expected = -manual_F(m, manual_eps_to_z(m, eps)) + 0.5 * sum(e.pow(2).sum(-1) for e in eps)

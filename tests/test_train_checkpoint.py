@@ -206,3 +206,22 @@ def test_atomic_save_leaves_the_old_checkpoint_when_a_write_fails(tmp_path, monk
     monkeypatch.undo()
     assert load_checkpoint(path)["iteration"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_atomic_write_takes_text_bytes_or_a_writer_and_leaves_nothing_on_failure(tmp_path):
+    from jebm.atomic import atomic_write
+
+    path = tmp_path / "new" / "f.txt"  # parent folders are created
+    assert atomic_write(path, "caf\u00e9") == path and path.read_bytes() == "caf\u00e9".encode()
+    atomic_write(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    atomic_write(path, lambda f: f.write(b"written"), fsync=True)
+    assert path.read_bytes() == b"written"
+
+    def half_then_fail(f):
+        f.write(b"half")
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        atomic_write(path, half_then_fail)
+    assert path.read_bytes() == b"written" and [p.name for p in path.parent.iterdir()] == ["f.txt"]

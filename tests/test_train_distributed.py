@@ -8,12 +8,11 @@ its own noise, so both runs sample the same z+ and z-, and differ only in how th
 gradient sums are rounded (DDP averages two half-batch gradients).
 
 Tolerance (float32 parameters, after 3 iterations): every parameter element agrees to 2e-5
-absolute (measured: at most 1.5e-8 on this machine), except elements whose gradient was zero up to
-rounding (|g| < 1e-5) at some iteration. Adam divides such a gradient by its own magnitude plus
-eps = 1e-8, so rounding that differs in the last bit can move that element by up to one step
-(lr, 1e-3 here); those elements may differ by 2 * lr * iterations and must be under 1% of all
-(measured: 11 of 1,346 elements for mle, differing by at most 1.6e-4, e.g. EBM biases whose
-positive and negative phases cancel; 7 of 2,782 for variational, not differing at all).
+absolute (the differences are rounding, orders of magnitude below that), except elements whose
+gradient was zero up to rounding (|g| < 1e-5) at some iteration. Adam divides such a gradient by
+its own magnitude plus eps = 1e-8, so rounding that differs in the last bit can move that element
+by up to one step (lr, 1e-3 here); those elements may differ by 2 * lr * iterations and must be
+under 1% of all (e.g. EBM biases whose positive and negative phases cancel).
 """
 import json
 import socket
@@ -39,7 +38,7 @@ WORLD = 2
 ITERS = 3
 TINY = dict(dims=[4, 2], ebm_hidden=[8], gauss_hidden=[8], dec_hidden=[16], infer_hidden=[16],
             infer_head_hidden=[8], prior_steps=3, post_steps=3, batch_size=20, sample_every=0, n_samples=4,
-            lr_gen=1e-3, lr_infer=1e-3)  # the learning rates before issue 12: a few iterations move the parameters
+            lr_gen=1e-3, lr_infer=1e-3)  # large enough that a few iterations move the parameters
 ATOL = 2e-5
 
 
@@ -101,7 +100,8 @@ def fed_rank_noise(monkeypatch):
 
 
 def one_process_reference(scheme: str, persistent: bool):
-    cfg = resolve_config("default", scheme=scheme, iters=ITERS, backend="reference", persistent_prior=persistent, **TINY)
+    cfg = resolve_config("default", scheme=scheme, iters=ITERS, backend="reference", persistent_prior=persistent,
+                         **TINY)
     data = load_dataset("digits", None, split="train")
     model, trainer = build_model(cfg, data.shape, torch.device("cpu"))
     noise = ShardedNoise(cfg["seed"], WORLD)

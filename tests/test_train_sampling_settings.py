@@ -46,7 +46,7 @@ def test_model_config_is_read_only_and_still_a_dict():
 
 
 def test_sampling_settings_give_each_chain_its_keywords():
-    # prior_steps and space named: the defaults changed (issue 12) and this test is about the passing-on
+    # prior_steps and space named: this test is about the passing-on, not the defaults
     s = SamplingSettings.from_config(resolve_config(prior_step_size=[0.4, 0.2], post_steps=7, prior_steps=30,
                                                     space="eps"))
     assert s.prior() == dict(n_steps=30, step_size=[0.4, 0.2], noise_scale=1.0, space="eps")

@@ -27,8 +27,7 @@ DIMS = (3, 2)
 @pytest.fixture(autouse=True)
 def one_thread():
     """These chains are tiny tensors and hundreds of autograd calls: a second intra-op thread only
-    adds synchronisation (measured: a 30-iteration training test took 8.6 s/iteration with 2
-    threads on a busy 2-core machine, 0.8 s with 1)."""
+    adds synchronisation (about ten times slower with 2 threads on a busy 2-core machine)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,4 +1,4 @@
-"""The stabilisers of issue 12, each small and checked here: the sigma diagnostics the trainers log,
+"""The training stabilisers, each small and checked here: the sigma diagnostics the trainers log,
 the F penalty (``ebm_l2``: alpha's gradient only), gradient clipping (``grad_clip``), the hidden
 activations of the f terms and of p(z_l|z_{l+1}) (tanh bounds them), the scheme-dependent defaults,
 and saved configs from before these keys loading as they were trained."""

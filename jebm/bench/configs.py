@@ -3,7 +3,7 @@
 - ``lebm``: Pang et al. 2020 (LEBM). d = 100; the energy is the user's own
   ``nn.Sequential(Linear(100, 200), GELU, Linear(200, 200), GELU, Linear(200, 1))`` passed
   straight to ``langevin`` with ``prior_sigma=1.0`` (so U(z) = E(z) + ||z||^2 / 2), step 0.4.
-- ``cvpr``: Cui, Wu & Han, CVPR 2023, CIFAR-10 latent prior (DESIGN.md): L = 2, d = (128, 100);
+- ``cvpr``: Cui, Wu & Han, CVPR 2023, CIFAR-10 latent prior (docs/design.md, section 1): L = 2, d = (128, 100);
   f_1 MLP 128-200-200-200-1, f_2 MLP 100-100-100-1, LeakyReLU(0.2); p(z_1 | z_2) MLP
   100-200-200-200-200-256; z-space, energy_sign -1, step 0.4.
 - ``iccv``: the ICCV 2023 five-layer prior as jebm's ``"iccv-svhn"`` preset defines it (read from

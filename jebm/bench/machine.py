@@ -4,18 +4,18 @@ small C program compiled at run time (``FmaPeak``) and torch's matmul rate (``ma
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import jebm_kernels as jk
+
+from .timing import time_calls
 
 __all__ = ["machine", "cpu_seconds", "FmaPeak", "matmul_rate", "load_average"]
 
@@ -144,11 +144,6 @@ def matmul_rate(when: str, n: int = 2048, repeats: int = 7) -> dict:
     """torch's n x n fp32 matmul rate (the best of ``repeats``), for context."""
     a = torch.randn(n, n)
     b = torch.randn(n, n)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
+    best = min(time_calls(lambda: a @ b, rounds=repeats, warmup=1)[1])
     return {"when": when, "n": n, "gflops": 2 * n ** 3 / best / 1e9, "seconds": best,
             "threads": torch.get_num_threads()}

@@ -5,8 +5,8 @@
 - ``CompiledLangevin``: the best compiled torch found for the same step on this CPU:
   ``torch.compile(step, fullgraph=True, dynamic=False)`` (inductor, default mode) of one step
   whose gradient is ``torch.func.grad`` of the summed energy, with the noise drawn eagerly by
-  ``torch.randn`` and passed in (inductor's in-graph randn was several times slower on these
-  CPUs; ``mode="max-autotune"`` compiled for minutes and ran no faster on a CPU). The energy is an
+  ``torch.randn`` and passed in (inductor's in-graph randn is several times slower on these
+  CPUs; ``mode="max-autotune"`` compiles for minutes and runs no faster on a CPU). The energy is an
   argument of the compiled step, so dynamo guards on its tensors' shapes, not their identity: a
   training loop that rebuilds its energy objects every iteration reuses one compilation. Where
   ``torch.func.grad`` cannot be compiled, the step falls back to ``torch.autograd.grad`` under

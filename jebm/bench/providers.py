@@ -159,7 +159,8 @@ def make_runner(provider: str, case: Case):
 
 def compiled_mode() -> str:
     """How the ``compiled`` provider differentiates (recorded with the results)."""
-    return f"torch.compile(fullgraph=True, dynamic=False), inductor default mode, gradient by {_COMPILED.mode}, noise torch.randn passed in"
+    return (f"torch.compile(fullgraph=True, dynamic=False), inductor default mode, gradient by {_COMPILED.mode}, "
+            "noise torch.randn passed in")
 
 
 def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 import jebm_kernels as jk
 
+from ..atomic import atomic_write
 from .configs import CONFIG_NAMES, PRIOR_CONFIGS, make_case
 from .machine import cpu_seconds, load_average, machine, matmul_rate
 from .providers import PHILOX_PROVIDERS, PROVIDERS, flat_state, gpu_reason, make_runner, max_abs_diff, relative_diff
@@ -108,14 +108,7 @@ def run_bench(out=None, *, configs=PRIOR_CONFIGS, batches=DEFAULT_BATCHES, n_ste
         other = (cpu_end["machine"] - cpu_start["machine"]) - (cpu_end["own"] - cpu_start["own"])
         info["other_work_cores"] = max(other, 0.0) / info["suite_seconds"]
     data = {"datetime": _dt.datetime.now(_dt.timezone.utc).isoformat(), "benchmarks": records, "jebm": info}
-    path = Path(out) if out is not None else DEFAULT_OUT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = atomic_write(Path(out) if out is not None else DEFAULT_OUT, json.dumps(data, indent=1))
     log("")
     for kind in ("prior_chain", "posterior_chain"):
         for line in prior_table(chain_rows(data, "min", kind), "min"):

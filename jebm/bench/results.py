@@ -15,9 +15,9 @@ bench`` (``jebm.bench.quick``, the same layout), then
   ``<!-- results:end -->`` markers of BENCHMARKS.md (appended if the markers are missing);
 - draws time per chain against batch size, one line per provider, one log-log panel per
   configuration, into benchmarks/prior_chain.png;
-- checks the targets (issue 13: against the compiled step and the FMA peak; issue 11: energies no
-  kernel fuses against the plain loop; issue 3: against the reference) and prints PASS/FAIL for
-  each; exits 1 if any fails or could not be measured, unless ``--no-check``.
+- checks the targets (against the compiled step and the FMA peak; energies no kernel fuses
+  against the plain loop; against the reference) and prints PASS/FAIL for each; exits 1 if any
+  fails or could not be measured, unless ``--no-check``.
 
 Every derived number is recomputed here from the JSON's timing statistics (``--stat``, default
 ``min``: the best round, the most reproducible figure on a machine that other work disturbs), so
@@ -29,6 +29,8 @@ import argparse
 import json
 import os
 from pathlib import Path
+
+from ..atomic import atomic_write
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -157,7 +159,8 @@ def _ratio_target(info, rows, name, need, where: dict, base: str, kind: str):
 
 
 def _peak_target(info, rows, peak, config, batch, need):
-    name = f"fused prior chain >= {need:.0%} of the same-run FMA peak in executed FLOPs, {config.upper()}, batch {batch}"
+    name = (f"fused prior chain >= {need:.0%} of the same-run FMA peak in executed FLOPs, {config.upper()}, "
+            f"batch {batch}")
     fused = _find(rows, config=config, batch=batch, provider=FUSED)
     if fused is None or peak is None or fused.get("gflops") is None:
         why = ("the FMA peak was not measured" if peak is None else
@@ -178,24 +181,25 @@ def check_targets(data: dict, prows: list[dict], trows: list[dict], orows: list[
     peak = fma_peak(info)
     orows = orows or []
     out = []
-    # issue 13: against the best compiled torch of the same step, and the machine's peak
+    # against the best compiled torch of the same step, and the machine's peak
     for batch, need in ((8, 8.0), (100, 4.0)):
         for config in TARGET_CONFIGS:
             out.append(_ratio_target(info, prows, f"fused prior chain >= {need:g}x compiled, {config.upper()}, "
-                                     f"batch {batch}", need, dict(config=config, batch=batch), "compiled", "prior_chain"))
+                                     f"batch {batch}", need, dict(config=config, batch=batch), "compiled",
+                                     "prior_chain"))
     for batch, need in ((1000, 0.8), (100, 0.6)):
         for config in TARGET_CONFIGS:
             out.append(_peak_target(info, prows, peak, config, batch, need))
     out.append(_ratio_target(info, orows, "posterior chain through the MLP decoder >= 3x compiled, batch 100", 3.0,
                              dict(config="posterior", batch=100), "compiled", "posterior_chain"))
     out.append(_train_target(info, trows, "mle", "compiled", 3.0))
-    # issue 11: energies no kernel fuses, against the loop users write
+    # energies no kernel fuses, against the loop users write
     for config in ("closure-mlp", "closure-conv"):
         for batch in (8, 100, 1000):
             out.append(_ratio_target(info, orows, f"{config} closure with the cpu backend >= 1.2x the plain loop, "
                                      f"batch {batch}", 1.2, dict(config=config, batch=batch), "plain",
                                      "posterior_chain"))
-    # issue 3: against the reference backend
+    # against the reference backend
     for batch, need in ((100, 3.0), (8, 10.0)):
         for config in TARGET_CONFIGS:
             out.append(_ratio_target(info, prows, f"fused prior chain >= {need:g}x reference, {config.upper()}, "
@@ -235,7 +239,8 @@ def machine_lines(data: dict) -> list[str]:
         f"- CPU: {m.get('cpu_model', 'unknown')}, {m.get('cpus', '?')} logical CPUs "
         f"({m.get('sockets', '?')} socket x {m.get('cores_per_socket', '?')} cores x "
         f"{m.get('threads_per_core', '?')} threads); SIMD flags: {', '.join(m.get('simd_flags', [])) or 'unknown'}",
-        f"- torch {m.get('torch', '?')} ({m.get('torch_threads', '?')} intra-op threads), Python {m.get('python', '?')}, "
+        f"- torch {m.get('torch', '?')} ({m.get('torch_threads', '?')} intra-op threads), "
+        f"Python {m.get('python', '?')}, "
         f"torchebm {m.get('torchebm') or 'not installed'}; jebm_kernels backends available: "
         f"{', '.join(m.get('jebm_kernels_backends', []))}; GPU: {m.get('cuda') or 'none'}",
     ]
@@ -399,9 +404,7 @@ def write_markdown(path: Path, section: str) -> None:
         text = pre + section.rstrip("\n") + post
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def plot(prows: list[dict], path: Path, data: dict, stat: str) -> None:
@@ -435,11 +438,10 @@ def plot(prows: list[dict], path: Path, data: dict, stat: str) -> None:
     fig.suptitle(f"Prior chain, K={k}: time per chain vs batch, measured on CPU ({m.get('cpu_model', '?')}, "
                  f"{m.get('cpus', '?')} cores, torch {m.get('torch', '?')}); no GPU", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None, *, default_markdown=Path("BENCHMARKS.md"), default_plot=Path("benchmarks/prior_chain.png"),

@@ -136,7 +136,8 @@ def load(root, split, test_fraction, seed):
     files, labels, classes = _scan_folder(root)
     idx = split_indices(len(files), labels, split, test_fraction, seed)
     if len(idx) == 0:
-        raise ValueError(f"folder: split {split!r} of {root} is empty ({len(files)} images, test_fraction={test_fraction})")
+        raise ValueError(f"folder: split {split!r} of {root} is empty ({len(files)} images, "
+                         f"test_fraction={test_fraction})")
     images = _read_images([files[i] for i in idx])
     return _from_uint8(images), None if labels is None else labels[idx], classes
 

@@ -88,7 +88,8 @@ def _load_idx_pair(name: str, root: Path, prefix: str):
         raise ValueError(f"{name}: label count {labels.shape[0]} in {labels_path} != image count "
                          f"{images.shape[0]} in {images_path}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{name}: labels in {labels_path} must be 0..9; found {int(labels.min())}..{int(labels.max())}")
+        raise ValueError(f"{name}: labels in {labels_path} must be 0..9; "
+                         f"found {int(labels.min())}..{int(labels.max())}")
     return images, labels.astype(np.int64)
 
 

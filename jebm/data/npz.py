@@ -27,7 +27,8 @@ def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
     if x.ndim == 3:
         return x[:, None, :, :]
     if x.ndim != 4:
-        raise ValueError(f"{where} has shape {x.shape}; expected [N, H, W], [N, H, W, C] or [N, C, H, W] with C in (1, 3)")
+        raise ValueError(f"{where} has shape {x.shape}; expected [N, H, W], [N, H, W, C] or [N, C, H, W] "
+                         "with C in (1, 3)")
     last, first = x.shape[3] in (1, 3), x.shape[1] in (1, 3)
     if not (last or first):
         raise ValueError(f"{where} has shape {x.shape}: neither axis 1 nor axis 3 has 1 or 3 channels; "
@@ -106,7 +107,8 @@ def load(root, split, test_fraction, seed):
             y = arrays.get(f"y_{p}")
             parts.append((x, None if y is None else _npz_labels(y, x.shape[0], f"npz: {path}[y_{p}]")))
         if len({x.shape[1:] for x, _ in parts}) > 1:
-            raise ValueError(f"npz: {path}: x_train and x_test differ in image shape: {[x.shape[1:] for x, _ in parts]}")
+            raise ValueError(f"npz: {path}: x_train and x_test differ in image shape: "
+                             f"{[x.shape[1:] for x, _ in parts]}")
         if len({y is None for _, y in parts}) > 1:
             raise ValueError(f"npz: {path}: one of x_train/x_test has labels (y_*) and the other has none")
         x = np.concatenate([x for x, _ in parts])

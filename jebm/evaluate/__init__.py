@@ -1,4 +1,4 @@
-"""Evaluation the papers use (DESIGN.md "Evaluation"), as functions; ``jebm eval``, ``jebm sample``
+"""Evaluation the papers use (docs/design.md, section 7), as functions; ``jebm eval``, ``jebm sample``
 and ``jebm report`` only parse arguments.
 
 - ``scores``: posterior samples of test images and the scores at them: reconstruction error,

@@ -3,19 +3,19 @@
 Images come in the model's convention, ``[N, C, H, W]`` in ``[-1, 1]`` with C = 1 or 3. Grids are
 tiled with ``skimage.util.montage`` and written as PNG with PIL. Tiny images (the 8x8 digits) are
 enlarged by an integer factor with nearest neighbour, so every pixel stays a crisp square and
-the grid can be read on screen. Files are written atomically (temporary file, then
-``os.replace``) so a run killed mid-write never leaves a half PNG where a previous grid was.
+the grid can be read on screen. Files are written atomically (``jebm.atomic``) so a run killed
+mid-write never leaves a half PNG where a previous grid was.
 """
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from ..atomic import atomic_write
 
 __all__ = ["to_uint8", "save_grid", "save_rows", "MIN_TILE", "PADDING", "FILL"]
 
@@ -68,20 +68,9 @@ def _write_png(grid: np.ndarray, path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"grid path must end in .png (the file is written as PNG); got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     # uint8 [H, W] gives mode L, uint8 [H, W, 3] gives RGB; no mode argument (deprecated in Pillow 11.3)
     img = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
-    # The temporary file lives in the target folder so os.replace is a same-filesystem rename.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def _montage(tiles: np.ndarray, rows: int, cols: int) -> np.ndarray:

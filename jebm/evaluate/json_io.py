@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from ..atomic import atomic_write
 
 __all__ = ["write_json", "read_json"]
 
 
 def write_json(obj, path: Path) -> Path:
     """Write ``obj`` as indented JSON to ``path`` through a temporary file (never half written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(obj, indent=2, default=str))
 
 
 def read_json(path: Path):

@@ -1,4 +1,4 @@
-"""The held-out-class outlier protocol of the papers (DESIGN.md "Evaluation"; ``jebm eval --outlier``).
+"""The held-out-class outlier protocol of the papers (docs/design.md, section 7; ``jebm eval --outlier``).
 
 Zenati et al.'s MNIST protocol, as LEBM (Pang et al. 2020) and CVPR 2023 (Cui, Wu & Han) use it:
 for each held-out class c and seed,
@@ -39,14 +39,15 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from ..data import load_dataset
 from ..train import TrainingDiverged, load_run, train
 from ..train.presets import resolve_config
 from .json_io import write_json
 from .scores import auprc, auroc, outlier_score_parts
 
-__all__ = ["outlier_experiment", "format_outlier_table", "outlier_test_set", "model_overrides", "PAPER_CLASSES", "MODELS", "MODEL_NAMES",
-           "PAPER_AUPRC", "DEFAULT_CHAINS"]
+__all__ = ["outlier_experiment", "format_outlier_table", "outlier_test_set", "model_overrides", "PAPER_CLASSES",
+           "MODELS", "MODEL_NAMES", "PAPER_AUPRC", "DEFAULT_CHAINS"]
 
 PAPER_CLASSES = (1, 4, 5, 7, 9)  # the held-out digits of the papers' MNIST outlier table
 MODELS = ("ebm", "gauss", "lebm")
@@ -229,8 +230,8 @@ def format_outlier_table(summary: dict) -> str:
         lines.append(f"  held-out {c}: {cells}   [chance {v['positive_fraction']:.3f}]")
     cm = summary.get("mean_of_class_means") or {}
     if cm:
-        lines.append("  mean over classes: " + "   ".join(f"{_SHORT[k]} {cm[k]['mean']:.3f}" if cm[k]["mean"] is not None
-                                                         else f"{_SHORT[k]} -" for k in models))
+        lines.append("  mean over classes: " + "   ".join(
+            f"{_SHORT[k]} {cm[k]['mean']:.3f}" if cm[k]["mean"] is not None else f"{_SHORT[k]} -" for k in models))
     lines.append("AUROC:")
     for c, v in rows:
         lines.append(f"  held-out {c}: " + "   ".join(f"{_SHORT[k]} {ms(v[k].get('auroc', {}))}" for k in models))
@@ -325,9 +326,7 @@ def _plot_outlier(summary: dict, path: Path) -> Path:
     ax.set_title(f"{summary['dataset']} ({what}), {summary['scheme']}, {summary['iters']} iters, "
                  f"{summary.get('n_chains', 1)} chains, seeds {summary['seeds']}", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

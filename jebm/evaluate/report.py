@@ -31,11 +31,11 @@ import html
 import io
 import json
 import math
-import os
 import re
 import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..bench import results as br
 from ..train.metrics_log import read_metrics
 from .json_io import read_json as _read_json
@@ -539,12 +539,4 @@ def write_report(run_dir, out=None, *, outlier=None, benchmarks=None) -> Path:
             f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
             f"<p class=note>{_e(run_dir.resolve())} &middot; written by <code>jebm report</code> at {now}; "
             "self-contained (images embedded).</p>" + nav + "".join(sections) + "</body></html>\n")
-    path = Path(out) if out is not None else run_dir / REPORT_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # open() honours the umask, mkstemp would not
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(Path(out) if out is not None else run_dir / REPORT_NAME, page)

@@ -83,7 +83,8 @@ def evaluate_run(run, out_dir=None, *, n_test: int | None = None, seed: int = 0,
         "run": str(r.checkpoint.parent), "checkpoint": str(r.checkpoint), "iteration": r.iteration,
         "dataset": cfg["dataset"], "scheme": cfg["scheme"], "preset": cfg["preset"], "split": "test",
         "n_test": int(images.shape[0]), "seed": seed, "backend": backend,
-        "posterior": "amortised" if (method == "amortised" or (method == "auto" and r.infer is not None)) else "langevin",
+        "posterior": ("amortised" if (method == "amortised" or (method == "auto" and r.infer is not None))
+                      else "langevin"),
         "reconstruction": reconstruction_error(model, images, infer=r.infer, method=method, seed=seed, backend=backend,
                                                sampling=r.sampling),
     }

@@ -1,4 +1,4 @@
-"""Scores of test images at posterior samples (DESIGN.md "Evaluation"): the posterior samples
+"""Scores of test images at posterior samples (docs/design.md, section 7): the posterior samples
 themselves (Langevin or the inference model), the reconstruction error, the outlier score (the
 negative log joint) and AUPRC.
 

@@ -1,6 +1,6 @@
 """The JEBM model: a multi-layer Gaussian generator with a joint latent-space EBM prior.
 
-Math (DESIGN.md section 1), layers l = 1..L, z_1 next to the image:
+Math (docs/design.md, section 1), layers l = 1..L, z_1 next to the image:
     p(z_L) = N(0, I),  p(z_l | z_{l+1}) = N(mu_l, diag sigma_l^2),  sigma_l = exp(raw) + floor
     p(x | z_1) = N(g(z_1), sigma_x^2 I)
     p(z) = exp(F(z)) p_beta(z) / Z,  F(z) = sum_l f_l(z_l) + f_0(concat z)   (f: negative energies)
@@ -94,7 +94,8 @@ class JEBM(nn.Module):
         self.gaussians = nn.ModuleList(
             mlp([dims[l + 1], *cfg["gauss_hidden"][l], 2 * dims[l]], gauss_activation) for l in range(L - 1))
         if ebm:
-            self.layer_energies = nn.ModuleList(mlp([d, *h, 1], ebm_activation) for d, h in zip(dims, cfg["ebm_hidden"]))
+            self.layer_energies = nn.ModuleList(mlp([d, *h, 1], ebm_activation)
+                                                for d, h in zip(dims, cfg["ebm_hidden"]))
             self.joint = mlp([sum(dims), *cfg["joint_hidden"], 1], ebm_activation) if joint_hidden is not None else None
         else:
             self.layer_energies = None
@@ -229,7 +230,7 @@ class JEBM(nn.Module):
         return diff.pow(2).sum(-1) / (2 * self.sigma_x ** 2)
 
     def neg_log_joint(self, x: torch.Tensor, z: list[torch.Tensor]) -> torch.Tensor:
-        """||x - g(z_1)||^2/(2 sigma_x^2) + U(z): the outlier score of DESIGN.md, [B]."""
+        """||x - g(z_1)||^2/(2 sigma_x^2) + U(z): the outlier score (docs/design.md, section 7), [B]."""
         self._check_images(x)
         return self.recon_energy(x, z[0]) + self.energy(z)
 
@@ -322,7 +323,7 @@ class JEBM(nn.Module):
 
     def hierarchical_samples(self, n: int, *, n_steps: int | None = None, step_size=None, noise_scale=None,
                              space: str | None = None, generator=None, backend: str = "auto"):
-        """Hierarchical sampling (DESIGN.md evaluation): draw one z from the prior, then for each
+        """Hierarchical sampling (docs/design.md, section 7): draw one z from the prior, then for each
         layer l (top first) resample z_l ``n`` times with the other layers fixed, by Langevin on
         U restricted to layer l. Returns one image tensor [n, C, H, W] per layer, top layer first.
 

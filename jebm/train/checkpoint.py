@@ -5,11 +5,12 @@ optimizer state dicts, RNG states, the Philox (seed, offset) as ints), read back
 ``torch.load(weights_only=True)``, so loading one never runs pickled code: a pickle that names any
 other object is refused (a ValueError, nothing executed).
 
-Atomic write: the bytes go to a temporary file in the same folder and are fsync'ed; the current
-``checkpoint.pt`` becomes ``checkpoint.prev.pt`` (a hard link first, so ``checkpoint.pt`` exists at
-every moment), then ``os.replace`` renames the temporary file over ``checkpoint.pt`` (atomic on
-POSIX and Windows); the folder is fsync'ed so the renames survive a crash. A process killed at any
-moment leaves the last good checkpoint, and the one before it, intact.
+Atomic write (``jebm.atomic.atomic_write``): the bytes go to a temporary file in the same folder
+and are fsync'ed; the current ``checkpoint.pt`` becomes ``checkpoint.prev.pt`` (a hard link first,
+so ``checkpoint.pt`` exists at every moment), then ``os.replace`` renames the temporary file over
+``checkpoint.pt`` (atomic on POSIX and Windows); the folder is fsync'ed so the renames survive a
+crash. A process killed at any moment leaves the last good checkpoint, and the one before it,
+intact.
 
 Verification: format 2 embeds ``sha256``, a digest of everything else in the checkpoint (every
 tensor's dtype, shape and bytes, every value), recomputed on load. A file cut short fails in
@@ -25,6 +26,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from ..atomic import TEMP_MARK, atomic_write
 
 __all__ = ["CHECKPOINT_NAME", "PREVIOUS_NAME", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint",
            "find_checkpoint", "newest_good_checkpoint", "content_digest", "remove_stale_temporaries"]
@@ -71,29 +74,20 @@ def save_checkpoint(obj: dict, path: str | os.PathLike, *, keep_previous: bool =
     """Write ``obj`` plus its ``sha256`` to ``path`` atomically, keeping the file it replaces as
     ``checkpoint.prev.pt`` beside it (``keep_previous``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in obj.items() if k != "sha256"}
     payload["sha256"] = content_digest(payload)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def before_replace():
         _test_pause(payload)
         if keep_previous and path.exists():
             _keep_as_previous(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+
+    return atomic_write(path, lambda f: torch.save(payload, f), fsync=True, before_replace=before_replace)
 
 
 def _keep_as_previous(path: Path) -> None:
     prev = path.with_name(PREVIOUS_NAME)
-    link = prev.with_name(f".{prev.name}.tmp-{os.getpid()}")
+    link = prev.with_name(f".{prev.name}{TEMP_MARK}{os.getpid()}")
     try:
         if link.exists():
             link.unlink()
@@ -105,19 +99,6 @@ def _keep_as_previous(path: Path) -> None:
         if link.exists():
             link.unlink()
         os.replace(path, prev)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:  # make the renames durable; not every platform can open a folder
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _test_pause(payload: dict) -> None:
@@ -232,7 +213,7 @@ def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temporary files a killed writer left in ``run_dir`` (never read: a temporary
     file may be incomplete). Returns what was removed."""
     removed = []
-    for p in Path(run_dir).glob(".checkpoint*.tmp-*"):
+    for p in Path(run_dir).glob(f".checkpoint*{TEMP_MARK}*"):
         try:
             p.unlink()
             removed.append(p)

@@ -39,7 +39,8 @@ class DistributedBatchSampler(torch.utils.data.Sampler):
         self.start, self.stop = start, stop
 
     def batch(self, it: int) -> torch.Tensor:
-        return batch_indices(self.n, self.batch_size, self.seed, it)[self.rank * self.local:(self.rank + 1) * self.local]
+        first = self.rank * self.local
+        return batch_indices(self.n, self.batch_size, self.seed, it)[first:first + self.local]
 
     def __iter__(self):
         it = self.start

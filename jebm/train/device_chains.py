@@ -1,4 +1,4 @@
-"""The trainer's chains on the GPU path (issue 14): built once per batch shape and settings,
+"""The trainer's chains on the GPU path: built once per batch shape and settings,
 captured in a CUDA graph on CUDA, replayed each iteration with fresh noise.
 
 - ``make_chain``: the chain for a trainer backend: a ``jebm_kernels.GraphSafeChain`` (the fused

@@ -1,4 +1,4 @@
-"""The trainer's GPU path (issue 14): one training iteration with no host synchronisation.
+"""The trainer's GPU path: one training iteration with no host synchronisation.
 
 On CUDA (``JEBM_DEVICE_PATH`` unset or ``auto``) a trainer's iteration is:
 - the prior chain: ``jebm_kernels``' whole-chain op (one fused launch: the cuda or Triton kernel)
@@ -18,22 +18,22 @@ Noise: each chain takes its counters from the trainer's ``PhiloxGenerator`` exac
 ``langevin`` does (start noise, then ``n_steps * stride``), so the GPU path draws the stream of
 the eager path and stays resumable from the checkpointed (seed, offset).
 
-Divergence on this path: the iteration's non-finite check is no longer made before its update,
-so an iteration with a NaN loss does update the parameters (to NaN) and the run goes on until the
+Divergence on this path: the iteration's non-finite check is not made before its update, so an
+iteration with a NaN loss does update the parameters (to NaN) and the run goes on until the
 next read point. There ``DeviceMetrics.read`` reports the first non-finite iteration j in the
 window, the metric and that iteration's values; the loop then logs and rolls back (or raises)
 exactly as if it had stopped at j: the lines logged before j are the same, the ``diverged`` line
 is j's, and the rollback target is the same checkpoint, because every checkpoint iteration is a
-read point and a checkpoint is written only after its read found the window finite (and, as
-before, only from finite parameters). What changes: up to ``log_every`` - 1 iterations of
-wasted work after a divergence, and when ``TrainingDiverged`` is raised the in-memory model is the
-diverged one (the checkpoint on disk is the last good state, as before).
+read point and a checkpoint is written only after its read found the window finite (and, as on
+the eager path, only from finite parameters). What differs from the eager path: up to
+``log_every`` - 1 iterations of wasted work after a divergence, and when ``TrainingDiverged`` is
+raised the in-memory model is the diverged one (the checkpoint on disk is the last good state).
 
 ``JEBM_DEVICE_PATH``: ``auto`` (default: on for a model on CUDA, with CUDA graphs; off on the
-CPU), ``0`` (off: the eager path everywhere, today's code), ``1`` (on; graphs where the model is
+CPU), ``0`` (off: the eager path everywhere), ``1`` (on; graphs where the model is
 on CUDA), ``eager`` (on, no graphs: the chains run eagerly through the same objects). The path is
 off under torchrun and with ``learn_step_size`` (its differentiable chain runs eagerly).
-On the CPU the default is the eager path, bit for bit as before this module existed.
+On the CPU the default is the eager path.
 """
 from __future__ import annotations
 
@@ -98,11 +98,13 @@ class DevicePath:
         the same starts and noise, z-space layers [n, d_l]."""
         model = self.trainer.model
         s = settings.prior()
-        init = chains.state if (chains.persistent and chains.state is not None and chains.state[0].shape[0] == n) else None
+        persistent = chains.persistent and chains.state is not None and chains.state[0].shape[0] == n
+        init = chains.state if persistent else None
         if (not model.has_ebm and init is None) or s["n_steps"] == 0:
             return chains.sample(model, n, generator=generator, backend=backend, **s)  # no chain to run
         p = next(model.parameters())
-        start = list(init) if init is not None else randn_layers(n, model.dims, generator, device=p.device, dtype=p.dtype)
+        start = (list(init) if init is not None
+                 else randn_layers(n, model.dims, generator, device=p.device, dtype=p.dtype))
         space = s["space"]
 
         def build(generator):

@@ -32,7 +32,7 @@ from .trainer import first_non_finite
 __all__ = ["DistContext", "setup", "teardown", "rank_seed", "make_step",
            "mean_over_ranks", "gather_objects", "barrier", "check_replicas_agree"]
 
-_MASK64 = (1 << 64) - 1
+_MASK64 = (1 << 64) - 1  # SplitMix64 computes modulo 2**64
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,12 @@ trainer's Langevin step sizes (``Trainer.sampling``; the model's config is never
 ``metrics.jsonl`` line ``{"iter": <reloaded iteration>, "rollback": k, "diverged_at": ...,
 "lr_scale": ..., "step_scale": ...}`` and later lines carry the scales.
 
-GPU path (issue 14, ``jebm.train.device_step``): with the model on CUDA an iteration runs its
+GPU path (``jebm.train.device_step``): with the model on CUDA an iteration runs its
 chains from CUDA graphs and reads nothing on the host; the metrics are read, and checked for
 divergence, every ``log_every`` iterations and at every checkpoint, snapshot and the last
 iteration. A divergence is then handled as of its first non-finite iteration (same log lines,
 same checkpoint to roll back to); the iterations after it up to the read were computed and
-discarded. ``JEBM_DEVICE_PATH=0`` restores the per-iteration host check on CUDA.
+discarded. With ``JEBM_DEVICE_PATH=0`` every iteration is checked on the host, on CUDA too.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ import torch
 
 import jebm_kernels as jk
 
+from ..atomic import atomic_write
 from ..evaluate.images import save_grid, save_rows
 from . import distributed as dp
 from . import rng_state
@@ -204,7 +205,7 @@ def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, de
         done = state.restore(ckpt)
     model.train()
     step = dp.make_step(trainer, ctx, device)
-    # issue 14 hook: on the GPU path the metrics stay on the device between read points (device_step.py)
+    # on the GPU path the metrics stay on the device between read points (device_step.py)
     device_metrics = DeviceMetrics() if getattr(trainer, "device_path", None) is not None and not ctx.enabled else None
 
     dp.barrier(ctx)  # every rank has read the run folder before rank 0 writes to it
@@ -214,7 +215,7 @@ def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, de
         if damaged_newest and ckpt_path.exists():
             # checkpoint.pt is damaged: set it aside, or the next write would rotate it over the good one
             os.replace(ckpt_path, ckpt_path.with_name(CHECKPOINT_NAME + ".damaged"))
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        atomic_write(run_dir / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
     log = MetricsLog(run_dir / "metrics.jsonl", ctx.is_main)
     log.truncate(done)
 
@@ -266,7 +267,7 @@ def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, de
                 x = images[sampler.batch(it)]
                 values, bad = step(x, generator=state.gen, backend=cfg["backend"])
                 it += 1
-                if device_metrics is not None:  # issue 14 hook: read (and check) only at read points
+                if device_metrics is not None:  # the GPU path: read (and check) only at read points
                     device_metrics.add(it, values)
                     if not must_read(it, cfg, total):
                         bar.update(1)
@@ -277,7 +278,8 @@ def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, de
                     it = diverged(it, bad, (
                         f"training diverged at iteration {it}: {bad} = {values[bad]} "
                         f"(losses {', '.join(f'{k}={v:.4g}' for k, v in values.items())}); no update was applied; "
-                        f"the last good checkpoint (iteration {last_good['iteration']}) is kept at {last_good['path']}. "
+                        f"the last good checkpoint (iteration {last_good['iteration']}) is kept at "
+                        f"{last_good['path']}. "
                         "Try smaller Langevin step sizes or learning rates, or rollback_retries=N."))
                     t_last_log, it_last_log = time.perf_counter(), it
                     continue

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
+from ..atomic import atomic_write
 from .tensorboard import TBWriter
 
 __all__ = ["MetricsLog", "read_metrics", "truncate_metrics", "jsonable", "plot_curves"]
@@ -52,9 +52,7 @@ def truncate_metrics(path: Path, done: int) -> None:
     if not path.exists():
         return
     keep = [l for l in read_metrics(path) if int(l.get("iter", 0)) <= done]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(l) + "\n" for l in keep))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(l) + "\n" for l in keep))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -89,7 +87,7 @@ def plot_curves(lines: list[dict], path: Path) -> None:
         ax.set_xlabel("iteration", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

@@ -1,4 +1,4 @@
-"""The MLE learning scheme (Cui, Wu & Han, CVPR 2023; DESIGN.md "Learning, MLE scheme").
+"""The MLE learning scheme (Cui, Wu & Han, CVPR 2023; docs/design.md, section 2).
 
 One iteration on a batch x:
 1. z+ ~ p(z | x) by posterior Langevin from noise; z- ~ p(z) by prior Langevin from noise.
@@ -52,7 +52,7 @@ class MLETrainer(Trainer):
         if self.short_run is not None:
             z_pos, post_metrics = self.short_run.sample(x, self.sampling, generator=generator)
         else:
-            z_pos = self.sample_posterior(x, generator=generator, backend=backend)  # issue 14 hook (Trainer)
+            z_pos = self.sample_posterior(x, generator=generator, backend=backend)  # the GPU path or not: Trainer
         z_neg = self.sample_prior(x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
 
         recon = model.decode(z_pos[0])
@@ -75,4 +75,4 @@ class MLETrainer(Trainer):
         metrics.update(post_metrics)
         if self.short_run is not None:
             total = total + self.short_run.surrogate()  # the step sizes' gradient, through the same backward
-        return self.metric_values(metrics), total  # issue 14 hook: floats, or device tensors on the GPU path
+        return self.metric_values(metrics), total  # floats, or device tensors on the GPU path

@@ -12,18 +12,16 @@ Presets:
     cores: two latent layers d = (16, 8), MLP energies and Gaussians of width 64, an MLP decoder
     16-128-128-(C*H*W); 2000 iterations of batch 100. Each setting below was measured
     (README "Training: defaults and what they rest on"):
-    - MLE scheme: Langevin in z-space, as the CVPR code (eps-space posterior chains shrank sigma of
-      p(z_1|z_2) towards its floor: median 1.0 -> 0.12 by iteration 2700 on digits, and that run
-      diverged; in z-space it stays near 0.9); the papers' chain lengths, prior 60 steps of
-      s = 0.3 (s = 0.4 blew up near iteration 6000 on digits in 2 of 2 seeds) and posterior 40
-      steps of s = 0.1; Adam 3e-4 for every part (the issue's stable setting).
+    - MLE scheme: Langevin in z-space, as the CVPR code (eps-space posterior chains shrink sigma of
+      p(z_1|z_2) towards its floor and the run diverges on digits); the papers' chain lengths, prior
+      60 steps of s = 0.3 (s = 0.4 diverges on digits) and posterior 40 steps of s = 0.1; Adam 3e-4
+      for every part.
     - ``ebm_l2`` = 0.1: alpha's loss gains 0.1 (F(z+)^2 + F(z-)^2); without it the gap F(z+) - F(z-)
-      ran away and the prior chain diverged at 6,000-13,000 iterations on digits.
-    - Variational scheme (``SCHEME_DEFAULTS``): eps-space prior chains (in z-space sigma exploded and
-      the chain diverged within 500 iterations), lr_ebm 1e-4, and tanh in p(z_l|z_{l+1})'s MLP: with
-      sigma = exp(raw) + floor unbounded, F(z(eps)) grows exponentially along some eps_2, the eps-space
-      prior energy is unbounded below and a chain ran off after ~120 iterations on mnist5k; tanh
-      bounds raw (and so sigma) for any fixed weights.
+      runs away and the prior chain diverges on digits.
+    - Variational scheme (``SCHEME_DEFAULTS``): eps-space prior chains (in z-space sigma explodes and
+      the chain diverges), lr_ebm 1e-4, and tanh in p(z_l|z_{l+1})'s MLP: with sigma = exp(raw) +
+      floor unbounded, F(z(eps)) grows exponentially along some eps_2 and the eps-space prior energy
+      is unbounded below; tanh bounds raw (and so sigma) for any fixed weights.
 
 ``"cvpr-cifar10"``
     Cui, Wu & Han, CVPR 2023, CIFAR-10 (their ``train_cifar10.py``): L = 2, d = (128, 100);
@@ -78,7 +76,7 @@ _BASE = dict(
     sigma_x=0.3,
     sigma_floor=0.01,
     # sampling
-    space="z",               # "z" or "eps": where the Langevin chains run (default preset: z for mle, eps for variational)
+    space="z",               # "z" or "eps": where the chains run (default preset: z for mle, eps for variational)
     prior_steps=60,
     prior_step_size=0.3,     # float or one per layer
     post_steps=40,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..model import JEBM, SamplingSettings
-from .device_step import DevicePath  # issue 14: the GPU path
+from .device_step import DevicePath
 from .short_run import LearnedPosterior
 
 __all__ = ["Trainer", "PriorChains", "first_non_finite"]
@@ -71,7 +71,7 @@ class Trainer:
         # The chains' settings as configured, and the ones in use (a rollback scales the step sizes).
         self.base_sampling = SamplingSettings.from_config(model.config)
         self.sampling = self.base_sampling
-        # issue 14 hook: the GPU path (chains in CUDA graphs, metrics on the device); None on the CPU
+        # the GPU path (chains in CUDA graphs, metrics on the device); None on the CPU
         self.device_path = DevicePath.auto(self)
 
     def scale_step_sizes(self, factor: float) -> None:
@@ -80,20 +80,20 @@ class Trainer:
 
     def sample_prior(self, n: int, *, generator, backend: str) -> list[torch.Tensor]:
         """The negative phase: ``n`` samples of the prior chains with this trainer's settings."""
-        if self.device_path is not None:  # issue 14 hook: the GPU path
+        if self.device_path is not None:  # the GPU path
             return self.device_path.sample_prior(self.prior_chains, n, generator=generator, backend=backend,
                                                  settings=self.sampling)
         return self.prior_chains.sample(self.model, n, generator=generator, backend=backend, **self.sampling.prior())
 
     def sample_posterior(self, x: torch.Tensor, *, generator, backend: str) -> list[torch.Tensor]:
         """The positive phase's posterior chain with this trainer's settings (z-space layers)."""
-        if self.device_path is not None:  # issue 14 hook: the GPU path
+        if self.device_path is not None:  # the GPU path
             return self.device_path.sample_posterior(x, generator=generator, backend=backend, settings=self.sampling)
         return self.model.sample_posterior(x, generator=generator, backend=backend, **self.sampling.posterior())
 
     def metric_values(self, metrics: dict) -> dict:
         """An iteration's metrics as ``loss`` returns them: floats (a host read), or on the GPU path
-        detached device tensors that the loop reads every ``log_every`` iterations (issue 14 hook)."""
+        detached device tensors that the loop reads every ``log_every`` iterations."""
         if self.device_path is not None:
             return {k: v.detach() if torch.is_tensor(v) else v for k, v in metrics.items()}
         return {k: float(v.detach()) for k, v in metrics.items()}
@@ -132,7 +132,7 @@ class Trainer:
         host, the update is always applied and the first element is never a metric name: the
         training loop checks them at its read points (``jebm.train.device_step``)."""
         values, total = self.loss(x, generator=generator, backend=backend)
-        if self.device_path is not None:  # issue 14 hook: no host read; the loop checks later
+        if self.device_path is not None:  # no host read; the loop checks later
             self.apply(total)
             return values, None
         bad = first_non_finite(values)

@@ -1,4 +1,4 @@
-"""The variational learning scheme (DESIGN.md "Learning, variational scheme").
+"""The variational learning scheme (docs/design.md, section 2).
 
 An amortised inference model q_phi(z | x) (``jebm.model.inference.InferenceModel``: bottom-up
 features, then q(z_L | x) and q(z_l | z_{l+1}, x), reparameterised) replaces posterior Langevin.
@@ -41,7 +41,8 @@ class VariationalTrainer(Trainer):
     def __init__(self, model: JEBM, cfg: dict, infer: InferenceModel | None = None):
         super().__init__(model, cfg)
         p = next(model.parameters())
-        self.infer = (infer if infer is not None else build_inference_model(cfg, model.image_shape)).to(p.device, p.dtype)
+        infer = infer if infer is not None else build_inference_model(cfg, model.image_shape)
+        self.infer = infer.to(p.device, p.dtype)
         self.opt_gen = torch.optim.Adam([
             {"params": model.generator_parameters(), "lr": cfg["lr_gen"]},
             {"params": list(self.infer.parameters()), "lr": cfg["lr_infer"]},
@@ -104,4 +105,4 @@ class VariationalTrainer(Trainer):
             if loss_ebm is not None:
                 total = total + model.F([t.detach() for t in z_q]).mean() - F_pos
             total = total + self.short_run.surrogate()  # the step sizes' gradient, through the same backward
-        return self.metric_values(metrics), total  # issue 14 hook: floats, or device tensors on the GPU path
+        return self.metric_values(metrics), total  # floats, or device tensors on the GPU path
