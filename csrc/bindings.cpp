@@ -460,7 +460,7 @@ void philox_uniform_pairs(uint64_t seed, uint64_t offset, int64_t n, uint64_t u1
 // proposal's two densities, den_l = 2 (s_l tau)^2), accepted when log(uniform) < log alpha; an
 // accepted chain takes x', g' and U(x') in place of x, g and U(x). The sums run in double, chain by
 // chain in feature order. One call instead of the ~20 small torch ops the same arithmetic takes in
-// Python (about 25 us per step at B = 8 on Zen 5, a fifth of a small energy's step).
+// Python.
 void mala_select(int64_t B, const std::vector<int64_t>& dims, const std::vector<uint64_t>& x,
                  const std::vector<uint64_t>& prop, const std::vector<uint64_t>& g, const std::vector<uint64_t>& g_prop,
                  const std::vector<uint64_t>& noise, uint64_t u, uint64_t u_prop, uint64_t uniform,

@@ -3,7 +3,7 @@
 //
 // The same math, term by term and in the same order of float32 operations where it matters, as
 // the cpu backend (energy.h: eval_block, chain.h: chain_block) and the Triton kernel
-// (jebm_kernels/prior_chain/triton.py: _energy_grad, _propose, the MALA loop); see cuda_kernels.h for U.
+// (jebm_kernels/prior_chain/triton_kernel.py: _energy_grad, _propose, the MALA loop); see cuda_kernels.h for U.
 // The noise is philox.h's philox_normal / philox_uniform (tl.randn / tl.rand) at the problem.py
 // layout: step k, layer l, chain b, feature j draws counter
 //     offset + k * stride + B * (d_1 + ... + d_{l-1}) + b * d_l + j,
@@ -12,9 +12,9 @@
 // nvcc compiles with --fmad=false: no implicit contraction, so the element-wise formulas round as
 // the reference's separate torch kernels do; the GEMMs use explicit fmaf.
 //
-// GPU design (the issue's target: the CVPR prior, L = 2, d = (128, 100), f_1 128-200-200-200-1,
-// f_2 100-100-100-1, Gaussian MLP 100-200-200-200-200-256, batch 100, K = 60). Design arguments:
-// no GPU was available where this was written.
+// GPU design, for the CVPR prior (L = 2, d = (128, 100), f_1 128-200-200-200-1, f_2 100-100-100-1,
+// Gaussian MLP 100-200-200-200-200-256, batch 100, K = 60); design reasoning, not measurements
+// (BENCHMARKS.md holds what was measured).
 // * One block = BC chains (4, or 8 for batches above 4 chains per SM) and 256 threads; it runs all
 //   K steps of its chains with the step loop inside the kernel. Chains never interact, so there is
 //   no grid-wide synchronisation; __syncthreads separates the phases within a block. B = 100 runs
@@ -22,27 +22,19 @@
 // * Per-chain state lives in a scratch matrix in global memory, [rows][BC] (feature-major, a row
 //   holds one feature of the block's BC chains): X, G, the MALA proposal X', G', eps-space Z, GZ,
 //   the upstream gradient GO, two ping-pong rows T0/T1 for the backward, and per Linear its output
-//   and act'. ~5,900 rows for CVPR: 94 KB per block of 4 chains, written and re-read within
-//   microseconds by the same SM, so it stays in L1/L2. Only the grid's blocks have scratch
-//   (the grid is capped at 2 blocks per SM and loops over chain blocks): memory is bounded for any B.
-// * Where the weights live: one packed buffer in global memory with both W^T (forward: column n of
-//   a layer reads W^T[k][n], coalesced across the threads that own consecutive n) and W (input
-//   gradient, likewise), 2.6 MB for CVPR, read with __ldg by every block once per energy
-//   evaluation. It stays resident in L2 (50 MB on H100, 40 MB on A100) for the whole chain; per SM
-//   and step that is ~2.6 MB of L2 reads, ~25 us at ~100 GB/s per SM, overlapping the FMAs.
+//   and act'. ~5,900 rows for CVPR: 94 KB per block of 4 chains, written and re-read by the same
+//   SM. Only the grid's blocks have scratch (the grid is capped at 2 blocks per SM and loops over
+//   chain blocks): memory is bounded for any B.
+// * Where the weights live: one packed buffer in global memory (jebm_kernels/prior_chain/packing.py)
+//   with both W^T (forward: column n of a layer reads W^T[k][n], coalesced across the threads that
+//   own consecutive n) and W (input gradient, likewise), 2.6 MB for CVPR, read with __ldg by every
+//   block once per energy evaluation, small enough to stay in L2 for the whole chain.
 // * GEMM (out[BC, N] = in[BC, K] @ M[K, N]): the block's input rows are staged through shared
 //   memory in chunks of KC = 256 features (BC floats each, read as broadcasts); thread n keeps BC
 //   accumulators, one weight load feeds BC FMAs. Narrow layers (N <= 128) split the reduction over
 //   G = 256 / N thread groups (powers of two) and combine them by a fixed tree in shared memory, so
 //   a 100-wide layer still uses 200 threads and a scalar output (N = 1) all 256; the summation
 //   order is fixed by N alone, so results are deterministic run to run.
-// * Work per step and block (B = 100, BC = 4): 4 chains x ~1.9 MFLOP (forward + input gradient of
-//   three MLPs) = 7.6 MFLOP; at 30-50% of an SM's ~0.45 TFLOP/s float32 FMA rate that is 35-55 us
-//   per step, 2-3.5 ms for K = 60, against ~80-130 ms for the eager reference (~270 launches of
-//   5-8 us host time per step: autograd forward/backward of three MLPs plus ~130 element-wise ops
-//   of the torch Philox stream), i.e. 25-50x (target >= 20x), and against ~35-50 ms for the
-//   reference captured as a CUDA graph (~270 dependent tiny kernels at 2-3 us each), 10-20x
-//   (target >= 2x).
 // * Seed, offset and every counter are 64-bit: offsets past 2^32 and chains of any length are exact.
 //   They are kernel arguments, or read from a device int64 [seed, base offset] tensor (the offset
 //   argument is added to the base) so that a captured launch draws fresh noise once the caller

@@ -5,7 +5,8 @@ Public API: ``langevin`` (the sampler), ``LangevinSampler`` (torchebm-style clas
 descriptions in ``spec`` and ``PriorEnergy`` / ``PosteriorEnergy``, ``available_backends`` and
 ``BACKENDS``; ``GraphSafeChain`` (a chain CUDA graphs can capture and replay with fresh noise) and
 ``ops`` (the fused kernels as ``torch.ops.jebm.*`` custom ops, ``FusedPriorChain`` for
-torch.compile); ``diagnostics`` (ESS, split and nested R-hat of a trajectory). ARCHITECTURE.md maps the modules behind them.
+torch.compile); ``diagnostics`` (ESS, split and nested R-hat of a trajectory). ARCHITECTURE.md
+maps the modules behind them.
 """
 from . import (
     diagnostics,

@@ -13,7 +13,7 @@ from . import fusion
 from .energies import PosteriorEnergy, PriorEnergy
 from .philox import PhiloxGenerator, check_philox
 from .problem import Problem, Reading
-from .spec import MLPSpec, PriorSpec
+from .spec import PriorSpec
 
 __all__ = ["make_problem", "make_op_problem", "check_op_layers"]
 
@@ -37,12 +37,9 @@ def _per_layer(value, n_layers: int, what: str) -> tuple[float, ...]:
 
 
 def _spec_weights(spec: PriorSpec | None, posterior: PosteriorEnergy | None):
-    mlps = [] if spec is None else [*spec.layer_terms, spec.joint_term, *(g.mlp for g in spec.gaussians)]
-    if posterior is not None and isinstance(posterior.decoder, MLPSpec):
-        mlps.append(posterior.decoder)
-    for m in mlps:
-        if m is not None:
-            yield from (t for t in (*m.weights, *m.biases) if t is not None)
+    if spec is not None:
+        for e in spec.mlps(posterior.decoder if posterior is not None else None):
+            yield from (t for t in (*e.mlp.weights, *e.mlp.biases) if t is not None)
     if posterior is not None and isinstance(posterior.decoder, nn.Module):
         yield from posterior.decoder.parameters()
 
@@ -98,7 +95,8 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
         if t.shape[0] != B:
             raise ValueError(f"every layer needs the same batch size: z[0] has {B} chains, z[{i}] has {t.shape[0]}")
         if t.device != layers[0].device:
-            raise ValueError(f"z[{i}] is on {t.device} but z[0] is on {layers[0].device}: put every layer on one device")
+            raise ValueError(f"z[{i}] is on {t.device} but z[0] is on {layers[0].device}: "
+                             "put every layer on one device")
         if t.dtype != layers[0].dtype:
             raise TypeError(f"z[{i}] has dtype {t.dtype} but z[0] has {layers[0].dtype}: use one dtype")
         if math.prod(t.shape[1:]) == 0:

@@ -11,7 +11,7 @@ supplied by the caller:
   MALA's accept step done elsewhere (the cpu backend's one C++ call), in place on x, g and u;
   None when it cannot take these tensors (the torch formulas below then run).
 
-The update (DESIGN.md), all layers together, per-layer step size s_l, noise scale tau:
+The update (docs/design.md, section 3), all layers together, per-layer step size s_l, noise scale tau:
     z_l <- z_l - (s_l^2 / 2) dU/dz_l + s_l * tau * xi_l,    xi = Philox normals (problem.py layout)
 MALA proposes that move and accepts it with probability
     min(1, exp(-U(z') + U(z) + log q(z | z') - log q(z' | z))),  q(z'|z) = N(z - s^2/2 grad U(z), s^2 tau^2)

@@ -109,7 +109,8 @@ def _superchain_groups(n_chains: int, superchains) -> torch.Tensor:
         ids = superchains.cpu() if torch.is_tensor(superchains) else torch.as_tensor(superchains)
     except (TypeError, ValueError, RuntimeError):
         ids = None
-    if ids is None or ids.dim() != 1 or ids.numel() != n_chains or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+    if (ids is None or ids.dim() != 1 or ids.numel() != n_chains or ids.dtype.is_floating_point
+            or ids.dtype == torch.bool):
         raise ValueError(f"superchains must be an int K or one integer id per chain ({n_chains}), got "
                          f"{superchains!r}")
     labels = ids.unique()

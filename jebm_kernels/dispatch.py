@@ -122,7 +122,7 @@ class CpuBackend(Backend):
     shared loop with the decoder term by autograd and the prior terms in C++; any other energy
     (a closure, a conv net, a prior beyond the kernels' limits) on the shared loop with autograd's
     gradient, the C++ update (noise and step in one call) and MALA's accept step in one call:
-    faster than the reference, and within ~2% of a hand-written loop where autograd dominates
+    faster than the reference, and close to a hand-written loop where autograd dominates
     (BENCHMARKS.md, closure-conv). Refuses only what lies in the input (``prior_chain_cpu.InputFault``:
     NaN/inf weights or observations, mismatched structure), saying why."""
     name = "cpu"

@@ -1,6 +1,6 @@
 """What every fused kernel (cpu, cuda) requires of an energy spec, beyond its own size limits:
-the MLPs it holds, by name for the messages, scalars and constants the kernels can represent in
-float32, and weights they can read."""
+scalars and constants the kernels can represent in float32, activations they implement, and
+weights they can read. The MLPs, and their names in the messages, are ``PriorSpec.mlps``'s."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,9 @@ import struct
 
 import torch
 
-from .spec import MLPSpec, PriorSpec
+from .spec import PriorMLPs, PriorSpec
 
-__all__ = ["FLOAT32_MAX", "float32", "named_mlps", "scalars_reason", "step_constants_reason", "float32_constants_reason",
+__all__ = ["FLOAT32_MAX", "float32", "scalars_reason", "step_constants_reason", "float32_constants_reason",
            "activations_reason", "tensor_reason"]
 
 FLOAT32_MAX = 3.0e38  # what the bindings accept as a finite float32 (csrc/binding_checks.h finite_float)
@@ -21,24 +21,14 @@ def float32(v: float) -> float:
     return struct.unpack("f", struct.pack("f", v))[0] if abs(v) <= FLOAT32_MAX else math.inf
 
 
-def named_mlps(spec: PriorSpec, decoder=None) -> list[tuple[str, MLPSpec]]:
-    """Every MLP of the prior (and an MLP decoder), named as the refusal messages call them."""
-    mlps = [(f"layer term {l + 1}", t) for l, t in enumerate(spec.layer_terms) if t is not None]
-    if spec.joint_term is not None:
-        mlps.append(("joint term", spec.joint_term))
-    mlps += [(f"Gaussian {l + 1}", g.mlp) for l, g in enumerate(spec.gaussians)]
-    if isinstance(decoder, MLPSpec):
-        mlps.append(("decoder", decoder))
-    return mlps
-
-
-def scalars_reason(spec: PriorSpec, mlps: list[tuple[str, MLPSpec]]) -> str | None:
-    """Why a kernel cannot run the spec's scalar settings, or None."""
-    for name, m in mlps:
+def scalars_reason(spec: PriorSpec, mlps: PriorMLPs) -> str | None:
+    """Why a kernel cannot run the spec's scalar settings, or None (``mlps``: ``spec.mlps(...)``)."""
+    for e in mlps:
+        m = e.mlp
         if "softplus" in (m.activation, m.out_activation) and m.act_param == 0:
-            return f"the {name} uses Softplus with beta = 0"
+            return f"the {e.name} uses Softplus with beta = 0"
         if not math.isfinite(m.act_param):
-            return f"the {name}'s activation parameter is not finite"
+            return f"the {e.name}'s activation parameter is not finite"
     for l, g in enumerate(spec.gaussians):
         if not math.isfinite(g.sigma_floor):
             return f"Gaussian {l + 1}'s sigma_floor is not finite"
@@ -47,12 +37,12 @@ def scalars_reason(spec: PriorSpec, mlps: list[tuple[str, MLPSpec]]) -> str | No
     return None
 
 
-def activations_reason(mlps: list[tuple[str, MLPSpec]], known: frozenset, backend: str) -> str | None:
+def activations_reason(mlps: PriorMLPs, known: frozenset, backend: str) -> str | None:
     """An activation this build of the extension does not implement (built from an older table)."""
-    for name, m in mlps:
-        for a in (m.activation, m.out_activation):
+    for e in mlps:
+        for a in (e.mlp.activation, e.mlp.out_activation):
             if a not in known:
-                return f"the {name} uses {a}, which this build of the {backend} kernels lacks (rebuild the extension)"
+                return f"the {e.name} uses {a}, which this build of the {backend} kernels lacks (rebuild the extension)"
     return None
 
 

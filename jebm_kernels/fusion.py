@@ -37,7 +37,7 @@ from . import traces
 from .chain import autograd_energy_and_grad
 from .energies import PosteriorEnergy, PriorEnergy
 from .problem import Reading
-from .spec import MLPSpec, PriorSpec, mlp_spec_from_sequential, posterior_energy, prior_energy
+from .spec import PriorSpec, mlp_spec_from_sequential, posterior_energy, prior_energy
 
 __all__ = ["read", "confirm", "environment_reason", "read_sequential", "VALUE_RTOL", "GRAD_RTOL"]
 
@@ -128,13 +128,10 @@ def _from_recognition(rec: traces.Recognition) -> Reading:
 
 
 def _tensors(spec: PriorSpec, posterior):
-    mlps = [*spec.layer_terms, spec.joint_term, *(g.mlp for g in spec.gaussians)]
     if posterior is not None:
-        mlps.append(posterior.decoder)
         yield posterior.x_obs
-    for m in mlps:
-        if isinstance(m, MLPSpec):
-            yield from (t for t in (*m.weights, *m.biases) if t is not None)
+    for e in spec.mlps(posterior.decoder if posterior is not None else None):
+        yield from (t for t in (*e.mlp.weights, *e.mlp.biases) if t is not None)
 
 
 def confirm(problem, backend) -> bool:
@@ -198,7 +195,10 @@ def discrepancy(kernel, u: torch.Tensor, g: list[torch.Tensor]) -> tuple[float |
     norm = ga.norm(dim=1)
     scale = GRAD_RTOL * (norm + norm.mean())
     dg = (gb - ga).norm(dim=1)
-    grad = float((dg / scale.clamp_min(1e-300)).max()) if bool((scale > 0).all()) else (0.0 if bool((dg == 0).all()) else math.inf)
+    if bool((scale > 0).all()):
+        grad = float((dg / scale.clamp_min(1e-300)).max())
+    else:
+        grad = 0.0 if bool((dg == 0).all()) else math.inf
     return value, grad
 
 

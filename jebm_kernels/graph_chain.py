@@ -27,14 +27,12 @@ from . import dispatch
 from .arguments import make_problem
 from .chain import autograd_energy_and_grad, run_chain
 from .device_tables import live_tables
-from .philox import philox_tensor
+from .philox import philox_tensor, signed_seed, unsigned_seed
 from .prior_chain.encoding import encode_prior
 from .prior_chain.op import run_prior_chain_op
 from .update.op import run_update_op
 
 __all__ = ["GraphSafeChain"]
-
-_MASK64 = (1 << 64) - 1
 
 
 class GraphSafeChain:
@@ -59,7 +57,8 @@ class GraphSafeChain:
         if kernel != "auto" and kernel not in dispatch.PRIORITY:
             raise ValueError(f"kernel must be 'auto' or a backend name {list(dispatch.PRIORITY)}, got {kernel!r}")
         if kernel != "auto" and dispatch.REGISTRY[kernel].unavailable_reason() is not None:
-            raise RuntimeError(f"kernel {kernel!r} is not available here: {dispatch.REGISTRY[kernel].unavailable_reason()}")
+            raise RuntimeError(f"kernel {kernel!r} is not available here: "
+                               f"{dispatch.REGISTRY[kernel].unavailable_reason()}")
         problem, _ = make_problem(energy, z, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
                                   prior_sigma=prior_sigma, generator=generator, mala=mala, return_info=False)
         if problem.dtype != torch.float32:
@@ -161,14 +160,14 @@ class GraphSafeChain:
     def set_position(self, seed: int, offset: int) -> None:
         """Start the next chain at Philox (seed, offset): two fills on the device (no host-to-device
         copy, so it may sit between replays of a captured graph without a sync)."""
-        if not isinstance(seed, int) or not 0 <= seed <= _MASK64:
+        if not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         if not isinstance(offset, int) or not 0 <= offset < 2**63:
             raise ValueError(f"offset must be an int in [0, 2**63), got {offset!r}")
-        self.philox[0].fill_(seed - (1 << 64) if seed >= 1 << 63 else seed)
+        self.philox[0].fill_(signed_seed(seed))
         self.philox[1].fill_(offset)
 
     def state(self) -> tuple[int, int]:
         """(seed, offset) where the next chain starts (reads the device tensor: a host sync)."""
         seed, offset = self.philox.tolist()
-        return seed & _MASK64, offset
+        return unsigned_seed(seed), offset

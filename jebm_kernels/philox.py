@@ -3,7 +3,7 @@
 Every backend draws its Langevin noise from this one counter-based stream, so chains run on
 different backends with the same (seed, offset) can be compared element by element.
 
-The stream, as Triton 3.x defines it (``triton/language/random.py``):
+The stream, as Triton 3.x defines it (``triton/language/random.py``; docs/design.md, section 4):
 - key   = (seed & 0xffffffff, seed >> 32), a 64-bit seed;
 - count = (offset & 0xffffffff, offset >> 32, 0, 0), a 64-bit counter, one per element;
 - ten Philox rounds give four uint32 words; the first two become uniforms by
@@ -15,14 +15,12 @@ The uint32 words are exact here; the normal agrees with Triton to float32 roundi
 device. On the host, when the C++ extension is built, ``philox_randn`` / ``philox_rand`` take the
 Philox words' uniforms from it (``_C.philox_uniform_pairs``, ``_C.philox_rand``: the same uniforms
 bit for bit) and apply the same torch Box-Muller, so the values are the specification's bit for
-bit (tests/test_philox.py) at a fraction of the cost: the torch rounds cost about 22 ms per step at
-B x D = 10^4 on 2 cores, the reference backend's whole step time on a small energy.
+bit (tests/test_philox.py) at a fraction of the cost of the torch rounds.
 
 The torch implementation keeps uint32 values in int64 tensors. A 32x32-bit product can exceed
 2^63; torch's int64 multiply wraps modulo 2^64 (two's complement, vectorised or not), so the 64
-bits of the product, and hence both 32-bit words, are still exact. The Triton tests check it.
-This is 2.6x faster than building the high word from 32x16-bit partial products (21 ms against
-55 ms for 228,000 normals, 2 cores): the reference's noise is a real share of its step time.
+bits of the product, and hence both 32-bit words, are still exact (the Triton tests check it),
+and one multiply replaces the 32x16-bit partial products that would otherwise build the high word.
 """
 from __future__ import annotations
 

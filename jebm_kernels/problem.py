@@ -4,10 +4,10 @@
 flattened to [B, d_l], per-layer step sizes, the Philox (seed, offset) and the noise layout. A
 backend reads only this, so argument checking is written once and every backend agrees on it.
 
-Noise layout (shared by every backend): step k of a call whose stream starts at ``offset`` uses
-counters ``offset + k * stride`` onwards; layer l's element (b, j) is counter
-``B * (d_1 + ... + d_{l-1}) + b * d_l + j`` within the step; with MALA the uniform of chain b is
-counter ``B * D + b`` (D = sum of d_l), so ``stride = B * D (+ B with MALA)``.
+Noise layout (shared by every backend; docs/design.md, section 4): step k of a call whose stream
+starts at ``offset`` uses counters ``offset + k * stride`` onwards; layer l's element (b, j) is
+counter ``B * (d_1 + ... + d_{l-1}) + b * d_l + j`` within the step; with MALA the uniform of chain
+b is counter ``B * D + b`` (D = sum of d_l), so ``stride = B * D (+ B with MALA)``.
 """
 from __future__ import annotations
 
@@ -21,21 +21,21 @@ from .energies import PosteriorEnergy
 from .philox import philox_rand, philox_rand_from, philox_randn, philox_randn_from, read_philox
 from .spec import PriorSpec
 
-__all__ = ["Problem", "Reading", "step_constants", "STATS_COLUMNS", "info_from_stats", "ChainInfo"]
+__all__ = ["Problem", "Reading", "step_constants", "STATS_COLUMNS", "info_from_stats"]
 
 
 def step_constants(s, tau):
     """The update's constants for step size(s) ``s`` and noise scale ``tau``: (h, c) with
     h = s^2 / 2 (multiplies dU/dz) and c = s * tau (multiplies the normals). ``s`` may be a float
     or a tensor (a differentiable step size, ``jebm.short_run``); this is the only place the
-    update's convention is written (DESIGN.md section 1)."""
+    update's convention is written (docs/design.md, section 3)."""
     return s * s / 2, s * tau
 
 
 # The per-step statistics every backend returns: a float64 tensor [K, 3] (float32 and float64
-# values are exact in it) on the state's device, row k at
-# the state step k starts from: the chain mean of U, the chain mean of |grad U| (over all layers)
-# and, with MALA, the fraction of chains that accepted step k's proposal (0 without MALA).
+# values are exact in it) on the state's device, row k at the state step k starts from: the chain
+# mean of U, the chain mean of |grad U| (over all layers) and, with MALA, the fraction of chains
+# that accepted step k's proposal (0 without MALA). ``info_from_stats`` reads it as lists.
 STATS_COLUMNS = ("energy", "grad_norm", "accept")
 
 
@@ -222,7 +222,7 @@ class Problem:
 
     def restructure(self, flat: list[torch.Tensor]):
         """Flattened layers back to the caller's shapes and structure (a layer already in its
-        shape passes as it is: a reshape would add a view to autograd's graph, ~8 us a step)."""
+        shape passes as it is: a reshape would add a view to autograd's graph at every step)."""
         out = [t if t.shape == s else t.reshape(s) for t, s in zip(flat, self.shapes)]
         return out if self.is_list else out[0]
 
@@ -242,70 +242,6 @@ class Problem:
             for t, s in zip(flat, self.prior_sigma):
                 u = u + t.pow(2).sum(-1) / (2 * s * s)
         return u
-
-
-class ChainInfo(dict):
-    """``langevin``'s info: a dict whose per-step lists (``energy``, ``grad_norm``, ``accept``) and
-    ``accept_rate`` are read from the [K, 3] statistics tensor (``info["stats"]``, on the state's
-    device) only when first asked for, so a caller on a GPU that does not look at them never waits
-    for the device."""
-
-    _LAZY = ("energy", "grad_norm", "accept", "accept_rate")
-
-    def __init__(self, problem: Problem, stats: torch.Tensor | None, **fields):
-        super().__init__(stats=stats, **fields)
-        self._problem = problem
-        self._read = False
-
-    def _fill(self) -> None:
-        if not self._read:
-            self._read = True
-            lists = info_from_stats(self._problem, dict.__getitem__(self, "stats"))
-            lists["accept_rate"] = sum(lists["accept"]) / len(lists["accept"]) if lists["accept"] else None
-            dict.update(self, lists)
-
-    def __getitem__(self, key):
-        if key in self._LAZY:
-            self._fill()
-        return dict.__getitem__(self, key)
-
-    def get(self, key, default=None):
-        return self[key] if key in self else default
-
-    def __contains__(self, key):
-        return key in self._LAZY or dict.__contains__(self, key)
-
-    def keys(self):
-        self._fill()
-        return dict.keys(self)
-
-    def items(self):
-        self._fill()
-        return dict.items(self)
-
-    def values(self):
-        self._fill()
-        return dict.values(self)
-
-    def __iter__(self):
-        self._fill()
-        return dict.__iter__(self)
-
-    def __len__(self):
-        self._fill()
-        return dict.__len__(self)
-
-    def __repr__(self):
-        self._fill()
-        return dict.__repr__(self)
-
-    def __eq__(self, other):
-        self._fill()
-        return dict.__eq__(self, other)
-
-    def copy(self):
-        self._fill()
-        return dict(self)
 
 
 def info_from_stats(problem: Problem, stats: torch.Tensor | None) -> dict:

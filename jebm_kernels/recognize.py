@@ -132,8 +132,8 @@ class TracedEnergy:
             mlp = None if plan.mlp is None else _mlp_spec(plan.mlp, values)
             recon = None if plan.recon is None else _mlp_spec(plan.recon, values)
             sigma = math.inf if plan.q == 0 else math.sqrt(1.0 / (2.0 * plan.q))
-            spec = PriorSpec(dims=(self.dim,), layer_terms=(mlp,), energy_sign=float(plan.a) if mlp is not None else 1.0,
-                             base_sigma=(sigma,))
+            spec = PriorSpec(dims=(self.dim,), layer_terms=(mlp,),
+                             energy_sign=float(plan.a) if mlp is not None else 1.0, base_sigma=(sigma,))
             self._weights = (epochs, (spec, recon))
         spec, recon = self._weights[1]
         if recon is None:
@@ -409,7 +409,8 @@ def _apply(node, sym, B):
     if t in (aten.add.Tensor, aten.sub.Tensor):
         a, b = val(args[0]), val(args[1])
         alpha = node.kwargs.get("alpha", 1)
-        if isinstance(a, _Chain) and isinstance(b, _Const) and a.linears and a.acts[-1] is None and t is aten.add.Tensor:
+        if (isinstance(a, _Chain) and isinstance(b, _Const) and a.linears and a.acts[-1] is None
+                and t is aten.add.Tensor):
             shape = const_shape(args[1])
             if shape in ((a.width,), (1, a.width)):  # a bias added after a bias-free product
                 w, b0 = a.linears[-1]

@@ -9,16 +9,77 @@ tau < 1 gives the "cold" chains the papers use for short-run training; tau = 1 i
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypedDict
+
+import torch
+
 from .arguments import make_problem
 from .dispatch import select
-from .problem import ChainInfo
+from .philox import PhiloxGenerator
+from .problem import Problem, info_from_stats
+from .spec import PriorSpec
 
-__all__ = ["langevin", "explain_fusion"]
+__all__ = ["langevin", "explain_fusion", "ChainInfo", "FusionExplanation"]
+
+State = torch.Tensor | list[torch.Tensor]   # a tensor [B, ...] or one tensor per layer, batch first
+PerLayer = float | Sequence[float]          # one value for every layer, or one per layer
+Generator = torch.Generator | PhiloxGenerator | tuple[int, int] | None
 
 
-def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, prior_sigma=None,
-             generator=None, backend: str = "auto", mala: bool = False, return_info: bool = False,
-             check_finite: bool = True):
+class ChainInfo(Mapping):
+    """``langevin``'s info: a read-only mapping whose per-step lists (``energy``, ``grad_norm``,
+    ``accept``) and ``accept_rate`` are read from the [K, 3] statistics tensor (``info["stats"]``,
+    on the state's device) only when one of them is asked for, so a caller on a GPU that does not
+    look at them never waits for the device. Its keys, ``in`` and ``len`` need no read."""
+
+    _LAZY = ("energy", "grad_norm", "accept", "accept_rate")
+
+    def __init__(self, problem: Problem, stats: torch.Tensor | None, **fields):
+        self._fields = {"stats": stats, **fields}
+        self._problem = problem
+        self._lists: dict | None = None
+
+    @property
+    def _read(self) -> bool:
+        """Whether the statistics have been read on the host."""
+        return self._lists is not None
+
+    def __getitem__(self, key):
+        if key not in self._LAZY:
+            return self._fields[key]
+        if self._lists is None:
+            lists = info_from_stats(self._problem, self._fields["stats"])
+            lists["accept_rate"] = sum(lists["accept"]) / len(lists["accept"]) if lists["accept"] else None
+            self._lists = lists
+        return self._lists[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self._fields or key in self._LAZY
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._fields
+        yield from self._LAZY
+
+    def __len__(self) -> int:
+        return len(self._fields) + len(self._LAZY)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+class FusionExplanation(TypedDict):
+    """``explain_fusion``'s answer."""
+    backend: str
+    fused: bool
+    why_not_fused: str | None
+    spec: PriorSpec | None
+
+
+def langevin(energy: Callable[[State], torch.Tensor], z: State, *, n_steps: int,
+             step_size: PerLayer | torch.Tensor, noise_scale: float = 1.0, prior_sigma: PerLayer | None = None,
+             generator: Generator = None, backend: str = "auto", mala: bool = False, return_info: bool = False,
+             check_finite: bool = True) -> State | tuple[State, ChainInfo]:
     """Run ``n_steps`` of (MALA-corrected, with ``mala=True``) Langevin dynamics on ``energy``.
 
     Args:
@@ -38,8 +99,9 @@ def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, pr
         backend: "auto", "reference", "cpu", "triton" or "cuda" (``dispatch.py`` says how "auto"
             chooses).
         mala: add a per-chain Metropolis-Hastings accept/reject step.
-        return_info: also return a dict: ``energy`` and ``grad_norm`` (per-step chain means, at the
-            state each step starts from), ``accept`` (per-step acceptance rate, MALA),
+        return_info: also return a ``ChainInfo`` (a read-only mapping): ``energy`` and ``grad_norm``
+            (per-step chain means, at the state each step starts from), ``accept`` (per-step
+            acceptance rate, MALA),
             ``accept_rate``, ``seed``, ``offset`` (replay with ``generator=(seed, offset)``),
             ``n_steps``, ``backend`` (the backend that ran), ``fused`` (True when one whole-chain
             kernel ran all the steps) and ``why_not_fused`` (None, or why the energy was run as
@@ -50,7 +112,7 @@ def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, pr
             False in a loop that must not wait for the device).
 
     Returns:
-        the final state in ``z``'s structure, and the info dict with ``return_info=True``.
+        the final state in ``z``'s structure, and its ``ChainInfo`` with ``return_info=True``.
     """
     problem, _ = make_problem(energy, z, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
                               prior_sigma=prior_sigma, generator=generator, mala=mala,
@@ -65,7 +127,8 @@ def langevin(energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, pr
                           backend=chosen.name, fused=fused_why is None, why_not_fused=fused_why)
 
 
-def explain_fusion(energy, z, *, backend: str = "auto", **kwargs) -> dict:
+def explain_fusion(energy: Callable[[State], torch.Tensor], z: State, *, backend: str = "auto",
+                   **kwargs: Any) -> FusionExplanation:
     """Which backend ``langevin(energy, z, ...)`` would use and whether it would fuse the whole
     chain, without sampling: {"backend", "fused", "why_not_fused", "spec"} (``spec``: the
     ``PriorSpec`` read from the energy, or None). ``kwargs`` are ``langevin``'s (step_size, ...)."""
@@ -79,4 +142,4 @@ def explain_fusion(energy, z, *, backend: str = "auto", **kwargs) -> dict:
     chosen = select(backend, problem)
     fused = chosen.will_fuse(problem)  # a traced energy is evaluated once here, as langevin's start check does
     why = None if fused else chosen.why_not_fused(problem)
-    return {"backend": chosen.name, "fused": fused, "why_not_fused": why, "spec": problem.reading.spec}
+    return FusionExplanation(backend=chosen.name, fused=fused, why_not_fused=why, spec=problem.reading.spec)

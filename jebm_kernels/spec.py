@@ -5,14 +5,18 @@ frozen dataclasses are that hand-over: the jebm model builds a ``PriorSpec`` fro
 ``mlp_spec_from_sequential`` reads a user's ``nn.Sequential``, and every backend evaluates the
 same math. The ``*_energy`` functions here are the specification: pure torch, differentiable.
 
-Conventions (DESIGN.md section 1): energy terms f are *negative* energies (larger = more
+Conventions (docs/design.md, section 1): energy terms f are *negative* energies (larger = more
 probable); the prior energy is U(z) = -sum_l f_l(z_l) - f_0(concat z) - log p_beta(z), with the
 constant of the Gaussian log densities dropped.
+
+``PriorSpec.mlps`` is the one numbering of a prior's MLPs (layer terms, the joint term, the
+Gaussians, an MLP decoder) that every kernel, the custom op's encoding and the refusal messages use.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +25,8 @@ from torch import nn
 from .activation_table import ACTIVATIONS  # the one table of activation names and codes
 
 __all__ = [
-    "ACTIVATIONS", "activation", "neg_log_base", "posterior_energy", "MLPSpec", "GaussianSpec", "PriorSpec", "mlp_spec_from_sequential",
-    "mlp_forward", "gaussian_params", "eps_to_z", "prior_energy",
+    "ACTIVATIONS", "activation", "neg_log_base", "posterior_energy", "MLPSpec", "GaussianSpec", "PriorSpec",
+    "PriorMLP", "PriorMLPs", "mlp_spec_from_sequential", "mlp_forward", "gaussian_params", "eps_to_z", "prior_energy",
 ]
 
 
@@ -50,7 +54,8 @@ class MLPSpec:
             if w.dim() != 2:
                 raise ValueError(f"weight {i} must be 2-D [out, in], got shape {tuple(w.shape)}")
             if i and w.shape[1] != self.weights[i - 1].shape[0]:
-                raise ValueError(f"weight {i} takes {w.shape[1]} inputs but layer {i - 1} gives {self.weights[i - 1].shape[0]}")
+                raise ValueError(f"weight {i} takes {w.shape[1]} inputs but layer {i - 1} gives "
+                                 f"{self.weights[i - 1].shape[0]}")
             b = self.biases[i]
             if b is not None and tuple(b.shape) != (w.shape[0],):
                 raise ValueError(f"bias {i} must have shape ({w.shape[0]},), got {tuple(b.shape)}")
@@ -100,7 +105,8 @@ class PriorSpec:
         if L < 1 or any(int(d) < 1 for d in self.dims):
             raise ValueError(f"dims must be one positive int per layer, got {self.dims}")
         if len(self.layer_terms) != L:
-            raise ValueError(f"need one layer term (or None) per layer: {L} layers, {len(self.layer_terms)} terms")
+            raise ValueError(f"need one layer term (or None) per layer: {L} layers, "
+                             f"{len(self.layer_terms)} terms")
         if self.space not in ("z", "eps"):
             raise ValueError(f"space must be 'z' or 'eps', got {self.space!r}")
         for l, t in enumerate(self.layer_terms):
@@ -118,16 +124,56 @@ class PriorSpec:
             if self.gaussians:
                 raise ValueError("give either inter-layer Gaussians or base_sigma, not both")
             if len(self.base_sigma) != L or any(not s > 0 for s in self.base_sigma):
-                raise ValueError(f"base_sigma needs one positive value per layer (inf: no base term), got {self.base_sigma}")
+                raise ValueError("base_sigma needs one positive value per layer (inf: no base term), "
+                                 f"got {self.base_sigma}")
             if self.space != "z":
                 raise ValueError("base_sigma priors are sampled in z-space")
 
+    def mlps(self, decoder=None) -> PriorMLPs:
+        """Every MLP of the prior, in the order the kernels number them: the layer terms (layer 1
+        first, absent ones skipped), the joint term, the Gaussians p(z_l | z_{l+1}) (l = 1 first),
+        then ``decoder`` when it is an ``MLPSpec`` (a posterior's; any other decoder is not counted).
+        Each entry has its number, role, layer and the name the refusal messages use; the result
+        also gives each role's numbers (``PriorMLPs``)."""
+        entries: list[PriorMLP] = []
+
+        def add(role: str, layer: int | None, name: str, m: MLPSpec) -> int:
+            entries.append(PriorMLP(len(entries), role, layer, name, m))
+            return len(entries) - 1
+
+        terms = tuple(-1 if t is None else add("layer term", l, f"layer term {l + 1}", t)
+                      for l, t in enumerate(self.layer_terms))
+        joint = -1 if self.joint_term is None else add("joint term", None, "joint term", self.joint_term)
+        gaussians = tuple(add("Gaussian", l, f"Gaussian {l + 1}", g.mlp) for l, g in enumerate(self.gaussians))
+        dec = add("decoder", None, "decoder", decoder) if isinstance(decoder, MLPSpec) else -1
+        return PriorMLPs(entries, terms=terms, joint=joint, gaussians=gaussians, decoder=dec)
+
     def flops_per_chain_step(self) -> int:
         """Approximate FLOPs of one energy+gradient evaluation for one chain (backward ~ 2x forward)."""
-        mlps = [t for t in self.layer_terms if t is not None] + [g.mlp for g in self.gaussians]
-        if self.joint_term is not None:
-            mlps.append(self.joint_term)
-        return 3 * sum(m.flops_per_row() for m in mlps)
+        return 3 * sum(e.mlp.flops_per_row() for e in self.mlps())
+
+
+class PriorMLP(NamedTuple):
+    """One MLP of a prior (``PriorSpec.mlps``)."""
+    index: int          # its number in the kernels' tables and the custom op's encoding
+    role: str           # "layer term", "joint term", "Gaussian" or "decoder"
+    layer: int | None   # l (0-based): f_{l+1}'s layer, or the Gaussian p(z_{l+1} | z_{l+2}); None otherwise
+    name: str           # as the refusal messages say it: "layer term 1", "joint term", "Gaussian 1", "decoder"
+    mlp: MLPSpec
+
+
+class PriorMLPs(tuple):
+    """``PriorSpec.mlps``: a tuple of ``PriorMLP`` in the kernels' order, with each role's numbers
+    (-1: none): ``terms`` (one per layer), ``joint``, ``gaussians`` (one per Gaussian), ``decoder``."""
+    terms: tuple[int, ...]
+    joint: int
+    gaussians: tuple[int, ...]
+    decoder: int
+
+    def __new__(cls, entries, *, terms, joint, gaussians, decoder):
+        self = super().__new__(cls, entries)
+        self.terms, self.joint, self.gaussians, self.decoder = terms, joint, gaussians, decoder
+        return self
 
 
 _SEQ_ACTS = {

@@ -272,7 +272,8 @@ class LangevinSampler(nn.Module):
         shape = (n_samples, *(int(d) for d in shape))
         if stream is not None:  # the start comes from the Philox stream too: one (seed, offset) replays all
             numel = math.prod(shape)
-            return philox_randn(stream.seed, stream.take(numel), numel, device=self.device).to(self.dtype).reshape(shape)
+            normals = philox_randn(stream.seed, stream.take(numel), numel, device=self.device)
+            return normals.to(self.dtype).reshape(shape)
         return torch.randn(shape, dtype=self.dtype, device=self.device, generator=generator)
 
     def _new_diagnostics(self, n_kept: int, shape: tuple) -> dict:

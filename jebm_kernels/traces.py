@@ -184,7 +184,8 @@ def _read(entry: _Entry, roots, *, fresh: bool, retrace) -> Recognition:
     except Exception as exc:  # a tensor no longer where it was, an evaluation that needs state
         if retrace is not None:
             return retrace()
-        why = exc.args[0] if isinstance(exc, NotFusable) else f"its weights could not be read ({type(exc).__name__}: {exc})"
+        why = (exc.args[0] if isinstance(exc, NotFusable)
+               else f"its weights could not be read ({type(exc).__name__}: {exc})")
         entry.fail(why)
         return Recognition(why=why, entry=entry, fresh=fresh)
     return Recognition(spec, posterior, None, entry, fresh, retrace)
@@ -348,7 +349,8 @@ def _module_state(module: nn.Module, anchors: list) -> tuple:
                       for k in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
         scalars = tuple((k, v) for k, v in own.items() if not k.startswith("_") and isinstance(v, _SCALARS))
         tensors = tuple((k, tuple(v.shape), v.dtype, str(v.device))
-                        for d in (own.get("_parameters", {}), own.get("_buffers", {})) for k, v in d.items() if v is not None)
+                        for d in (own.get("_parameters", {}), own.get("_buffers", {}))
+                        for k, v in d.items() if v is not None)
         plain = tuple((k, tuple(v.shape), v.dtype, str(v.device)) for k, v in own.items() if torch.is_tensor(v))
         forward = own.get("forward")
         if forward is not None:

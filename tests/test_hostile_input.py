@@ -27,7 +27,10 @@ def calls(draw):
     batch = draw(st.integers(0, 6))
     d = draw(st.integers(1, 7))
     dtype = draw(st.sampled_from(DTYPES))
-    z = torch.randn(batch, d * 2, dtype=torch.float64).to(dtype) if dtype != torch.int64 else torch.ones(batch, d * 2, dtype=dtype)
+    if dtype != torch.int64:
+        z = torch.randn(batch, d * 2, dtype=torch.float64).to(dtype)
+    else:
+        z = torch.ones(batch, d * 2, dtype=dtype)
     if draw(st.booleans()):
         z = z[:, ::2]  # a non-contiguous view [B, d]
     else:
@@ -153,7 +156,8 @@ def multi_layer_calls(draw):
                          st.sampled_from([torch.float32, torch.float64]), 8)
     return dict(kind=kind, dims=dims, z=z, model_dtype=model_dtype, model_device="cpu" if device == "meta" else device,
                 call=dict(n_steps=draw(st.integers(0, 3)), step_size=step,
-                          noise_scale=mostly(draw, st.sampled_from([0.0, 0.5, 1.0]), st.sampled_from([-1.0, float("inf")]), 10),
+                          noise_scale=mostly(draw, st.sampled_from([0.0, 0.5, 1.0]),
+                                             st.sampled_from([-1.0, float("inf")]), 10),
                           prior_sigma=mostly(draw, st.sampled_from([None, 1.0, [1.5] * n_layers]),
                                              st.sampled_from([[2.0] * (n_layers + 1), 0.0, 1e-30]), 8),
                           mala=draw(st.booleans())))

@@ -223,3 +223,61 @@ def test_noncontiguous_input_is_not_modified_and_zero_steps(backend):
     assert torch.equal(big, before)
     out0, _ = backend.langevin(backend.to_device(jk.PriorEnergy(spec)), z, n_steps=0, step_size=0.2)
     assert torch.equal(out0[0], z[0]) and out0[0].data_ptr() != z[0].data_ptr()
+
+
+# ------------------------------------------------------------------- one numbering, one packing
+
+def test_every_backend_numbers_the_mlps_as_prior_spec_mlps():
+    """``PriorSpec.mlps`` is the one numbering: layer terms (absent ones skipped), the joint term,
+    the Gaussians, an MLP decoder; the op's encoding and the GPU kernels' tables use it."""
+    from jebm_kernels.prior_chain.cuda import CudaWeights
+    from jebm_kernels.prior_chain.triton import TritonTables
+
+    gen = torch.Generator().manual_seed(4)
+    dims = (3, 2, 4)
+    terms = (None, helpers.make_mlp([2, 5, 1], gen=gen), helpers.make_mlp([4, 1], gen=gen, bias=False))
+    joint = helpers.make_mlp([9, 6, 1], "silu", gen=gen)
+    gaussians = tuple(GaussianSpec(helpers.make_mlp([dims[l + 1], 5, 2 * dims[l]], "tanh", gen=gen), 0.02)
+                      for l in range(2))
+    spec = PriorSpec(dims, terms, joint, gaussians)
+    decoder = helpers.make_mlp([3, 7], gen=gen)
+    mlps = spec.mlps(decoder)
+    assert [(e.index, e.role, e.layer, e.name) for e in mlps] == [
+        (0, "layer term", 1, "layer term 2"), (1, "layer term", 2, "layer term 3"),
+        (2, "joint term", None, "joint term"), (3, "Gaussian", 0, "Gaussian 1"), (4, "Gaussian", 1, "Gaussian 2"),
+        (5, "decoder", None, "decoder")]
+    assert [e.mlp for e in mlps] == [terms[1], terms[2], joint, gaussians[0].mlp, gaussians[1].mlp, decoder]
+    assert (mlps.terms, mlps.joint, mlps.gaussians, mlps.decoder) == ((-1, 0, 1), 2, (3, 4), 5)
+    assert spec.mlps().decoder == -1 and len(spec.mlps(lambda z: z)) == 5  # a callable decoder is not an MLP
+
+    structure, _, params = jk.ops.encode_prior(spec)
+    assert structure[:5] == [3, 0, 1, 2, 5] and structure[5 + 3:5 + 3 + 3 + 2] == [-1, 0, 1, 3, 4]
+    assert torch.equal(params[0], terms[1].weights[0])
+    cuda = CudaWeights(spec, torch.device("cpu"), {a: i for i, a in enumerate(ACTIVATIONS)})
+    assert (cuda.terms, cuda.joint, cuda.gauss) == ([-1, 0, 1], 2, [3, 4]) and len(cuda.mlps) == 5
+    tables = TritonTables(spec, torch.device("cpu"), torch.float32)
+    assert tables.joint == 2 and tables.lay.view(3, 4)[:, 2:].tolist() == [[-1, 3], [0, 4], [1, -1]]
+    assert torch.equal(tables.weights, cuda.weights)
+
+
+def test_packed_weights_hold_wt_w_and_bias_at_their_offsets():
+    from jebm_kernels.prior_chain.packing import PackedWeights
+
+    gen = torch.Generator().manual_seed(5)
+    spec = PriorSpec((3,), (helpers.make_mlp([3, 4, 1], gen=gen),), helpers.make_mlp([3, 2, 1], gen=gen, bias=False),
+                     base_sigma=(1.0,))
+    packed = PackedWeights(spec.mlps(), torch.device("cpu"))
+    assert packed.weights.numel() == (2 * 12 + 4 + 2 * 4 + 1) + (2 * 6 + 2 * 2)
+    for e, linears in zip(spec.mlps(), packed.linears):
+        for (w, b), p in zip(zip(e.mlp.weights, e.mlp.biases), linears):
+            n = w.numel()
+            assert (p.n_out, p.n_in) == tuple(w.shape)
+            assert torch.equal(packed.weights[p.wt:p.wt + n].view(p.n_in, p.n_out), w.t())
+            assert torch.equal(packed.weights[p.w:p.w + n].view(p.n_out, p.n_in), w)
+            assert (p.bias == -1) == (b is None)
+            if b is not None:
+                assert torch.equal(packed.weights[p.bias:p.bias + p.n_out], b)
+    with pytest.raises(TypeError, match="one dtype"):
+        PackedWeights(PriorSpec((3,), (helpers.make_mlp([3, 1]),), base_sigma=(1.0,)).mlps(), torch.device("cpu"),
+                      torch.float64)
+    assert PackedWeights(PriorSpec((2,), (None,), base_sigma=(1.0,)).mlps(), torch.device("cpu")).weights.numel() == 1

@@ -89,9 +89,10 @@ MUST_NOT_FUSE = {
         nn.Linear(D, 1), nn.Linear(D, 1)), "two MLP terms"),
     "layer_norm": (lambda: nn.Sequential(nn.Linear(D, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 1)),
                    "native_layer_norm"),
-    "data_dependent_branch": (lambda: (lambda l: (lambda z: l(z).squeeze(-1) if bool(z.sum() > 0) else -l(z).squeeze(-1)))(
-        nn.Linear(D, 1)), ""),
-    "negative_quadratic": (lambda: (lambda l: (lambda z: l(z).squeeze(-1) - z.pow(2).sum(-1)))(nn.Linear(D, 1)), "q >= 0"),
+    "data_dependent_branch": (lambda: (lambda l: (
+        lambda z: l(z).squeeze(-1) if bool(z.sum() > 0) else -l(z).squeeze(-1)))(nn.Linear(D, 1)), ""),
+    "negative_quadratic": (lambda: (lambda l: (lambda z: l(z).squeeze(-1) - z.pow(2).sum(-1)))(nn.Linear(D, 1)),
+                           "q >= 0"),
 }
 
 

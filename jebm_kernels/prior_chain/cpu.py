@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .. import extension, traces
-from ..fusable import activations_reason, float32_constants_reason, named_mlps, scalars_reason, tensor_reason
+from ..fusable import activations_reason, float32_constants_reason, scalars_reason, tensor_reason
 from ..problem import Problem
 from ..spec import MLPSpec
 from ..tensor_cache import LEDGER, LRUCache
@@ -54,9 +54,10 @@ _LIMITS = extension.cpu_limits()
 
 
 def _tensors_and_epochs(problem: Problem, mlps):
-    """The weight tensors of ``mlps`` (in order) and their epochs, each tensor's values compared
-    once per call (the dispatch rule's question and ``run`` share them through the problem's memo)."""
-    tensors = [t for _, m in mlps for t in (*m.weights, *m.biases) if t is not None]
+    """The weight tensors of ``mlps`` (``PriorSpec.mlps``, in order) and their epochs, each tensor's
+    values compared once per call (the dispatch rule's question and ``run`` share them through the
+    problem's memo)."""
+    tensors = [t for e in mlps for t in (*e.mlp.weights, *e.mlp.biases) if t is not None]
     return tensors, LEDGER.epochs(tensors, problem.remember("cpu.epochs", dict))
 
 
@@ -94,7 +95,8 @@ def _prior_terms_reason(problem: Problem) -> str | None:
         return InputFault(f"a {type(problem.energy).__name__} takes z as a list with one [B, d] tensor per layer "
                           "(as the reference calls it), got a single tensor")
     if not problem.tensor_spec and any(len(s) != 2 for s in problem.shapes):
-        return InputFault(f"a fused energy takes each layer as [B, d]; z has shapes {[tuple(s) for s in problem.shapes]}")
+        return InputFault("a fused energy takes each layer as [B, d]; z has shapes "
+                          f"{[tuple(s) for s in problem.shapes]}")
     lim = _LIMITS
     L = len(spec.dims)
     if L > lim["max_latent"]:
@@ -102,16 +104,17 @@ def _prior_terms_reason(problem: Problem) -> str | None:
     if (problem.batch > lim["max_batch"] or any(d > lim["max_width"] for d in spec.dims)
             or sum(spec.dims) > lim["max_width"]):
         return "batch or latent dims beyond the cpu kernels' limits"
-    mlps = named_mlps(spec, problem.posterior.decoder if problem.posterior is not None else None)
+    mlps = spec.mlps(problem.posterior.decoder if problem.posterior is not None else None)
     if len(mlps) > lim["max_mlps"]:
         return f"{len(mlps)} MLPs; the cpu kernels take at most {lim['max_mlps']}"
     # the per-MLP and per-tensor checks depend only on the tensors (shapes, device, dtype, values):
     # skipped while the same tensors hold the values they passed with
     tensors, epochs = _tensors_and_epochs(problem, mlps)
-    key = (tuple(len(m.weights) for _, m in mlps), tuple(b is None for _, m in mlps for b in m.biases),
+    key = (tuple(len(e.mlp.weights) for e in mlps), tuple(b is None for e in mlps for b in e.mlp.biases),
            tuple(map(id, tensors)))
     if _VERIFIED.get(key) != epochs:
-        for name, m in mlps:
+        for e in mlps:
+            name, m = e.name, e.mlp
             if len(m.weights) > lim["max_linear_per_mlp"]:
                 return (f"the {name} has {len(m.weights)} Linear layers; the cpu kernels take at most "
                         f"{lim['max_linear_per_mlp']}")
@@ -171,27 +174,18 @@ def _mlp_arg(m: MLPSpec, codes: dict, keep: list) -> tuple:
 def _build_model(problem: Problem, with_decoder: bool):
     """The C++ Model (weights packed once per version of the weights: ``_MODELS``) and the
     tensors that must outlive it."""
-    spec = problem.spec
-    specs: list[MLPSpec] = []
-
-    def add(m: MLPSpec) -> int:
-        specs.append(m)
-        return len(specs) - 1
-
-    terms = [add(t) if t is not None else -1 for t in spec.layer_terms]
-    joint = add(spec.joint_term) if spec.joint_term is not None else -1
-    gauss = [add(g.mlp) for g in spec.gaussians]
+    spec, post = problem.spec, problem.posterior
+    with_decoder = with_decoder and post is not None
+    numbering = spec.mlps(post.decoder if with_decoder else None)
+    specs = [e.mlp for e in numbering]
+    terms, joint, gauss, decoder = list(numbering.terms), numbering.joint, list(numbering.gaussians), numbering.decoder
     floors = [float(g.sigma_floor) for g in spec.gaussians]
-    decoder, sigma_x = -1, 1.0
-    post = problem.posterior
-    if with_decoder and post is not None:
-        decoder = add(post.decoder)
-        sigma_x = post.sigma_x
+    sigma_x = post.sigma_x if with_decoder else 1.0
     base = [float(s) for s in spec.base_sigma] if spec.base_sigma is not None else []
     ps = [float(s) for s in problem.prior_sigma] if problem.prior_sigma is not None else []
     space = 1 if spec.space == "eps" else 0
     ext = extension.cpu_ext
-    tensors, epochs = _tensors_and_epochs(problem, [(None, m) for m in specs])
+    tensors, epochs = _tensors_and_epochs(problem, numbering)
     # the extension and its instruction set are part of the key: set_isa() changes the kernels a
     # new Model runs
     key = (id(ext), ext.isa(), tuple(spec.dims), tuple((m.activation, float(m.act_param), m.out_activation,

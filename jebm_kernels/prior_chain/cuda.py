@@ -14,10 +14,11 @@ import math
 import torch
 
 from .. import extension
-from ..fusable import FLOAT32_MAX, activations_reason, float32, named_mlps, scalars_reason, tensor_reason
+from ..fusable import FLOAT32_MAX, activations_reason, float32, scalars_reason, tensor_reason
 from ..problem import Problem
-from ..spec import MLPSpec, PriorSpec
+from ..spec import PriorSpec
 from ..update import cuda as update_cuda
+from .packing import PackedWeights
 
 __all__ = ["reason", "kernel_reason", "weights_reason", "run", "CudaWeights"]
 
@@ -25,11 +26,11 @@ __all__ = ["reason", "kernel_reason", "weights_reason", "run", "CudaWeights"]
 def weights_reason(problem: Problem) -> str | None:
     """A fusable prior's weights must live where z lives, in float32 (the reference fails too
     otherwise, so this is a refusal, not a fallback)."""
-    for name, m in named_mlps(problem.spec):
-        for i, (w, b) in enumerate(zip(m.weights, m.biases)):
+    for e in problem.spec.mlps():
+        for i, (w, b) in enumerate(zip(e.mlp.weights, e.mlp.biases)):
             for t, what in ((w, "weight"), (b, "bias")):
                 if t is not None:
-                    why = tensor_reason(t, f"the {name}'s {what} {i}", problem.device, "cuda")
+                    why = tensor_reason(t, f"the {e.name}'s {what} {i}", problem.device, "cuda")
                     if why is not None:
                         return why
     return None
@@ -65,17 +66,18 @@ def kernel_reason(problem: Problem) -> str | None:
     L = len(spec.dims)
     if L > lim["max_latent"] or sum(spec.dims) > lim["max_width"]:
         return f"{L} latent layers of {spec.dims} exceed the kernel's limits"
-    mlps = named_mlps(spec)
+    mlps = spec.mlps()
     if len(mlps) > lim["max_mlps"]:
         return f"{len(mlps)} MLPs; the kernel takes at most {lim['max_mlps']}"
     n_linear = 0
-    for name, m in mlps:
+    for e in mlps:
+        m = e.mlp
         n_linear += len(m.weights)
         if len(m.weights) > lim["max_linear_per_mlp"]:
-            return f"the {name} has {len(m.weights)} Linear layers; at most {lim['max_linear_per_mlp']}"
+            return f"the {e.name} has {len(m.weights)} Linear layers; at most {lim['max_linear_per_mlp']}"
         widths = [m.in_dim] + [w.shape[0] for w in m.weights]
         if max(widths) > lim["max_width"]:
-            return f"the {name} has a layer wider than {lim['max_width']}: {widths}"
+            return f"the {e.name} has a layer wider than {lim['max_width']}: {widths}"
     if n_linear > lim["max_linear_total"]:
         return f"{n_linear} Linear layers in all; the kernel takes at most {lim['max_linear_total']}"
     return (activations_reason(mlps, extension.ext_activations("cuda"), "cuda") or scalars_reason(spec, mlps)
@@ -83,39 +85,20 @@ def kernel_reason(problem: Problem) -> str | None:
 
 
 class CudaWeights:
-    """Every Linear's W^T [in, out], W [out, in] and bias in one float32 device buffer (the kernel
-    reads W^T for the forward and W for the input gradient, both coalesced), and the argument
-    tuples of ``_cuda.Model``."""
+    """The prior's weights packed for the kernel (``packing.py``: W^T for the forward and W for the
+    input gradient, both coalesced) and the argument tuples of ``_cuda.Model``."""
 
     def __init__(self, spec: PriorSpec, device, act_codes: dict):
-        self.act_codes = act_codes
-        self.chunks: list[torch.Tensor] = []
-        self.size = 0
+        mlps = spec.mlps()
+        packed = PackedWeights(mlps, device)
+        self.weights = packed.weights
+        self.terms, self.joint, self.gauss = list(mlps.terms), mlps.joint, list(mlps.gaussians)
         self.mlps: list[tuple] = []
-        self.terms = [self._add(t) for t in spec.layer_terms]
-        self.joint = self._add(spec.joint_term)
-        self.gauss = [self._add(g.mlp) for g in spec.gaussians]
-        self.weights = (torch.cat(self.chunks) if self.chunks
-                        else torch.zeros(1, dtype=torch.float32, device=device))
-
-    def _put(self, t: torch.Tensor) -> int:
-        at = self.size
-        self.chunks.append(t.detach().reshape(-1))
-        self.size += t.numel()
-        return at
-
-    def _add(self, m: MLPSpec | None) -> int:
-        if m is None:
-            return -1
-        sizes = [m.in_dim] + [int(w.shape[0]) for w in m.weights]
-        wt_offs, w_offs, b_offs = [], [], []
-        for w, b in zip(m.weights, m.biases):
-            wt_offs.append(self._put(w.detach().t()))
-            w_offs.append(self._put(w))
-            b_offs.append(-1 if b is None else self._put(b))
-        self.mlps.append((sizes, wt_offs, w_offs, b_offs, self.act_codes[m.activation], float(m.act_param),
-                          self.act_codes[m.out_activation]))
-        return len(self.mlps) - 1
+        for e, linears in zip(mlps, packed.linears):
+            m = e.mlp
+            self.mlps.append(([m.in_dim] + [p.n_out for p in linears], [p.wt for p in linears],
+                              [p.w for p in linears], [p.bias for p in linears], act_codes[m.activation],
+                              float(m.act_param), act_codes[m.out_activation]))
 
 
 def run(problem: Problem, accept_record: torch.Tensor | None = None, *, ext=None):

@@ -14,31 +14,23 @@ def encode_prior(spec: PriorSpec) -> tuple[list[int], list[float], list[torch.Te
     """A PriorSpec as (structure ints, settings floats, parameter tensors), the op's arguments.
 
     structure: L, eps-space, has Gaussians, joint MLP (-1 none), n_mlp, dims[L], term MLP per
-    layer (-1 none), Gaussian MLP per layer below the top (with Gaussians); then per MLP:
+    layer (-1 none), Gaussian MLP per layer below the top (with Gaussians), the MLPs numbered by
+    ``PriorSpec.mlps``; then per MLP:
     n_linear, activation, output activation, and per Linear: in, out, has bias.
     settings: energy_sign, the Gaussians' sigma floors or base_sigma (one per layer, inf allowed),
     each MLP's activation parameter. params: each Linear's weight then bias (when it has one).
     """
     if not isinstance(spec, PriorSpec):
         raise TypeError(f"encode_prior takes a PriorSpec, got {type(spec).__name__}")
-    mlps: list[MLPSpec] = []
-
-    def add(m):
-        if m is None:
-            return -1
-        mlps.append(m)
-        return len(mlps) - 1
-
+    numbering = spec.mlps()
     L = len(spec.dims)
     gauss = spec.base_sigma is None
-    terms = [add(t) for t in spec.layer_terms]
-    joint = add(spec.joint_term)
-    gids = [add(g.mlp) for g in spec.gaussians]
-    structure = [L, int(spec.space == "eps"), int(gauss), joint, len(mlps), *spec.dims, *terms, *gids]
+    structure = [L, int(spec.space == "eps"), int(gauss), numbering.joint, len(numbering), *spec.dims,
+                 *numbering.terms, *numbering.gaussians]
     settings = [float(spec.energy_sign)]
     settings += [float(g.sigma_floor) for g in spec.gaussians] if gauss else [float(s) for s in spec.base_sigma]
     params: list[torch.Tensor] = []
-    for m in mlps:
+    for m in (e.mlp for e in numbering):
         structure += [len(m.weights), CODES[m.activation], CODES[m.out_activation]]
         settings.append(float(m.act_param))
         for w, b in zip(m.weights, m.biases):

@@ -12,11 +12,9 @@ kernels on the state's device (graph-safe), on the host when it is a CPU tensor;
 The CPU and CUDA registrations are one function: ``dispatch.select(op="prior_chain")`` picks the
 implementation (C++ on the CPU, else the torch reference; on a GPU csrc's CUDA kernel, else Triton).
 
-``langevin`` does not go through the op: the dispatcher alone costs 0.1-0.25 ms per call
-(measured on the 2-core dev machine, 1 thread, LEBM 100-200-200-1 prior: op 1.20 ms against
-0.95 ms for the same implementation called directly, B = 1, K = 1), 10-20% of a one-step CPU
-chain. The op is the entry point for torch.compile and CUDA graphs (a captured graph pays the
-host-side cost once, at capture).
+``langevin`` does not go through the op: the dispatcher's per-call cost is a measurable share of a
+short CPU chain. The op is the entry point for torch.compile and CUDA graphs (a captured graph
+pays the host-side cost once, at capture).
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import os
 import torch
 
 from ..device_tables import device_table
+from ..philox import signed_seed, unsigned_seed
 from ..problem import Problem
 
 try:
@@ -159,8 +160,7 @@ def op_args(x, g, sizes, seed, offset, *, h, c, starts, size_t, n_uniform=0, wri
             block=1024, philox=None) -> tuple:
     """``launch``'s arguments as ``jebm::multi_layer_update_triton`` takes them (tests opcheck it)."""
     lo, hi = clamp if clamp is not None else (0.0, 0.0)
-    signed_seed = seed - (1 << 64) if seed >= 1 << 63 else seed  # the op's int is int64
-    return (x, g, starts, size_t, h, c, philox if philox is not None else starts, signed_seed, offset, max(sizes),
+    return (x, g, starts, size_t, h, c, philox if philox is not None else starts, signed_seed(seed), offset, max(sizes),
             n_uniform, write_noise, clamp is not None, float(lo), float(hi), block, philox is not None)
 
 
@@ -177,7 +177,7 @@ if triton is not None:
         grid = (triton.cdiv(max(max_size, n_uniform), block), h.numel() + 1)
         torch.library.wrap_triton(_multi_layer_update_kernel)[grid](
             x, g, out, noise if write_noise else out, uniform, starts, size_t, h, c, h.numel(), n_uniform,
-            x.numel(), 0 if philox_from_ptr else seed & ((1 << 64) - 1), offset, philox, lo, hi,
+            x.numel(), 0 if philox_from_ptr else unsigned_seed(seed), offset, philox, lo, hi,
             WRITE_NOISE=write_noise, CLAMP=clamp, BLOCK=block, PHILOX_FROM_PTR=philox_from_ptr)
         return out, noise, uniform
 
