@@ -167,7 +167,8 @@ def cudart_dirs(nvcc):
     homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
              os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
     try:
-        dry = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True, timeout=60)
+        dry = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True,
+                             timeout=60)
         homes += [line.split("=", 1)[1].strip() for line in (dry.stdout + dry.stderr).splitlines()
                   if line.startswith("#$ TOP=")]
     except (OSError, subprocess.SubprocessError):

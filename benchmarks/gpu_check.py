@@ -6,7 +6,7 @@ summary with PASS/FAIL for the GPU targets.
     python3 -m benchmarks.gpu_check --fetch-wheels wheels/   # beforehand: the wheels the GPU machine lacks
     python3 -m benchmarks.gpu_check --only bench-train-cuda  # a rerun of some steps
 
-On a machine with a CUDA GPU (README "GPU acceptance run"): copy the working tree there and run,
+On a machine with a CUDA GPU (docs/gpu.md): copy the working tree there and run,
 from its root, ``PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --out DIR`` (``RUN_COMMAND``).
 Where that machine has no package registry, fill ``wheels/`` (git-ignored) beforehand with
 ``--fetch-wheels wheels/`` on a machine that has one and copy it along with the tree; without it

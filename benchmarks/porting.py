@@ -1,4 +1,4 @@
-"""The README's porting examples, before and after, timed side by side on this machine.
+"""The porting examples of docs/porting.md, before and after, timed side by side on this machine.
 
     python -m benchmarks.porting [--repeats 7] [--post-batch 16] [--quick]
 

@@ -11,10 +11,11 @@
 
 ``jebm.train`` is the training function; its package is reached by ``from jebm.train import ...``.
 """
+from jebm_kernels import __version__  # the one version, written in jebm_kernels
+
 from .model import JEBM, ConvDecoder, InferenceModel
 from .train import Run, TrainingDiverged, TrainResult, load_run, train
 from .train.presets import PRESETS, resolve_config
 
 __all__ = ["JEBM", "ConvDecoder", "InferenceModel", "train", "TrainResult", "TrainingDiverged", "load_run", "Run",
-           "PRESETS", "resolve_config"]
-__version__ = "0.1.0"
+           "PRESETS", "resolve_config", "__version__"]

@@ -260,10 +260,27 @@ def _cmd_bench(a) -> int:
     return 0
 
 
+# the packages of the "train" extra (pyproject.toml), by their import names
+TRAIN_EXTRA = {"sklearn": "scikit-learn", "skimage": "scikit-image", "PIL": "pillow", "matplotlib": "matplotlib",
+               "tqdm": "tqdm", "mlxtend": "mlxtend"}
+
+
+def missing_train_packages() -> list[str]:
+    """The "train" extra's packages this environment lacks (the sampler alone needs none of them)."""
+    import importlib.util
+    return [pkg for mod, pkg in TRAIN_EXTRA.items() if importlib.util.find_spec(mod) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     from .train import TrainingDiverged
     parser = build_parser()
     a = parser.parse_args(argv)
+    missing = missing_train_packages()
+    if missing:
+        print(f"jebm {a.command}: error: the trainer needs the 'train' extra, missing here: {', '.join(missing)}; "
+              "install it with: pip install \"jebm[train]\" (or pip install \".[train]\" from a checkout)",
+              file=sys.stderr)
+        return 2
     threads = getattr(a, "threads", None)
     if threads is not None:
         if threads < 1:

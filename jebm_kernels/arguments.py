@@ -45,9 +45,13 @@ def _spec_weights(spec: PriorSpec | None, posterior: PosteriorEnergy | None):
 
 
 def _check_described_energy(energy, flat: list[torch.Tensor], z0: torch.Tensor) -> None:
-    """A PriorEnergy or PosteriorEnergy with weights in another dtype or on another device than z,
-    or of other dims, would fail deep inside a matmul; say so up front, in words (for every backend
-    alike). Any other energy fails, if it does, as the user's own code fails."""
+    """An energy whose weights are in another dtype or on another device than z (a PriorEnergy, a
+    PosteriorEnergy, an nn.Sequential), or of other dims, would fail deep inside a matmul; say so up
+    front, in words (for every backend alike: nothing is called or traced). Any other energy fails,
+    if it does, as the user's own code fails."""
+    if isinstance(energy, nn.Sequential):
+        _check_weights(energy.parameters(), z0)
+        return
     if not isinstance(energy, (PriorEnergy, PosteriorEnergy)):
         return
     spec = energy.spec
@@ -57,15 +61,19 @@ def _check_described_energy(energy, flat: list[torch.Tensor], z0: torch.Tensor) 
                          f"{tuple(t.shape[1] for t in flat)}")
     if posterior is not None and posterior.x_obs.shape[0] != z0.shape[0]:
         raise ValueError(f"the posterior has {posterior.x_obs.shape[0]} observations but z has {z0.shape[0]} chains")
-    for w in _spec_weights(spec, posterior):
+    _check_weights(_spec_weights(spec, posterior), z0)
+    if posterior is not None and posterior.x_obs.device != z0.device:
+        raise ValueError(f"the observed images are on {posterior.x_obs.device} but z is on {z0.device}: put both on "
+                         "one device")
+
+
+def _check_weights(weights, z0: torch.Tensor) -> None:
+    for w in weights:
         if w.device != z0.device:
             raise ValueError(f"the energy's weights are on {w.device} but z is on {z0.device}: put both on one device")
         if w.dtype != z0.dtype:
             raise ValueError(f"the energy's weights are {w.dtype} but z is {z0.dtype}: use one dtype "
-                            f"(z.to({w.dtype}) or the model's .to({z0.dtype}))")
-    if posterior is not None and posterior.x_obs.device != z0.device:
-        raise ValueError(f"the observed images are on {posterior.x_obs.device} but z is on {z0.device}: put both on "
-                         "one device")
+                             f"(z.to({w.dtype}) or the model's .to({z0.dtype}))")
 
 
 def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, generator, mala,

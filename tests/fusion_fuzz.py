@@ -624,7 +624,8 @@ def st_global_fn(rng, seed):
 
         def rebind_t():
             ns["T"] = float(ns["T"] * (1.5 if torch.rand((), generator=gen) < 0.5 else 0.6))
-        custom = {"rebind_ema": lambda: put(_perturbed_copy(get(), gen)), "rebind_ckpt": rebind_ckpt, "rebind_T": rebind_t}
+        custom = {"rebind_ema": lambda: put(_perturbed_copy(get(), gen)), "rebind_ckpt": rebind_ckpt,
+                  "rebind_T": rebind_t}
         return _instance(ns["energy"], _Holder(get), plan, _z2(d), seed, custom=custom, modules=get)
     return (f"module-level function, global {form}, d={d} widths={ws} act={act} {sign}net q={q} :: "
             f"{plan.describe()}"), build

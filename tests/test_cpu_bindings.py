@@ -365,6 +365,7 @@ def test_activation_value_and_derivative(name):
         assert_close_where(deriv.double(), dref, atol=2e-6, rtol=4e-7, what=f"{name} derivative ({isa})")
 
 
+@pytest.mark.slow
 @needs_ext
 def test_elu_within_one_ulp_of_torch_float32_and_its_signed_zeros():
     """ELU's expm1 is ours (vector_math.h): within an ulp of torch's float32 F.elu and of the correctly

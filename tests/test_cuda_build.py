@@ -45,6 +45,8 @@ import jebm_kernels as jk
 from jebm_kernels import activation_table, extension
 from jebm_kernels.philox import philox_randint4x, torch_philox_rand, torch_philox_randn
 
+pytestmark = pytest.mark.slow  # nvcc and the host emulation compile csrc first
+
 
 @pytest.fixture(scope="module")
 def builds(cuda_builds):

@@ -118,6 +118,7 @@ class ChainThenDecode(nn.Module):
         return z, torch.tanh(self.head(z[0]))
 
 
+@pytest.mark.slow
 def test_compiled_module_equals_eager_and_the_reference():
     torch.manual_seed(0)
     spec = make_prior((3, 17), hidden=(9,), space="eps", joint=True, seed=4)

@@ -16,6 +16,7 @@ TINY = dict(dims=[6, 3], ebm_hidden=[16], gauss_hidden=[16], dec_hidden=[32], in
             infer_head_hidden=[16], prior_steps=5, post_steps=5, batch_size=50, sample_every=0, n_samples=9)
 
 
+@pytest.mark.slow
 def test_outlier_experiment_writes_json_and_png_and_reuses_finished_runs(tmp_path):
     kw = dict(classes=[1], seeds=[0, 1], iters=4, out_dir=tmp_path / "o", progress=False, **TINY)
     summary = outlier_experiment(**kw)

@@ -25,7 +25,7 @@ from jebm_kernels import extension
 needs_cpp = pytest.mark.skipif(extension.cpu_error() is not None,
                                reason=f"the C++ extension is not built: {extension.cpu_error()}")
 
-FAST_SEED, FAST_N = 20251206, 300
+FAST_SEED, FAST_N = 20251206, 200
 SLOW_SEED, SLOW_N = 7, 3000
 
 

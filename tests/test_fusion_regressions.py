@@ -178,7 +178,8 @@ STOPPED = {
     "net_of_z_data": lambda net: lambda z: net(z.data).squeeze(-1) + 0.5 * (z ** 2).sum(-1),
     "net_of_z_then_detach": lambda net: lambda z: net(z).detach().squeeze(-1) + 0.5 * (z ** 2).sum(-1),
     "no_grad_block": _no_grad_block,
-    "autograd_function_half_gradient": lambda net: lambda z: HalfGrad.apply(net(z)).squeeze(-1) + 0.5 * (z ** 2).sum(-1),
+    "autograd_function_half_gradient":
+        lambda net: lambda z: HalfGrad.apply(net(z)).squeeze(-1) + 0.5 * (z ** 2).sum(-1),
     "only_a_detached_term": lambda net: lambda z: net(z.detach()).squeeze(-1),
 }
 

@@ -189,6 +189,7 @@ for arch in (80, 90):
 """
 
 
+@pytest.mark.slow
 def test_the_graph_safe_update_kernel_compiles_for_sm80_and_sm90():
     """Triton compiles the update kernel (both noise variants) to PTX without a GPU: the real
     compiler, which is stricter than the interpreter the other tests run."""

@@ -179,6 +179,7 @@ def close(out, ref, dtype) -> bool:
                                                                                equal_nan=True)
 
 
+@pytest.mark.slow
 # 120 examples: about 40 are sampled and compared on every backend (the rest are refused, as they
 # must be); the Triton backend runs under its interpreter here, about 0.3 s a call.
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -169,3 +169,27 @@ def test_the_checker_sees_cycles_hidden_in_functions(tmp_path):
 ])
 def test_relative_imports_resolve(module, level, target, is_pkg, expected):
     assert _resolve(module, is_pkg, level, target) == expected
+
+
+def test_the_sampler_needs_only_torch_and_numpy(tmp_path):
+    """With the trainer's packages unimportable, jebm_kernels imports and samples, and the jebm command
+    says which extra to install instead of failing deep inside an import."""
+    import subprocess
+    import sys
+    for name in ["sklearn", "skimage", "PIL", "matplotlib", "mlxtend", "arviz", "tqdm"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed here')\n")
+    code = """
+import torch, jebm_kernels as jk
+net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+out = jk.langevin(net, torch.randn(4, 3), n_steps=3, step_size=0.1, generator=(1, 0))
+assert out.shape == (4, 3)
+from jebm import cli
+cli.missing_train_packages = lambda: ["scikit-learn"]
+assert cli.main(["train", "--out", "unused"]) == 2
+print("ok")
+"""
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
+    assert "pip install" in proc.stderr and "train" in proc.stderr

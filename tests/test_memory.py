@@ -1,6 +1,7 @@
 """A long chain keeps no history unless asked: memory stays flat over 10,000 steps."""
 import gc
 
+import pytest
 import torch
 
 import jebm_kernels as jk
@@ -11,6 +12,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+@pytest.mark.slow
 def test_ten_thousand_steps_do_not_grow_memory():
     energy = lambda z: 0.5 * (z ** 2).sum(-1)
     z = torch.randn(64, 32)

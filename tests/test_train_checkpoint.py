@@ -178,6 +178,7 @@ print(outcomes)
 '''
 
 
+@pytest.mark.slow
 def test_random_damage_is_refused_or_harmless_in_a_child_interpreter(good, tmp_path):
     """150 random byte flips, cuts and splices: each load raises ValueError or returns the intact
     checkpoint; the child interpreter never crashes (a segfault would show as a negative rc)."""

@@ -34,6 +34,8 @@ from jebm.train.checkpoint import load_checkpoint
 from jebm.train.distributed import rank_seed
 from jebm.train.presets import resolve_config
 
+pytestmark = pytest.mark.slow  # worker processes: torchrun and gloo
+
 WORLD = 2
 ITERS = 3
 TINY = dict(dims=[4, 2], ebm_hidden=[8], gauss_hidden=[8], dec_hidden=[16], infer_hidden=[16],

@@ -107,6 +107,7 @@ def temporaries(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if ".tmp-" in p.name)
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     t0 = time.perf_counter()
     full = jebm.train(iters=ITERS, out_dir=tmp_path / "full", checkpoint_every=3, progress=False, **CFG)

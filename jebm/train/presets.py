@@ -11,7 +11,7 @@ Presets:
     Small enough to train on the bundled 8x8 digits (or mnist5k, 28x28) in about a minute on 2 CPU
     cores: two latent layers d = (16, 8), MLP energies and Gaussians of width 64, an MLP decoder
     16-128-128-(C*H*W); 2000 iterations of batch 100. Each setting below was measured
-    (README "Training: defaults and what they rest on"):
+    (docs/training.md, "Defaults and what they rest on"):
     - MLE scheme: Langevin in z-space, as the CVPR code (eps-space posterior chains shrink sigma of
       p(z_1|z_2) towards its floor and the run diverges on digits); the papers' chain lengths, prior
       60 steps of s = 0.3 (s = 0.4 diverges on digits) and posterior 40 steps of s = 0.1; Adam 3e-4
