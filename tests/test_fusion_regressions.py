@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 from fusion_fuzz import CallCounter, expected_calls
+from fusion_fuzz import GradScale as HalfGrad  # the identity forward, half the gradient
 from helpers import assert_close_where
 from torch import nn
 from torch.nn.utils import prune
@@ -154,16 +155,6 @@ def test_weights_written_through_data_between_calls(write):
 
 
 # --------------------------------------------------------------------- stopped gradients
-
-class HalfGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        return 0.5 * g
-
 
 def _no_grad_block(net):
     def energy(z):
@@ -546,17 +537,8 @@ def test_an_unfaithful_trace_stays_declined_and_equal():
     """A custom autograd.Function halving the gradient reads as the identity in the graph: the start
     check declines it at its first call, and every later call (traced again only after 1, 2, 4, ...
     calls) declines too and equals the reference."""
-    class Half(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            return 0.5 * g
-
     net = mlp()
-    energy = lambda z: net(Half.apply(z)).squeeze(-1) + 0.5 * z.pow(2).sum(-1)  # noqa: E731
+    energy = lambda z: net(HalfGrad.apply(z)).squeeze(-1) + 0.5 * z.pow(2).sum(-1)
     z = start()
     for _ in range(5):
         out, info = jk.langevin(energy, z, **KW)
