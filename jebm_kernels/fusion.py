@@ -47,11 +47,20 @@ VALUE_RTOL = 2e-5
 GRAD_RTOL = 2e-5
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether a torch.autocast region for ``device_type`` is active (torch < 2.4 has one query per
+    device kind)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def environment_reason(z: torch.Tensor) -> str | None:
     """What about the calling context keeps every energy from a fused kernel, or None."""
     if torch.is_inference_mode_enabled():
         return "inside torch.inference_mode(), where the reference cannot take dU/dz either"
-    if torch.is_autocast_enabled(z.device.type):
+    if autocast_enabled(z.device.type):
         return "inside torch.autocast: the energy runs in lower precision there, the fused kernels in float32"
     if torch._C._is_torch_function_mode_enabled():
         return "a TorchFunctionMode is active: it would see none of the kernels' operations"
