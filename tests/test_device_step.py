@@ -1,4 +1,4 @@
-"""The trainer's GPU path (issue 14; jebm/train/device_step.py, device_chains.py).
+"""The trainer's GPU path (jebm/train/device_step.py, device_chains.py).
 
 On the CPU: the device-side Philox stream, the capturable reference chain, the chain cache's
 capture bookkeeping (capture off, and a fake chain for capture on), the device metrics and their
