@@ -12,6 +12,7 @@ from torch import nn
 from . import fusion
 from .energies import PosteriorEnergy, PriorEnergy
 from .philox import PhiloxGenerator, check_philox
+from .precision import FP32, Precision, resolve
 from .problem import Problem, Reading
 from .spec import PriorSpec
 
@@ -77,7 +78,7 @@ def _check_weights(weights, z0: torch.Tensor) -> None:
 
 
 def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, generator, mala,
-                 return_info, check_finite: bool = True) -> tuple[Problem, PhiloxGenerator]:
+                 return_info, check_finite: bool = True, precision: str = "auto") -> tuple[Problem, PhiloxGenerator]:
     """``langevin``'s arguments checked and turned into a ``Problem`` (its energy not yet read: the
     first backend that could fuse it asks, ``fusion.read``), and the noise stream it draws from."""
     if not callable(energy):
@@ -135,12 +136,13 @@ def make_problem(energy, z, *, n_steps, step_size, noise_scale, prior_sigma, gen
         raise TypeError("generator must be None, a torch.Generator, a jebm_kernels.PhiloxGenerator "
                         f"or a (seed, offset) tuple; got {type(generator).__name__}")
 
+    how = resolve(precision, layers[0])
     _check_described_energy(energy, flat, layers[0])
     problem = Problem(energy=energy, z=flat, shapes=[t.shape for t in layers], is_list=is_list,
                       n_steps=n_steps, step_sizes=steps, noise_scale=float(noise_scale),
                       prior_sigma=sigmas, mala=bool(mala), seed=stream.seed, offset=0,
                       want_info=bool(return_info), squeeze_output=isinstance(energy, nn.Sequential),
-                      reader=fusion.read)
+                      precision=how, reader=fusion.read)
     problem.offset = stream.take(n_steps * problem.stride)
     return problem, stream
 
@@ -151,7 +153,7 @@ def check_op_layers(z) -> None:
 
 
 def make_op_problem(spec: PriorSpec | None, z, philox: torch.Tensor, step_sizes, noise_scale, prior_sigma,
-                    n_steps, mala, want_info, *, step_offset: int = 0) -> Problem:
+                    n_steps, mala, want_info, *, step_offset: int = 0, precision: str = "fp32") -> Problem:
     """The Problem of a custom-op call (``jebm::prior_chain`` with its spec, ``jebm::multi_layer_update``
     with ``spec=None``): the ops' arguments checked as ``langevin`` checks its own.
 
@@ -174,7 +176,10 @@ def make_op_problem(spec: PriorSpec | None, z, philox: torch.Tensor, step_sizes,
         raise ValueError("z must be one [B, d_l] tensor per layer, all with batch B")
     if spec is not None and tuple(t.shape[1] for t in z) != tuple(spec.dims):
         raise ValueError(f"z has layer dims {tuple(t.shape[1] for t in z)} but the prior has {tuple(spec.dims)}")
-    return Problem(energy=None, z=[t.contiguous() for t in z], shapes=[t.shape for t in z], is_list=True,
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"the ops' precision is 'fp32' or 'bf16' (fixed when a graph is built), got {precision!r}")
+    how: Precision = FP32 if precision == "fp32" else resolve("bf16", z[0])
+    return Problem(precision=how, energy=None, z=[t.contiguous() for t in z], shapes=[t.shape for t in z], is_list=True,
                    n_steps=int(n_steps), step_sizes=tuple(float(s) for s in step_sizes),
                    noise_scale=float(noise_scale), prior_sigma=tuple(prior_sigma) if prior_sigma else None,
                    mala=bool(mala), seed=0, offset=int(step_offset), want_info=bool(want_info),

@@ -27,13 +27,14 @@ from .problem import Problem
 __all__ = ["run_chain", "autograd_energy_and_grad"]
 
 
-def autograd_energy_and_grad(problem: Problem):
-    """x -> (U(x) [B], dU/dx per layer) by autograd on ``problem``'s energy."""
+def autograd_energy_and_grad(problem: Problem, *, own_precision: bool = False):
+    """x -> (U(x) [B], dU/dx per layer) by autograd on ``problem``'s energy, in the call's precision
+    (``own_precision``: at z's own, ``Problem.call_energy``)."""
 
     def energy_and_grad(x: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(True) for t in x]
-            u = problem.call_energy(leaves)
+            u = problem.call_energy(leaves, own_precision=own_precision)
             if not u.requires_grad:
                 raise TypeError("the energy's output does not depend on z through autograd (no grad_fn): it detached "
                                 "z, ran under torch.no_grad() or is a constant; langevin needs dU/dz")

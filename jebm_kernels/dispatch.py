@@ -21,6 +21,7 @@ import torch
 
 from . import extension, fusion
 from .chain import autograd_energy_and_grad, run_chain
+from .precision import Precision
 from .prior_chain import cpu as prior_chain_cpu
 from .prior_chain import cuda as prior_chain_cuda
 from .prior_chain import reference as prior_chain_reference
@@ -32,7 +33,7 @@ from .update import cuda as update_cuda
 from .update import reference as update_reference
 from .update import triton as update_triton
 
-__all__ = ["Backend", "REGISTRY", "PRIORITY", "OPS", "select", "available_backends"]
+__all__ = ["Backend", "REGISTRY", "PRIORITY", "OPS", "select", "available_backends", "settle_precision"]
 
 # Fastest first; reference last, since it serves everything langevin is given.
 PRIORITY = ("cuda", "triton", "cpu", "reference")
@@ -93,11 +94,15 @@ class Backend:
 
     def run(self, problem: Problem) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         if self.will_fuse(problem):
+            settle_precision(self.prior_chain, problem)
             return self.prior_chain.run(problem)
         # an update implementation may also take MALA's accept step (the cpu one does, in C++); the
-        # loop starts from the start check's evaluation when there was one (no call repeated)
-        return run_chain(problem, self.energy_and_grad(problem), self.update.propose,
-                         getattr(self.update, "mala_select", None), start=problem.start)
+        # loop starts from the start check's evaluation when there was one (no call repeated). A
+        # bf16 loop runs inside one autocast region, so the weights' bf16 copies are made once
+        # per chain, not once per step (autocast's cache lives as long as the region).
+        with problem.precision.context(problem.device.type):
+            return run_chain(problem, self.energy_and_grad(problem), self.update.propose,
+                             getattr(self.update, "mala_select", None), start=problem.start)
 
 
 class ReferenceBackend(Backend):
@@ -185,6 +190,14 @@ class CudaBackend(Backend):
     def run(self, problem):
         with torch.cuda.device(problem.device):
             return super().run(problem)
+
+
+def settle_precision(prior_chain, problem: Problem) -> None:
+    """Before a whole-chain kernel runs: a bf16 call on a kernel without a bf16 build runs its fp32
+    build and says so (faster than bf16 through autograd, and exact)."""
+    why = prior_chain.precision_reason(problem) if problem.precision.bf16 else None
+    if why is not None:
+        problem.precision = Precision("fp32", note=f"bf16 asked for, but {why}: the fused fp32 kernel ran")
 
 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (CudaBackend(), TritonBackend(), CpuBackend(), ReferenceBackend())}

@@ -15,7 +15,7 @@ import warnings
 from .activation_table import CODES
 
 __all__ = ["cpu_ext", "cuda_ext", "cpu_error", "cuda_error", "cpu_limits", "cuda_limits", "isa",
-           "warn_cpu_missing_once", "threads", "ext_activations"]
+           "warn_cpu_missing_once", "threads", "ext_activations", "cpu_bf16_reason"]
 
 
 def _check_codes(ext, name: str) -> frozenset:
@@ -84,6 +84,18 @@ def ext_activations(which: str) -> frozenset:
 def isa() -> str | None:
     """The instruction set the CPU kernels run with ('avx512', 'avx2', ...), None without them."""
     return cpu_ext.isa() if cpu_ext is not None else None
+
+
+def cpu_bf16_reason() -> str | None:
+    """Why the C++ kernels cannot run a chain with bf16 GEMMs here (None: they can)."""
+    if cpu_ext is None:
+        return f"the C++ extension is not built ({cpu_error()})"
+    if not hasattr(cpu_ext, "bf16_available"):
+        return "this build of jebm_kernels._C has no bf16 kernels (rebuild it)"
+    if not cpu_ext.bf16_available():
+        return (f"the bf16 kernels need AVX512-BF16 and the AVX-512 build; the kernels run '{cpu_ext.isa()}' "
+                "(JEBM_ISA, or this CPU)")
+    return None
 
 
 def threads() -> int:

@@ -17,10 +17,14 @@ error. How each energy is read (``read``):
   either, the call runs the shared loop from that first evaluation (no call is repeated) and says
   why. The check catches what no reading of a graph can see: a stopped gradient inside
   ``torch.no_grad()``, a custom ``autograd.Function``, a backward hook, a changed global.
-- Never fused, whatever the energy: inside ``torch.autocast`` (the kernels compute in float32),
-  under ``torch.inference_mode`` (the reference takes gradients, which it forbids), while a
-  ``TorchFunctionMode`` / ``TorchDispatchMode`` is active (it would see no op), or with
-  inference-tensor weights (autograd refuses to save them).
+- Never fused, whatever the energy: under ``torch.inference_mode`` (the reference takes gradients,
+  which it forbids), while a ``TorchFunctionMode`` / ``TorchDispatchMode`` is active (it would see
+  no op), with inference-tensor weights (autograd refuses to save them), or inside the caller's
+  autocast region of a dtype no kernel computes (float16: ``precision.py``).
+
+Precision (``precision.py``): an energy is read and checked at z's precision (autocast off), whatever
+the call's precision; a bf16 call then runs the kernel's bf16 build of what was read, whose law,
+not each value, the tests compare with the reference's.
 
 The tolerance of the check is ``VALUE_RTOL`` / ``GRAD_RTOL``: float32 evaluations of one MLP in two
 orders agree to about 1e-6 of the values involved; a reading that computes another function
@@ -47,21 +51,10 @@ VALUE_RTOL = 2e-5
 GRAD_RTOL = 2e-5
 
 
-def autocast_enabled(device_type: str) -> bool:
-    """Whether a torch.autocast region for ``device_type`` is active (torch < 2.4 has one query per
-    device kind)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-
-
 def environment_reason(z: torch.Tensor) -> str | None:
     """What about the calling context keeps every energy from a fused kernel, or None."""
     if torch.is_inference_mode_enabled():
         return "inside torch.inference_mode(), where the reference cannot take dU/dz either"
-    if autocast_enabled(z.device.type):
-        return "inside torch.autocast: the energy runs in lower precision there, the fused kernels in float32"
     if torch._C._is_torch_function_mode_enabled():
         return "a TorchFunctionMode is active: it would see none of the kernels' operations"
     from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -107,6 +100,9 @@ def read(problem) -> Reading:
     """The problem's reading (asked only by a backend that could fuse: the reference never reads)."""
     energy, flat = problem.energy, problem.z
     why = environment_reason(flat[0])
+    if why is None and problem.precision.caller_region:
+        why = (f"inside the caller's torch.autocast region of {problem.precision.name}: the energy runs there as "
+               "it is (no fused kernel computes in that precision)")
     if why is not None:
         return Reading(why=why)
     if isinstance(energy, PriorEnergy):
@@ -123,8 +119,9 @@ def read(problem) -> Reading:
         return Reading(why=f"the energy takes {len(flat)} layers; only energies of one tensor are traced")
     if flat[0].dtype != torch.float32:
         return Reading(why="only energies of one [B, d] float32 tensor are traced for fusion (the kernels' type)")
-    rec = traces.recognize(energy, flat[0], shape=problem.shapes[0], as_list=problem.is_list,
-                           squeeze=problem.squeeze_output)
+    with problem.precision.fp32_context(flat[0].device.type):  # traced at z's precision, whatever the call's
+        rec = traces.recognize(energy, flat[0], shape=problem.shapes[0], as_list=problem.is_list,
+                               squeeze=problem.squeeze_output)
     return _from_recognition(rec)
 
 
@@ -154,9 +151,13 @@ def confirm(problem, backend) -> bool:
         return reading.spec is not None
     if rec.entry.confirmed:
         return True
-    if problem.start is None:
-        problem.start = autograd_energy_and_grad(problem)(problem.z)  # the reference's first evaluation
-    u, g = problem.start
+    if problem.precision.lowered:
+        # checked at z's precision; the loop evaluates its own start in the call's precision
+        u, g = autograd_energy_and_grad(problem, own_precision=True)(problem.z)
+    else:
+        if problem.start is None:
+            problem.start = autograd_energy_and_grad(problem)(problem.z)  # the reference's first evaluation
+        u, g = problem.start
     why = _disagreement(backend.kernel_energy_and_grad(problem)(problem.z), u, g)
     if why is not None and not rec.fresh and rec.retrace is not None:
         # a trace found again from an earlier call: something its key does not hold has changed
@@ -228,7 +229,7 @@ def spec_energy_and_grad(problem):
         return u
 
     def energy_and_grad(x):
-        with torch.enable_grad():
+        with torch.enable_grad(), problem.precision.fp32_context(problem.device.type):
             leaves = [t.detach().requires_grad_(True) for t in x]
             u = energy(leaves)
             grads = torch.autograd.grad(u.sum(), leaves)

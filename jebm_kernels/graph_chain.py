@@ -39,7 +39,9 @@ class GraphSafeChain:
     """K steps of ``langevin`` on fixed input buffers, with the noise position on the device.
 
     Args are ``langevin``'s (``energy``, ``z`` gives the shapes and the first start, ``n_steps``,
-    ``step_size``, ``noise_scale``, ``prior_sigma``, ``generator``, ``mala``); float32 only.
+    ``step_size``, ``noise_scale``, ``prior_sigma``, ``generator``, ``mala``, ``precision``: "auto"
+    reads the caller's autocast region once, here: a captured graph keeps the precision it was
+    built with); float32 only.
     ``kernel``: "auto" (the custom ops, on ``dispatch``'s choice: C++ on CPU, csrc's CUDA kernel or
     Triton on a GPU) or the name of a backend to use ("triton": the Triton kernels, which CPU
     tensors run under ``TRITON_INTERPRET=1``; "cuda"; "cpu"; "reference": the torch loop, its noise
@@ -53,14 +55,15 @@ class GraphSafeChain:
     """
 
     def __init__(self, energy, z, *, n_steps: int, step_size, noise_scale: float = 1.0, prior_sigma=None,
-                 generator=None, mala: bool = False, kernel: str = "auto"):
+                 generator=None, mala: bool = False, kernel: str = "auto", precision: str = "auto"):
         if kernel != "auto" and kernel not in dispatch.PRIORITY:
             raise ValueError(f"kernel must be 'auto' or a backend name {list(dispatch.PRIORITY)}, got {kernel!r}")
         if kernel != "auto" and dispatch.REGISTRY[kernel].unavailable_reason() is not None:
             raise RuntimeError(f"kernel {kernel!r} is not available here: "
                                f"{dispatch.REGISTRY[kernel].unavailable_reason()}")
         problem, _ = make_problem(energy, z, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
-                                  prior_sigma=prior_sigma, generator=generator, mala=mala, return_info=False)
+                                  prior_sigma=prior_sigma, generator=generator, mala=mala, return_info=False,
+                                  precision=precision)
         if problem.dtype != torch.float32:
             raise TypeError(f"GraphSafeChain runs float32 chains (the fused kernels' type), got {problem.dtype}")
         self.problem = problem
@@ -88,11 +91,12 @@ class GraphSafeChain:
         if self._fused:
             structure, settings, params = self._encoded
             args = (p.z, params, structure, settings, self.philox, list(p.step_sizes), p.noise_scale,
-                    list(p.prior_sigma or ()), p.n_steps, p.mala, False)
+                    list(p.prior_sigma or ()), p.n_steps, p.mala, False, "bf16" if p.precision.bf16 else "fp32")
             out, _ = (torch.ops.jebm.prior_chain(*args) if self.kernel == "auto"
                       else run_prior_chain_op(*args, backend=self.kernel))
         else:
-            out, _ = run_chain(p, autograd_energy_and_grad(p), self._propose)
+            with p.precision.context(p.device.type):
+                out, _ = run_chain(p, autograd_energy_and_grad(p), self._propose)
         self.philox[1:].add_(self.chunk)
         return out
 

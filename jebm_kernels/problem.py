@@ -19,6 +19,7 @@ import torch
 
 from .energies import PosteriorEnergy
 from .philox import philox_rand, philox_rand_from, philox_randn, philox_randn_from, read_philox
+from .precision import FP32, Precision
 from .spec import PriorSpec
 
 __all__ = ["Problem", "Reading", "step_constants", "STATS_COLUMNS", "info_from_stats"]
@@ -66,6 +67,7 @@ class Problem:
     offset: int
     want_info: bool
     squeeze_output: bool = False        # an nn.Sequential energy returns [B, 1]
+    precision: Precision = FP32         # how the energy is evaluated (precision.py)
     # how the energy is read for a fused kernel: made on first use by ``reader`` (``fusion.read``),
     # so a call no fused backend looks at (the reference's) never traces or calls the energy
     reader: Callable | None = field(default=None, repr=False)
@@ -226,9 +228,13 @@ class Problem:
         out = [t if t.shape == s else t.reshape(s) for t, s in zip(flat, self.shapes)]
         return out if self.is_list else out[0]
 
-    def call_energy(self, flat: list[torch.Tensor]) -> torch.Tensor:
-        """The user's energy plus the prior_sigma term, on flattened layers; shape [B]."""
-        u = self.energy(self.restructure(flat))
+    def call_energy(self, flat: list[torch.Tensor], *, own_precision: bool = False) -> torch.Tensor:
+        """The user's energy plus the prior_sigma term, on flattened layers; shape [B], z's dtype.
+        The energy runs in the call's precision (``own_precision``: at z's own, for the start check
+        of a reading, which the kernels make in float32)."""
+        ctx = self.precision.fp32_context if own_precision else self.precision.context
+        with ctx(self.device.type):
+            u = self.energy(self.restructure(flat))
         if not torch.is_tensor(u):
             raise TypeError(f"energy must return a tensor, got {type(u).__name__}")
         if not u.dtype.is_floating_point:
@@ -238,6 +244,8 @@ class Problem:
         if tuple(u.shape) != (self.batch,):
             raise ValueError(f"energy must return one value per chain, shape ({self.batch},); "
                              f"got shape {tuple(u.shape)}")
+        if self.precision.lowered and u.dtype != self.dtype:
+            u = u.to(self.dtype)  # a bf16/fp16 energy's value joins the chain's sums at z's precision
         if self.prior_sigma is not None:
             for t, s in zip(flat, self.prior_sigma):
                 u = u + t.pow(2).sum(-1) / (2 * s * s)

@@ -79,7 +79,7 @@ class FusionExplanation(TypedDict):
 def langevin(energy: Callable[[State], torch.Tensor], z: State, *, n_steps: int,
              step_size: PerLayer | torch.Tensor, noise_scale: float = 1.0, prior_sigma: PerLayer | None = None,
              generator: Generator = None, backend: str = "auto", mala: bool = False, return_info: bool = False,
-             check_finite: bool = True) -> State | tuple[State, ChainInfo]:
+             check_finite: bool = True, precision: str = "auto") -> State | tuple[State, ChainInfo]:
     """Run ``n_steps`` of (MALA-corrected, with ``mala=True``) Langevin dynamics on ``energy``.
 
     Args:
@@ -103,20 +103,26 @@ def langevin(energy: Callable[[State], torch.Tensor], z: State, *, n_steps: int,
             (per-step chain means, at the state each step starts from), ``accept`` (per-step
             acceptance rate, MALA),
             ``accept_rate``, ``seed``, ``offset`` (replay with ``generator=(seed, offset)``),
-            ``n_steps``, ``backend`` (the backend that ran), ``fused`` (True when one whole-chain
+            ``n_steps``, ``precision`` (what the energy's products ran in: "fp32", "fp64", "bf16",
+            "fp16") and ``precision_note`` (None, or why a bf16 request ran otherwise),
+            ``backend`` (the backend that ran), ``fused`` (True when one whole-chain
             kernel ran all the steps) and ``why_not_fused`` (None, or why the energy was run as
             autograd + the backend's update: ``explain_fusion`` gives it without sampling), and
             ``stats``, the [K, 3] statistics tensor on z's device; the per-step lists are read from
             it only when asked for (no device sync otherwise).
         check_finite: refuse a start with NaN or inf (a host read of z: on a GPU a sync; pass
             False in a loop that must not wait for the device).
+        precision: what the energy's products run in: "fp32", "bf16" (bf16 products, float32
+            state, update, noise and sums; float32 z only) or "auto" (the default: z's precision,
+            or what the caller's ``torch.autocast`` region asks). Where bf16 is not available the
+            call runs fp32 and ``info["precision_note"]`` says why (``precision.py``).
 
     Returns:
         the final state in ``z``'s structure, and its ``ChainInfo`` with ``return_info=True``.
     """
     problem, _ = make_problem(energy, z, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
                               prior_sigma=prior_sigma, generator=generator, mala=mala,
-                              return_info=return_info, check_finite=check_finite)
+                              return_info=return_info, check_finite=check_finite, precision=precision)
     chosen = select(backend, problem)
     flat, stats = chosen.run(problem)
     fused_why = chosen.why_not_fused(problem)
@@ -124,6 +130,7 @@ def langevin(energy: Callable[[State], torch.Tensor], z: State, *, n_steps: int,
     if not return_info:
         return out
     return out, ChainInfo(problem, stats, seed=problem.seed, offset=problem.offset, n_steps=problem.n_steps,
+                          precision=problem.precision.name, precision_note=problem.precision.note,
                           backend=chosen.name, fused=fused_why is None, why_not_fused=fused_why)
 
 
@@ -136,7 +143,7 @@ def explain_fusion(energy: Callable[[State], torch.Tensor], z: State, *, backend
     problem, _ = make_problem(energy, z, n_steps=kwargs.pop("n_steps", 1), step_size=kwargs.pop("step_size"),
                               noise_scale=kwargs.pop("noise_scale", 1.0), prior_sigma=kwargs.pop("prior_sigma", None),
                               generator=kwargs.pop("generator", (0, 0)), mala=kwargs.pop("mala", False),
-                              return_info=False)
+                              return_info=False, precision=kwargs.pop("precision", "auto"))
     if kwargs:
         raise TypeError(f"explain_fusion got unexpected arguments {sorted(kwargs)}")
     chosen = select(backend, problem)

@@ -28,6 +28,7 @@ from torch import nn
 
 from .dispatch import PRIORITY
 from .philox import PhiloxGenerator, philox_randn
+from .precision import PRECISIONS
 from .sampler import langevin
 from .schedules import as_schedule, check_value, is_schedule
 
@@ -50,12 +51,13 @@ class LangevinSampler(nn.Module):
         device: where states live; None: the model's device if it has parameters, else the CPU.
         backend: ``langevin``'s backend ("auto", "reference", "cpu", "triton", "cuda").
         mala: add the Metropolis-Hastings correction (diagnostics gain "acceptance_rate").
+        precision: ``langevin``'s ("auto", "fp32", "bf16"): what the energy's products run in.
         integrator: None or "euler_maruyama" (torchebm's default, the only update jebm runs).
     """
 
     def __init__(self, model=None, step_size=1e-3, noise_scale=1.0, decay: float = 0.0, clamp=None,
                  dtype: torch.dtype = torch.float32, device=None, *, backend: str = "auto",
-                 mala: bool = False, energy_function=None, integrator=None):
+                 mala: bool = False, precision: str = "auto", energy_function=None, integrator=None):
         super().__init__()
         if energy_function is not None:
             if model is not None:
@@ -86,7 +88,9 @@ class LangevinSampler(nn.Module):
             raise ValueError(f"backend must be 'auto' or one of {list(PRIORITY)}, got {backend!r}")
         if not isinstance(mala, bool):
             raise TypeError(f"mala must be True or False, got {mala!r}")
-        self.backend, self.mala = backend, mala
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.backend, self.mala, self.precision = backend, mala, precision
         self.last_info: dict = {}  # the last sample() call: seed, offset, backend, per-step statistics
 
     # ---- torchebm's attributes ---------------------------------------------------------------
@@ -210,7 +214,7 @@ class LangevinSampler(nn.Module):
         traj = torch.empty((n, n_kept, *shape), dtype=self.dtype, device=self.device) if return_trajectory else None
         diag = self._new_diagnostics(n_kept, shape) if return_diagnostics else None
         info = {"energy": [], "grad_norm": [], "accept": []}
-        backend, accepts_since_kept = None, []
+        backend, precision, accepts_since_kept = None, None, []
         bar = _progress_bar(n_steps) if progress else None
         start = 0
         try:
@@ -218,8 +222,8 @@ class LangevinSampler(nn.Module):
                 eta, tau = self._step_values(start, advance=False) if live else values[start]
                 z, step_info = langevin(energy, z, n_steps=end - start, step_size=math.sqrt(2 * eta),
                                         noise_scale=tau, generator=stream, backend=self.backend, mala=self.mala,
-                                        return_info=True)
-                backend = step_info["backend"]
+                                        return_info=True, precision=self.precision)
+                backend, precision = step_info["backend"], step_info["precision"]
                 for key in info:
                     info[key] += step_info[key]
                 accepts_since_kept += step_info["accept"]
@@ -242,7 +246,7 @@ class LangevinSampler(nn.Module):
                 bar.close()
         accept_rate = sum(info["accept"]) / len(info["accept"]) if info["accept"] else None
         self.last_info = dict(seed=stream.seed, offset=start_offset, n_steps=n_steps, backend=backend,
-                              accept_rate=accept_rate, **info)
+                              precision=precision, accept_rate=accept_rate, **info)
         out = traj if return_trajectory else z
         return (out, diag) if return_diagnostics else out
 

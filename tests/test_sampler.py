@@ -206,7 +206,7 @@ def test_info_reads_the_statistics_only_when_asked_and_check_finite_can_be_skipp
     z = torch.randn(4, 2)
     out, info = jk.langevin(E, z, n_steps=3, step_size=0.1, generator=(1, 0), return_info=True, mala=True)
     assert not info._read and tuple(info["stats"].shape) == (3, 3)
-    assert "energy" in info and len(info) == 11 and list(info)[-4:] == ["energy", "grad_norm", "accept", "accept_rate"]
+    assert "energy" in info and len(info) == 13 and list(info)[-4:] == ["energy", "grad_norm", "accept", "accept_rate"]
     assert info.get("backend") == "cpu" and not info._read  # keys, in, len and the other fields need no read
     assert len(info["energy"]) == 3 and info._read
     assert info == dict(info) and dict(info) == info and repr(info) == repr(dict(info))

@@ -29,8 +29,8 @@ from ..spec import MLPSpec
 from ..tensor_cache import LEDGER, LRUCache
 from ..update import cpu as update_cpu
 
-__all__ = ["reason", "prior_terms_reason", "InputFault", "run", "energy_and_grad", "posterior_energy_and_grad",
-           "clear_caches"]
+__all__ = ["reason", "precision_reason", "prior_terms_reason", "InputFault", "run", "energy_and_grad",
+           "posterior_energy_and_grad", "clear_caches"]
 
 
 class InputFault(str):
@@ -151,6 +151,12 @@ def reason(problem: Problem) -> str | None:
     if why is None and problem.posterior is not None and not isinstance(problem.posterior.decoder, MLPSpec):
         return "the posterior's decoder is a callable (not an MLPSpec): its gradient needs autograd"
     return why
+
+
+def precision_reason(problem: Problem) -> str | None:
+    """Why the whole-chain kernel cannot run this problem's precision (None: it can): bf16 needs
+    the AVX512-BF16 builds."""
+    return extension.cpu_bf16_reason() if problem.precision.bf16 else None
 
 
 # ------------------------------------------------------------------------------------- packing

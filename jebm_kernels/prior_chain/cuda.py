@@ -20,7 +20,7 @@ from ..spec import PriorSpec
 from ..update import cuda as update_cuda
 from .packing import PackedWeights
 
-__all__ = ["reason", "kernel_reason", "weights_reason", "run", "CudaWeights"]
+__all__ = ["reason", "precision_reason", "kernel_reason", "weights_reason", "run", "CudaWeights"]
 
 
 def weights_reason(problem: Problem) -> str | None:
@@ -45,6 +45,11 @@ def _chain_constants_reason(problem: Problem) -> str | None:
     if any(not 1.0 / (s * s) <= FLOAT32_MAX for s in sigmas):
         return "a 1 / sigma^2 (prior_sigma, base_sigma) is beyond float32's range"
     return None
+
+
+def precision_reason(problem: Problem) -> str | None:
+    """Why the whole-chain kernel cannot run this problem's precision (None: it can)."""
+    return "the CUDA whole-chain kernel computes in fp32 only" if problem.precision.bf16 else None
 
 
 def reason(problem: Problem) -> str | None:

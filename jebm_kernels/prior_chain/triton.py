@@ -34,7 +34,12 @@ from .triton_kernel import triton
 if triton is not None:
     from .triton_kernel import prior_chain_kernel
 
-__all__ = ["reason", "run", "op_args", "TritonTables"]
+__all__ = ["reason", "precision_reason", "run", "op_args", "TritonTables"]
+
+
+def precision_reason(problem: Problem) -> str | None:
+    """Why the whole-chain kernel cannot run this problem's precision (None: it can)."""
+    return "the Triton whole-chain kernel computes in fp32 only" if problem.precision.bf16 else None
 
 
 def reason(problem: Problem) -> str | None:
