@@ -38,8 +38,9 @@ __all__ = ["reason", "precision_reason", "run", "op_args", "TritonTables"]
 
 
 def precision_reason(problem: Problem) -> str | None:
-    """Why the whole-chain kernel cannot run this problem's precision (None: it can)."""
-    return "the Triton whole-chain kernel computes in fp32 only" if problem.precision.bf16 else None
+    """Why the whole-chain kernel cannot run this problem's precision (None: it can: bf16 is tl.dot
+    on bf16 operands)."""
+    return None
 
 
 def reason(problem: Problem) -> str | None:
@@ -92,7 +93,10 @@ class TritonTables:
         self.cols = cols
 
 
-def _precision(device) -> str:
+def _precision(problem: Problem) -> str:
+    """tl.dot's operands: bf16 for a bf16 call, else ieee float32 (or JEBM_TRITON_PRECISION's TF32)."""
+    if problem.precision.bf16:
+        return "bf16" if problem.device.type == "cuda" else "bf16-emulated"
     p = os.environ.get("JEBM_TRITON_PRECISION", "ieee").strip() or "ieee"
     if p not in ("ieee", "tf32x3", "tf32"):
         raise ValueError(f"JEBM_TRITON_PRECISION must be ieee, tf32x3 or tf32, got {p!r}")
@@ -155,7 +159,7 @@ def op_args(problem: Problem, *, block_b: int = 16, block_k: int = 32, block_n: 
             philox if philox is not None else packed.reg, B, L, D, packed.tot, K, problem.stride, packed.joint,
             n_blocks, n_prog, float(spec.energy_sign), signed_seed(seed), offset,
             spec.space == "eps", gauss, problem.mala, problem.want_info, block_b, block_k, block_n, block_e,
-            _precision(device), num_warps, philox is not None)
+            _precision(problem), num_warps, philox is not None)
 
 
 if triton is not None:

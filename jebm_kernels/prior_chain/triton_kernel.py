@@ -196,6 +196,13 @@ if triton is not None:
     # ------------------------------------------------------------------ one Linear layer
 
     @triton.jit
+    def _round_bf16(x):
+        """x rounded to the nearest bf16 (ties to even), as a float32."""
+        b = x.to(tl.uint32, bitcast=True)
+        b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+        return b.to(tl.float32, bitcast=True)
+
+    @triton.jit
     def _matmul_cols(s_ptr, w_ptr, in_col, m_off, n_k, n_n, n0, rb,
                      BB: tl.constexpr, KC: tl.constexpr, NC: tl.constexpr, PREC: tl.constexpr):
         """Columns n0:+NC of S[:, in_col:+n_k] @ M, M [n_k, n_n] row-major at m_off (masked)."""
@@ -208,7 +215,16 @@ if triton is not None:
             xt = tl.load(s_ptr + rb + (in_col + ck)[None, :], mask=km[None, :], other=0.0)
             mt = tl.load(w_ptr + m_off + ck[:, None] * n_n + cn[None, :],
                          mask=km[:, None] & nm[None, :], other=0.0)
-            acc = tl.dot(xt, mt, acc, input_precision=PREC)
+            if PREC == "bf16":
+                # bf16 operands, float32 accumulation (tensor cores; precision.py)
+                acc = tl.dot(xt.to(tl.bfloat16), mt.to(tl.bfloat16), acc)
+            elif PREC == "bf16-emulated":
+                # the same values for Triton's interpreter, whose bf16 conversion does not round to
+                # nearest even and whose bf16 dot is wrong: operands rounded by their bits, exact
+                # products and float32 sums, as tensor cores compute them
+                acc = tl.dot(_round_bf16(xt), _round_bf16(mt), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xt, mt, acc, input_precision=PREC)
         return acc
 
     @triton.jit
@@ -527,7 +543,7 @@ if triton is not None:
         KC: tl.constexpr,         # GEMM reduction chunk
         NC: tl.constexpr,         # GEMM output chunk
         EC: tl.constexpr,         # element-wise column chunk
-        PREC: tl.constexpr,       # tl.dot input_precision
+        PREC: tl.constexpr,       # tl.dot input_precision, or "bf16" (bf16 operands; "bf16-emulated" interpreted)
         PHILOX_FROM_PTR: tl.constexpr,  # seed and offset from philox_ptr (graph-safe)
     ):
         if PHILOX_FROM_PTR:
