@@ -40,8 +40,8 @@ the output folder and the output of every step is appended to ``gpu_check.log``:
 8. ``suite-rest``: every other test file, in whatever budget is left (JUnit in ``junit-suite.xml``).
 
 Targets: the fused prior chain (cuda, triton) at least 20x the eager reference and 2x
-the reference captured as a CUDA graph; the graphed training iteration at least 3x the eager one
-(per backend).
+the reference captured as a CUDA graph; Triton's bf16 chain at least 1.3x its float32 one; the
+graphed training iteration at least 3x the eager one (per backend).
 """
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ RUN_COMMAND = "PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --out DIR"
 GPU_TEST_FILES = (
     "tests/test_device_step.py", "tests/test_graph_chain.py", "tests/test_custom_ops.py", "tests/test_dispatch.py",
     "tests/test_prior_chain.py", "tests/test_update.py", "tests/test_posterior_chain.py", "tests/test_model.py",
-    "tests/test_philox.py", "tests/test_hostile_input.py",
+    "tests/test_philox.py", "tests/test_hostile_input.py", "tests/test_precision.py", "tests/test_bf16_law.py",
+    "tests/test_bf16_kernels.py",
 )
 
 # The test extras a GPU machine's Python may lack (the run expects pytest, pytest-xdist, hypothesis and
@@ -81,6 +82,9 @@ WHEELS = ("arviz==0.23.4", "xarray-einstats==0.9.1", "h5netcdf==1.8.2", "platfor
 WHEEL_TARGET = "/tmp/jebm-wheels"
 
 PRIOR_TARGETS = {"vs_eager_reference": 20.0, "vs_graphed_reference": 2.0}
+# bf16 operands on tensor cores against the same kernel's float32 (Triton's tl.dot; csrc's CUDA
+# kernel computes in float32 and runs a bf16 call in float32, saying so)
+BF16_TARGET = 1.3
 TRAIN_TARGET = 3.0
 TRAIN_BACKENDS = ("cuda", "triton", "reference")
 
@@ -98,7 +102,8 @@ STEPS = (
     Step("wheels", 5, 60, "pip install --no-index --no-deps --target of the wheels in wheels/ (if any)"),
     Step("install", 100, 300, "JEBM_CUDA=1 JEBM_CUDA_ARCH=<cc> pip install --no-build-isolation --no-deps -e . "
                               "(the CPU extension and nvcc for one architecture, in parallel)"),
-    Step("bench-prior", 30, 150, "CVPR prior B=100 K=60: reference eager / CUDA-graphed, triton, cuda, cuda graphed"),
+    Step("bench-prior", 30, 150, "CVPR prior B=100 K=60: reference eager / CUDA-graphed, triton, cuda, cuda graphed; "
+                                 "bf16: reference under autocast, triton bf16"),
     Step("bench-train-cuda", 35, 150, "cvpr-cifar10 MLE iteration, backend cuda: eager, eager-device, graphed"),
     Step("gpu-tests", 120, 240, f"pytest -n 12 on the {len(GPU_TEST_FILES)} GPU test files "
                                 "(Triton compiles for the GPU)"),
@@ -122,8 +127,9 @@ def plan_text(budget_s: float = DEFAULT_BUDGET_S) -> str:
         lines.append(f"{i:2d}. {s.name:22s} expected ~{s.expected_s:4.0f} s  (timeout {s.timeout_s:3.0f} s)  {s.what}")
     lines += ["", f"expected total ~{total:.0f} s ({total / 60:.1f} min); the last step gets what the budget leaves",
               "", "targets: fused prior chain (cuda, triton) >= 20x eager reference and >= 2x the reference "
-              "captured as a CUDA graph (CVPR prior, B=100, K=60); graphed cvpr-cifar10 MLE iteration >= 3x "
-              "the eager one (per backend)", "", "on the GPU machine, from the working tree's root:",
+              "captured as a CUDA graph (CVPR prior, B=100, K=60); triton bf16 >= 1.3x triton fp32; graphed "
+              "cvpr-cifar10 MLE iteration >= 3x the eager one (per backend)", "",
+              "on the GPU machine, from the working tree's root:",
               "  " + RUN_COMMAND]
     return "\n".join(lines)
 
@@ -152,6 +158,9 @@ def evaluate_targets(results: dict) -> list[dict]:
             need = PRIOR_TARGETS[key]
             out.append({"target": f"prior chain {fused} >= {need:g}x the {base_name}", "measured": r, "needed": need,
                         "verdict": "MISSING" if r is None else ("PASS" if r >= need else "FAIL")})
+    r = _ratio(sec("triton"), sec("triton-bf16"))
+    out.append({"target": f"prior chain triton bf16 >= {BF16_TARGET:g}x triton fp32", "measured": r,
+                "needed": BF16_TARGET, "verdict": "MISSING" if r is None else ("PASS" if r >= BF16_TARGET else "FAIL")})
     for backend in TRAIN_BACKENDS:
         data = results.get("steps", {}).get(f"bench-train-{backend}", {}).get("data") or {}
         modes = data.get("modes", {})
@@ -523,6 +532,11 @@ def step_bench_prior(part: Partial) -> int:
         measure(b, lambda b=b: (lambda: case.langevin(b)), f"langevin(backend='{b}'): the fused whole-chain kernel")
     measure("cuda-graphed", graphed(jk.GraphSafeChain, kernel="cuda"),
             "GraphSafeChain(kernel='cuda') captured: the fused kernel replayed from a CUDA graph")
+    measure("reference-bf16", lambda: (lambda: case.langevin("reference", precision="bf16")),
+            "langevin(backend='reference', precision='bf16'): the energy under torch.autocast(bfloat16)")
+    measure("triton-bf16", lambda: (lambda: case.langevin("triton", precision="bf16")),
+            "langevin(backend='triton', precision='bf16'): tl.dot on bf16 operands, float32 accumulation "
+            "(max_abs_diff against the fp32 reference is bf16 rounding, not an error)")
     ref = (providers.get("reference") or {}).get("median_s")
     parts = [f"{n} {_fmt_ms(p.get('median_s'))}" for n, p in providers.items() if p.get("median_s")]
     part.update(summary="; ".join(parts) + (f" (reference {_fmt_ms(ref)})" if ref else ""))
