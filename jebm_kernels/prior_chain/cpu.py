@@ -159,6 +159,10 @@ def precision_reason(problem: Problem) -> str | None:
     return extension.cpu_bf16_reason() if problem.precision.bf16 else None
 
 
+def _runs_bf16(problem: Problem) -> bool:
+    return problem.precision.bf16 and extension.cpu_bf16_reason() is None
+
+
 # ------------------------------------------------------------------------------------- packing
 
 def _mlp_arg(m: MLPSpec, codes: dict, keep: list) -> tuple:
@@ -177,9 +181,11 @@ def _mlp_arg(m: MLPSpec, codes: dict, keep: list) -> tuple:
     return (sizes, ws, bs, codes[m.activation], float(m.act_param), codes[m.out_activation])
 
 
-def _build_model(problem: Problem, with_decoder: bool):
+def _build_model(problem: Problem, with_decoder: bool, bf16: bool = False):
     """The C++ Model (weights packed once per version of the weights: ``_MODELS``) and the
-    tensors that must outlive it."""
+    tensors that must outlive it. A ``bf16`` Model runs its chains on the AVX512-BF16 builds (the
+    weights packed to bf16 pairs on first use); its ``eval`` stays float32, so the start check of a
+    bf16 call and its chain share one Model."""
     spec, post = problem.spec, problem.posterior
     with_decoder = with_decoder and post is not None
     numbering = spec.mlps(post.decoder if with_decoder else None)
@@ -197,7 +203,7 @@ def _build_model(problem: Problem, with_decoder: bool):
     key = (id(ext), ext.isa(), tuple(spec.dims), tuple((m.activation, float(m.act_param), m.out_activation,
                                                tuple(b is None for b in m.biases)) for m in specs),
            tuple(terms), joint, tuple(gauss), tuple(floors), space, float(spec.energy_sign), tuple(base), tuple(ps),
-           decoder, float(sigma_x), tuple(map(id, tensors)))
+           decoder, float(sigma_x), tuple(map(id, tensors)), bf16)
     hit = _MODELS.get(key)
     if hit is not None and hit[0] == epochs:
         return hit[1]
@@ -205,7 +211,7 @@ def _build_model(problem: Problem, with_decoder: bool):
     codes = ext.act_codes()
     mlps = [_mlp_arg(m, codes, keep) for m in specs]
     model = ext.Model(list(spec.dims), mlps, terms, joint, gauss, floors, space, float(spec.energy_sign), base, ps,
-                      decoder, float(sigma_x))
+                      decoder, float(sigma_x), **({"bf16": True} if bf16 else {}))
     _MODELS.put(key, (epochs, (model, keep)), tensors)
     return model, keep
 
@@ -219,7 +225,7 @@ def run(problem: Problem, accept_record: torch.Tensor | None = None):
     ``accept_record`` (uint8 [K, B], MALA only) receives each chain's accept decision per step.
     """
     B, K = problem.batch, problem.n_steps
-    model, keep = _build_model(problem, with_decoder=True)
+    model, keep = _build_model(problem, with_decoder=True, bf16=_runs_bf16(problem))
     x = [t.contiguous() for t in problem.z]
     out = [torch.empty_like(t) for t in x]
     xobs = 0
@@ -251,7 +257,7 @@ def energy_and_grad(problem: Problem):
     """x -> (U(x), dU/dx) computed by the packed model ``run`` would run (prior, or posterior with an
     MLP decoder): the kernel's side of the start check (``fusion.confirm``)."""
     B, dims = problem.batch, problem.dims
-    model, keep = _build_model(problem, with_decoder=True)
+    model, keep = _build_model(problem, with_decoder=True, bf16=_runs_bf16(problem))
     xobs = 0
     if problem.posterior is not None:
         xo = problem.posterior.x_obs.detach().reshape(B, -1).contiguous()
