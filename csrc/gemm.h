@@ -365,26 +365,64 @@ inline void tile_rem(int r, const word_t* w, int KP, const word_t* in, float* ou
     }
 }
 
-typedef uint32_t cu __attribute__((vector_size(CV * 4)));
-// bf16_bits(x) << 16, lane by lane
-JEBM_INLINE cu bf16_high(cf x) {
-    cu u;
-    __builtin_memcpy(&u, &x, sizeof u);
-    const cu r = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-    return (u & 0x7FFFFFFFu) > 0x7F800000u ? cu{} + 0x7FC00000u : r;
+// The 16-bit lanes vpermw / vpermt2w take from vcvtne2ps2bf16's output (the rows' bf16 in memory
+// order) to make pair words. NB <= 16: 32 floats are 16 / NB pairs of rows, word i = pair i / NB,
+// chain i % NB. NB = 32: one row per converted vector, words of chains 16h .. 16h + 15 from the low
+// row (source 1) and the high row (source 2, lanes 32..).
+struct PairIdx {
+    int16_t one[32];
+    int16_t two[2][32];
+};
+constexpr PairIdx make_pair_idx() {
+    PairIdx t{};
+    constexpr int nb = NB < 16 ? NB : 16;
+    for (int i = 0; i < 16; ++i) {
+        const int j = i / nb, b = i % nb;
+        t.one[2 * i] = (int16_t)(2 * j * nb + b);
+        t.one[2 * i + 1] = (int16_t)((2 * j + 1) * nb + b);
+        for (int h = 0; h < 2; ++h) {
+            t.two[h][2 * i] = (int16_t)(16 * h + i);
+            t.two[h][2 * i + 1] = (int16_t)(32 + 16 * h + i);
+        }
+    }
+    return t;
 }
+constexpr PairIdx kPair = make_pair_idx();
+static_assert(NB == 32 || (NB <= 16 && 16 % NB == 0), "pair_rows: blocks of 32 chains, or of a divisor of 16");
+
 // Pairs kp0 .. kp0 + n - 1 of the input rows in[K, NB] as words [n][NB]: bf16(in[2kp][b]) low,
-// bf16(in[2kp+1][b]) high (zero past K). Bit arithmetic on whole chain vectors: in a wide block a
-// word lands in its chain's lane, as the tile reads it.
+// bf16(in[2kp+1][b]) high (zero past K). vcvtne2ps2bf16 rounds 32 floats to nearest even (as
+// bf16_bits, except that an fp32 denormal counts as zero: vdpbf16ps ignores bf16 denormals anyway),
+// one permute interleaves them: a third of the bit arithmetic's instructions.
 void pair_rows(const float* __restrict in, int K, int kp0, int n, word_t* __restrict words) {
-    for (int j = 0; j < n; ++j) {
-        const int k = 2 * (kp0 + j);
-        const float* lo = in + (size_t)k * NB;
-#pragma GCC unroll 4
-        for (int c = 0; c < TC; ++c) {
-            const cu hi = k + 1 < K ? bf16_high(ldc(lo + NB + c * CV)) : cu{};
-            const cu w = bf16_high(ldc(lo + c * CV)) >> 16 | hi;
-            __builtin_memcpy((uint32_t*)(words + (size_t)j * NB + c * CV), &w, sizeof w);
+    const int k0 = 2 * kp0;
+    const float* src = in + (size_t)k0 * NB;
+    if constexpr (NB == 32) {
+        const __m512i i0 = _mm512_loadu_si512(kPair.two[0]), i1 = _mm512_loadu_si512(kPair.two[1]);
+        for (int j = 0; j < n; ++j) {
+            const float* lo = src + (size_t)(2 * j) * NB;
+            const __m512i L = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(lo + 16), _mm512_loadu_ps(lo));
+            const __m512i H = k0 + 2 * j + 1 < K ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(lo + 48), _mm512_loadu_ps(lo + 32))
+                                                 : _mm512_setzero_si512();
+            _mm512_storeu_si512(words + (size_t)j * NB, _mm512_permutex2var_epi16(L, i0, H));
+            _mm512_storeu_si512(words + (size_t)j * NB + 16, _mm512_permutex2var_epi16(L, i1, H));
+        }
+    } else {
+        // the rows as one flat array: rows k0 .. min(K, k0 + 2n) - 1, then zeros (masked loads)
+        const int rows = K - k0 < 2 * n ? K - k0 : 2 * n;
+        const int total = rows * NB, nw = n * NB;
+        const __m512i idx = _mm512_loadu_si512(kPair.one);
+        auto part = [&](int f) -> __m512 {
+            if (f + 16 <= total) return _mm512_loadu_ps(src + f);
+            if (f >= total) return _mm512_setzero_ps();
+            return _mm512_maskz_loadu_ps((__mmask16)((1u << (total - f)) - 1), src + f);
+        };
+        for (int w = 0; w < nw; w += 16) {
+            const __m512i r = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(part(2 * w + 16), part(2 * w)));
+            if (w + 16 <= nw)
+                _mm512_storeu_si512(words + w, r);
+            else
+                _mm512_mask_storeu_epi32(words + w, (__mmask16)((1u << (nw - w)) - 1), r);
         }
     }
 }
