@@ -11,8 +11,9 @@
 //   vector NB. Panels of TR * V rows (zero-padded to whole vectors), packed [k][r]; the tile is
 //   transposed to the block's [row][chain] layout in registers when it is stored.
 // The bf16 builds (JEBM_BF16, AVX512-BF16) keep both tilings and their order but multiply bf16
-// pairs: W and the input are rounded to bf16 (to nearest even, as torch's .bfloat16()), packed as
-// pairs along k in one 32-bit word (k even in the low half; an odd K gets a zero weight and input),
+// pairs: W and the input are rounded to bf16 (to nearest even, as torch's .bfloat16(); denormals
+// count as zero, as vdpbf16ps reads them), packed as pairs along k in one 32-bit word (k even in the
+// low half; an odd K gets a zero weight and input),
 // and each step is out = vdpbf16ps(out, W pair, in pair) for kp = 0, 1, ..., ceil(K/2)-1: the two
 // products are exact in fp32 and added to the fp32 sum one after the other, the same instruction on
 // the same pairs in the same order in either tiling (the narrow bf16 kernels equal the wide ones bit

@@ -3,7 +3,7 @@
 //
 // Why one compilation per ISA and not one: setup.py builds with the compiler's baseline flags
 // (x86-64 = SSE2), so one binary must run everywhere and still use AVX-512 where it exists. Each of
-// chain_avx512.cpp, chain_avx2.cpp, chain_avx2_narrow.cpp and chain_generic.cpp includes the
+// chain_avx512*.cpp (the bf16 ones included), chain_avx2*.cpp and chain_generic.cpp includes the
 // system headers, then sets `#pragma GCC target(...)` for its instruction set and the macros below,
 // then includes this file, which opens its own namespace. bindings.cpp picks one table at run time
 // with __builtin_cpu_supports (JEBM_ISA=generic|avx2|avx2-narrow|avx512 overrides, for tests). This
