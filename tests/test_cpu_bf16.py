@@ -168,9 +168,10 @@ def test_one_step_is_the_bf16_gemm_emulated_in_torch(C, act, bias):
 
 @pytest.mark.parametrize("act,out_act", [("silu", "tanh"), ("elu", "identity")])
 def test_one_posterior_step_with_an_mlp_decoder(C, act, out_act):
-    """A posterior with an MLP decoder 37-51-301: its GEMMs in bf16 too; its backward GEMM has 301
-    inputs, more than one chunk of pairs (the later chunk accumulating onto the first)."""
-    prior = Net([37, 51, 51, 1], "gelu", seed=2, gain=2.0)
+    """A posterior with an MLP decoder 37-51-301: its GEMMs in bf16 too. The decoder's first backward
+    GEMM and the prior's (37-301-51-1) second forward one have 301 inputs, more than one chunk of
+    pairs: the later chunk accumulates onto the first (onto zeros, and onto the bias)."""
+    prior = Net([37, 301, 51, 1], "gelu", seed=2, gain=2.0)
     dec = Net([37, 51, 301], act, out_act=out_act, seed=3, gain=2.0)
     check_step(C, prior, dec, sigma_x=0.7, batches=(1, 8, 33, 70))
 
