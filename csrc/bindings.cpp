@@ -15,6 +15,13 @@
 // lower one (tests use that to run the generic code on an AVX2 machine) or a narrow build alone
 // (avx512-narrow8, avx512-narrow, avx2-narrow). With the best one, a call combines the wide
 // kernels and their narrow companions (Model::plan).
+//
+// bf16: a Model made with bf16=True runs its chains on the AVX512-BF16 builds (avx512-bf16 and its
+// narrow companions: the GEMMs in bf16 pairs, fp32 sums), the bf16 counterparts of the fp32 builds
+// the current instruction set would combine (a forced avx512-narrow8 or avx512-narrow: its bf16
+// counterpart alone); its eval and z1 (the start check, the conv posterior's prior terms) stay on
+// the fp32 build. JEBM_ISA and set_isa name fp32 builds only; bf16 follows them, and needs the CPU's
+// AVX512-BF16 and an avx512 build (bf16_available()).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -104,10 +111,41 @@ double block_cost(const IsaOps* ops, int widest) {
 
 void set_isa(const std::string& name) {
     const IsaOps* ops = isa_by_name(name);
+    if (!ops && name.find("bf16") != std::string::npos)
+        throw std::invalid_argument("'" + name + "': bf16 is a Model option (Model(..., bf16=True)), not an instruction set; "
+                                    "its kernels follow the avx512 builds");
     if (!ops) throw std::invalid_argument("unknown or not compiled instruction set '" + name + "'; choose avx512, avx2, avx2-narrow or generic");
     if (!cpu_has(name)) throw std::invalid_argument("this CPU cannot run the '" + name + "' kernels");
     g_isa = ops;
     g_auto = name == usable_isas().front();
+}
+
+// The bf16 build of the same block width as an fp32 AVX-512 build, or nullptr.
+const IsaOps* bf16_of(const IsaOps* ops) {
+    if (ops == nullptr) return nullptr;
+    if (ops == isa_avx512()) return isa_avx512_bf16();
+    if (ops == isa_avx512_narrow8()) return isa_avx512_bf16_narrow8();
+    if (ops == isa_avx512_narrow()) return isa_avx512_bf16_narrow();
+    return nullptr;
+}
+
+// Why a bf16 Model cannot be made now, or "" when it can.
+std::string bf16_unavailable() {
+    const std::string fix = "; use precision='fp32' (Model(..., bf16=False))";
+    if (!isa_avx512_bf16() || !isa_avx512_bf16_narrow8() || !isa_avx512_bf16_narrow())
+        return "bf16 kernels need AVX512-BF16 (vdpbf16ps), which this build of jebm_kernels._C was compiled without "
+               "(an x86-64 compiler with it: GCC 10 or later)" + fix;
+    bool cpu = cpu_has("avx512");
+#if defined(__x86_64__) || defined(__i386__)
+    cpu = cpu && __builtin_cpu_supports("avx512bf16");
+#endif
+    if (!cpu)
+        return std::string("bf16 kernels need AVX512-BF16 (vdpbf16ps); this CPU has none (it runs '") +
+               usable_isas().front() + "')" + fix;
+    if (!bf16_of(g_isa))
+        return std::string("bf16 kernels need AVX512-BF16 (vdpbf16ps) and an avx512 build; JEBM_ISA or set_isa runs '") +
+               g_isa->name + "'" + fix;
+    return "";
 }
 
 void init_isa() {
@@ -153,8 +191,12 @@ public:
     Model(const std::vector<int64_t>& dims, const std::vector<MLPArg>& mlps, const std::vector<int64_t>& terms,
           int64_t joint, const std::vector<int64_t>& gauss, const std::vector<double>& floors, int64_t space,
           double energy_sign, const std::vector<double>& base_sigma, const std::vector<double>& prior_sigma,
-          int64_t decoder, double sigma_x)
-        : ops_(g_isa), desc_(new ModelDesc()) {
+          int64_t decoder, double sigma_x, bool bf16)
+        : ops_(g_isa), desc_(new ModelDesc()), bf16_(bf16) {
+        if (bf16) {
+            const std::string why = bf16_unavailable();
+            if (!why.empty()) bad(why);
+        }
         ModelDesc& d = *desc_;
         std::memset(&d, 0, sizeof(ModelDesc));
         d.n_mlps = (int)check_count((int64_t)mlps.size(), 0, kMaxMLPs, "number of MLPs");
@@ -210,10 +252,12 @@ public:
             d.dec_den = two_sigma_squared(sigma_x, "sigma_x");
         }
         family_ = isa_family(ops_, g_auto);
+        if (bf16)
+            for (const IsaOps*& f : family_) f = bf16_of(f);
         packed_.assign(family_.size(), nullptr);
         model_ = ops_->pack(desc_.get());
         if (!model_) throw std::bad_alloc();
-        packed_[0] = model_;
+        if (!bf16) packed_[0] = model_;
     }
 
     ~Model() {
@@ -221,6 +265,7 @@ public:
             if (works_[t]) family_[t % family_.size()]->work_free(works_[t]);
         for (size_t v = 0; v < family_.size(); ++v)
             if (packed_[v]) family_[v]->release(packed_[v]);
+        if (bf16_) ops_->release(model_);  // the fp32 packing eval uses, not one of packed_
     }
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
@@ -315,7 +360,9 @@ public:
     }
 
     std::vector<int64_t> dims() const { return std::vector<int64_t>(desc_->dims, desc_->dims + desc_->L); }
-    std::string isa() const { return ops_->name; }
+    // The build the chains run on (widest of the family): the fp32 one, or its bf16 counterpart.
+    std::string isa() const { return family_[0]->name; }
+    std::string precision() const { return bf16_ ? "bf16" : "fp32"; }
 
 private:
     // One piece of a call: chains b0 .. b0 + n - 1 on build v (blocks of its block_chains).
@@ -422,10 +469,13 @@ private:
         for (int l = 0; l < desc_->L; ++l) dst[l] = addr<T>(p[l], layer_name(what, l));
     }
 
-    const IsaOps* ops_;
+    const IsaOps* ops_;                    // the fp32 build of eval and z1
     std::unique_ptr<ModelDesc> desc_;
-    void* model_ = nullptr;                // packed for ops_ (= packed_[0])
-    std::vector<const IsaOps*> family_;    // the builds a call may combine, widest (ops_) first
+    bool bf16_;                            // chains on the bf16 builds
+    void* model_ = nullptr;                // packed for ops_ (fp32: = packed_[0])
+    // the builds a chain may combine, widest first: ops_ and its narrow companions, or (bf16) their
+    // bf16 counterparts
+    std::vector<const IsaOps*> family_;
     std::vector<void*> packed_;            // the model packed for each, on first use
     std::vector<void*> works_;             // [thread * family size + build]: scratch kept between calls
     std::atomic<bool> busy_{false};        // a call is using works_
@@ -580,6 +630,9 @@ PYBIND11_MODULE(_C, m) {
 
     m.def("isa", []() { return std::string(g_isa->name); }, "The instruction set the kernels run with.");
     m.def("available_isas", &usable_isas, "Instruction sets this CPU can run, best first.");
+    m.def("bf16_available", []() { return bf16_unavailable().empty(); },
+          "Whether Model(..., bf16=True) can be made: the bf16 builds are compiled, the CPU has AVX512-BF16 "
+          "(and AVX-512 F/DQ/BW/VL), and the current instruction set is an avx512 build.");
     m.def("set_isa", &set_isa, py::arg("name"), "Run later calls with 'avx512', 'avx2', 'avx2-narrow' or 'generic' kernels only (the best one "
           "again re-enables the narrow kernels for small batches).");
     m.def("block_chains", []() { return g_isa->block_chains; }, "Chains per block in the fused kernels.");
@@ -624,14 +677,17 @@ PYBIND11_MODULE(_C, m) {
 
     py::class_<Model>(m, "Model",
                       "An energy (prior, optional MLP decoder) with its weights packed for this CPU (here for the "
-                      "current instruction set, on first use for its narrow companions); jebm_kernels' cpu backend "
+                      "current instruction set, on first use for its narrow companions or, with bf16=True, the bf16 builds "
+                      "its chains run on); jebm_kernels' cpu backend "
                       "keeps one per version of the weights, and each thread's scratch is kept between calls.")
         .def(py::init<const std::vector<int64_t>&, const std::vector<MLPArg>&, const std::vector<int64_t>&, int64_t,
                       const std::vector<int64_t>&, const std::vector<double>&, int64_t, double,
-                      const std::vector<double>&, const std::vector<double>&, int64_t, double>(),
+                      const std::vector<double>&, const std::vector<double>&, int64_t, double, bool>(),
              py::arg("dims"), py::arg("mlps"), py::arg("terms"), py::arg("joint"), py::arg("gaussians"),
              py::arg("sigma_floors"), py::arg("space"), py::arg("energy_sign"), py::arg("base_sigma"),
-             py::arg("prior_sigma"), py::arg("decoder"), py::arg("sigma_x"))
+             py::arg("prior_sigma"), py::arg("decoder"), py::arg("sigma_x"), py::arg("bf16") = false,
+             "bf16=True: chain runs its GEMMs in bf16 (AVX512-BF16, fp32 sums; ValueError where "
+             "bf16_available() is False); eval and z1 stay fp32.")
         .def("chain", &Model::chain, py::arg("B"), py::arg("x"), py::arg("out"), py::arg("K"), py::arg("h"),
              py::arg("c"), py::arg("mala_den"), py::arg("mala"), py::arg("seed"), py::arg("offset"), py::arg("xobs"),
              py::arg("energy_out"), py::arg("gnorm_out"), py::arg("accept_out"), py::arg("accept_record"),
@@ -642,5 +698,6 @@ PYBIND11_MODULE(_C, m) {
         .def("z1", &Model::z1, py::arg("B"), py::arg("x"), py::arg("z1"), py::arg("nthreads") = 1,
              "z_1 of the sampled variables (eps-space: through the Gaussians).")
         .def_property_readonly("dims", &Model::dims)
-        .def_property_readonly("isa", &Model::isa);
+        .def_property_readonly("isa", &Model::isa, "The build chain runs on (its widest).")
+        .def_property_readonly("precision", &Model::precision, "'bf16' or 'fp32': the chains' GEMMs.");
 }

@@ -3,7 +3,7 @@
 //
 // Why one compilation per ISA and not one: setup.py builds with the compiler's baseline flags
 // (x86-64 = SSE2), so one binary must run everywhere and still use AVX-512 where it exists. Each of
-// chain_avx512.cpp, chain_avx2.cpp, chain_avx2_narrow.cpp and chain_generic.cpp includes the
+// chain_avx512*.cpp (the bf16 ones included), chain_avx2*.cpp and chain_generic.cpp includes the
 // system headers, then sets `#pragma GCC target(...)` for its instruction set and the macros below,
 // then includes this file, which opens its own namespace. bindings.cpp picks one table at run time
 // with __builtin_cpu_supports (JEBM_ISA=generic|avx2|avx2-narrow|avx512 overrides, for tests). This
@@ -40,10 +40,18 @@
 // Expected macros: JEBM_NS (namespace), JEBM_VW (floats per vector), JEBM_FMA (512, 256, 128 or 0:
 // the FMA instructions' width in bits; 128 = AVX2's FMA on 4-float vectors), JEBM_NB (chains per
 // block: a multiple of JEBM_VW, or a divisor of it for a narrow build), JEBM_TILE_R (GEMM tile
-// rows: output rows of a wide block, output vectors of a narrow one), JEBM_ISA_NAME.
+// rows: output rows of a wide block, output vectors of a narrow one), JEBM_ISA_NAME; optional:
+// JEBM_BF16 (1: the GEMMs multiply bf16 pairs with AVX512-BF16's vdpbf16ps into fp32 sums, gemm.h;
+// everything else stays fp32).
 #if !defined(JEBM_NS) || !defined(JEBM_VW) || !defined(JEBM_FMA) || !defined(JEBM_TILE_R) || \
     !defined(JEBM_NB) || !defined(JEBM_ISA_NAME)
 #error "isa_kernels.h is included by a chain_<isa>.cpp after it defines the JEBM_* macros"
+#endif
+#ifndef JEBM_BF16
+#define JEBM_BF16 0
+#endif
+#if JEBM_BF16 && JEBM_FMA != 512
+#error "the bf16 GEMMs are AVX-512 code (JEBM_FMA 512)"
 #endif
 #define JEBM_ISA_KERNELS 1
 

@@ -1,6 +1,5 @@
 // The interface between bindings.cpp (validation, dispatch) and the kernel files compiled once per
-// instruction set (chain_avx512.cpp, chain_avx2.cpp, chain_avx2_narrow.cpp, chain_generic.cpp, all
-// from isa_kernels.h).
+// instruction set (chain_avx512*.cpp, chain_avx2*.cpp, chain_generic.cpp, all from isa_kernels.h).
 //
 // Only plain structs with fixed-size arrays and raw pointers cross it: the ISA-specific
 // translation units instantiate no standard-library templates, so no inline function compiled for
@@ -119,5 +118,10 @@ const IsaOps* isa_avx512();   // nullptr where not compiled (non-x86)
 const IsaOps* isa_avx2_narrow();      // AVX2, blocks of 4 chains (small batches); nullptr where not compiled
 const IsaOps* isa_avx512_narrow();    // AVX-512, blocks of 4 chains; nullptr where not compiled
 const IsaOps* isa_avx512_narrow8();   // AVX-512, blocks of 8 chains; nullptr where not compiled
+// AVX-512 with AVX512-BF16: the GEMMs in bf16 pairs (vdpbf16ps, fp32 sums), wide and narrow blocks;
+// nullptr where not compiled (non-x86, a compiler without AVX512-BF16)
+const IsaOps* isa_avx512_bf16();
+const IsaOps* isa_avx512_bf16_narrow8();
+const IsaOps* isa_avx512_bf16_narrow();
 
 }  // namespace jebm

@@ -148,6 +148,7 @@ def _garbage_cases():
         "model: decoder on the wrong dim": lambda: model(decoder=1),
         "model: sigma_x 0": lambda: model(sigma_x=0.0),
         "model: mlps not a list": lambda: model(mlps=5),
+        "model: bf16 not a bool": lambda: model(bf16="yes"),
         # Model.chain
         "chain: B 0": run_chain(B=0),
         "chain: B negative": run_chain(B=-4),
@@ -227,9 +228,12 @@ def _garbage_cases():
         # instruction sets
         "set_isa: unknown": lambda: _C.set_isa("sse9"),
         "set_isa: not a string": lambda: _C.set_isa(3),
+        "set_isa: a bf16 build (a Model option)": lambda: _C.set_isa("avx512-bf16"),
     }
     if "avx512" not in _C.available_isas():
         cases["set_isa: avx512 on a CPU without it"] = lambda: _C.set_isa("avx512")
+    if not _C.bf16_available():
+        cases["model: bf16 where unavailable"] = lambda: model(bf16=True)
     return cases, keep
 
 
@@ -280,7 +284,8 @@ def test_garbage_covers_every_binding():
                "same_bytes"):
         assert fn.lower() in names.lower(), f"no garbage case for {fn}"
     public = {n for n in dir(_C) if not n.startswith("_")}
-    assert public == {"Model", "activation", "act_codes", "available_isas", "block_chains", "isa", "limits",
+    assert public == {"Model", "activation", "act_codes", "available_isas", "bf16_available", "block_chains", "isa",
+                      "limits",
                       "mala_select", "multi_layer_update", "philox_rand", "philox_randn", "philox_uniform_pairs",
                       "same_bytes", "set_isa", "vector_width"}, \
         "a new binding needs garbage cases here"
