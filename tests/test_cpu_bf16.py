@@ -197,7 +197,8 @@ def test_narrow_bf16_kernels_equal_the_wide_one_bitwise(C, act, space, mala):
     build alone (avx512-narrow8 / avx512-narrow forced: bf16 follows them) and the automatic mix
     (100 chains, 2 threads) give the same chains, energies and MALA decisions to the last bit. A
     hidden width of 301 puts two chunks of pairs in a GEMM."""
-    wide = C.isa()
+    before, wide = C.isa(), C.available_isas()[0]  # JEBM_ISA may have forced a narrow build
+    C.set_isa(wide)
     hp = HandPrior(act, space, dims=(17, 3), hidden=(301, 9), seed=4)
     kw = hp.cpu_model_args()
     gen = torch.Generator().manual_seed(6)
@@ -218,7 +219,7 @@ def test_narrow_bf16_kernels_equal_the_wide_one_bitwise(C, act, space, mala):
                     assert torch.equal(u, v)
                 C.set_isa(wide)
     finally:
-        C.set_isa(wide)
+        C.set_isa(before)
 
 
 # ------------------------------------------------------------------------ bf16 is really used
