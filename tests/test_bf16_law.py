@@ -115,15 +115,21 @@ def ula_gaussian_moments(A: torch.Tensor, s: float):
     return torch.zeros(2), torch.diagonal(Q @ torch.diag(v) @ Q.T).float()
 
 
+def fp32_and_bf16(target, backend, *, N, s, K, seed):
+    """Independent fp32 and bf16 endpoints of N chains of K steps from N(0, I) starts."""
+    g = torch.Generator().manual_seed(10 + seed)
+    z32, _ = endpoints(target, torch.randn(N, 2, generator=g), seed=seed, precision="fp32", backend=backend,
+                       n_steps=K, step_size=s)
+    z16, info = endpoints(target, torch.randn(N, 2, generator=g), seed=seed + 1, precision="bf16",
+                          backend=backend, n_steps=K, step_size=s)
+    assert info["precision"] == "bf16"
+    return z32, z16
+
+
 @pytest.mark.parametrize("backend", backends(slow_reference=True))
 def test_gaussian_bf16_matches_the_exact_law_of_the_chain(backend):
-    target, N, s, K = Gaussian(), 3000, 0.35, 250
-    g = torch.Generator().manual_seed(11)
-    z32, _ = endpoints(target, torch.randn(N, 2, generator=g), seed=1, precision="fp32", backend=backend,
-                       n_steps=K, step_size=s)
-    z16, info = endpoints(target, torch.randn(N, 2, generator=g), seed=2, precision="bf16", backend=backend,
-                          n_steps=K, step_size=s)
-    assert info["precision"] == "bf16"
+    target, s = Gaussian(), 0.35
+    z32, z16 = fp32_and_bf16(target, backend, N=3000, s=s, K=250, seed=1)
     mean, var = ula_gaussian_moments((target.P @ target.P.T).detach(), s)
     assert moment_z(z32, mean=mean, var=var) < MOMENT_Z  # the fp32 chain has mixed
     assert moment_z(z16, mean=mean, var=var) < MOMENT_Z
@@ -134,13 +140,8 @@ def test_gaussian_bf16_matches_the_exact_law_of_the_chain(backend):
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("target", [Mixture, Banana])
 def test_mixture_and_banana_bf16_moments_and_two_sample(target, backend):
-    target, N, s, K = target(), 3000, 0.2, 800
-    g = torch.Generator().manual_seed(12)
-    z32, _ = endpoints(target, torch.randn(N, 2, generator=g), seed=3, precision="fp32", backend=backend,
-                       n_steps=K, step_size=s)
-    z16, info = endpoints(target, torch.randn(N, 2, generator=g), seed=4, precision="bf16", backend=backend,
-                          n_steps=K, step_size=s)
-    assert info["precision"] == "bf16"
+    target = target()
+    z32, z16 = fp32_and_bf16(target, backend, N=3000, s=0.2, K=800, seed=3)
     assert moment_z(z16, z32) < MOMENT_Z
     _, p = energy_distance_test(z16, z32)
     assert p > ALPHA

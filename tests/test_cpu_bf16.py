@@ -214,7 +214,8 @@ def test_narrow_bf16_kernels_equal_the_wide_one_bitwise(C, act, space, mala):
                 mn, b, sb = run_chain(C, kw, xs, 40, threads, mala)
                 assert mn.isa == name.replace("avx512", "avx512-bf16") and mn.precision == "bf16"
                 for u, v in zip(a, b):
-                    assert torch.equal(u, v), f"{act} {space} B={B}: {name} (bf16) and wide bf16 differ by {(u - v).abs().max()}"
+                    assert torch.equal(u, v), (f"{act} {space} B={B}: {name} (bf16) and wide bf16 differ by "
+                                               f"{(u - v).abs().max()}")
                 for u, v in zip(sa, sb):
                     assert torch.equal(u, v)
                 C.set_isa(wide)
