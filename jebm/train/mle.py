@@ -44,7 +44,7 @@ class MLETrainer(Trainer):
             return self.short_run.posterior(x, self.sampling, generator=generator, backend=backend)
         return self.model.sample_posterior(x, generator=generator, backend=backend, **self.sampling.posterior())
 
-    def loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
+    def scheme_loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
         """Sample the chains and compute the iteration's losses: (metric values as floats, one
         scalar whose gradient is each parameter group's update)."""
         model, sx2 = self.model, 2 * self.model.sigma_x ** 2
