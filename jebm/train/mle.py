@@ -55,7 +55,8 @@ class MLETrainer(Trainer):
             z_pos = self.sample_posterior(x, generator=generator, backend=backend)  # the GPU path or not: Trainer
         z_neg = self.sample_prior(x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
 
-        recon = model.decode(z_pos[0])
+        with self.decoder_region():
+            recon = model.decode(z_pos[0])
         sq = (x - recon).reshape(x.shape[0], -1).pow(2).sum(-1)
         loss_recon = sq.mean() / sx2
         logp_pos = model.log_p_beta(z_pos).mean()

@@ -17,6 +17,13 @@ promoted, and ``loss`` returns the total as float32). A device without bf16 dot-
 instructions is refused at construction: emulated bf16 is slower than fp32, and a run's config
 must say what ran. At "fp32" nothing changes: no autocast region is entered.
 
+One exception, measured (docs/training.md, "Precision"): on the CPU a conv decoder's pass in the
+losses (its forward and the backward into its weights) runs in float32 at "bf16" too. oneDNN's
+bf16 weight gradient of a strided transposed convolution is several times slower than its fp32
+one on AVX512-BF16 CPUs, while the chains, which need only the gradient with respect to z, run
+the decoder about twice as fast in bf16: they are where the decoder's time goes (K passes against
+one).
+
 Memory layout: a conv decoder on the CPU is kept in ``channels_last`` (its transposed
 convolutions run faster so in both precisions: docs/training.md has the measurement); the MLP
 parts have no layout to choose.
@@ -126,6 +133,13 @@ class Trainer:
         the parameters and their gradients float32), nothing at "fp32"."""
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def decoder_region(self):
+        """The region the decoder's pass in the losses runs in: float32 for a conv decoder on the CPU
+        (the module docstring says why), else the losses' own (``autocast``)."""
+        if self.precision == "bf16" and isinstance(self.model.decoder, ConvDecoder) and self.device.type == "cpu":
+            return torch.autocast(self.device.type, enabled=False)
         return contextlib.nullcontext()
 
     def _note_precision(self, kind: str, info) -> None:

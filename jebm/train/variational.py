@@ -76,7 +76,8 @@ class VariationalTrainer(Trainer):
         sx = model.sigma_x
         noise = randn_layers(B, model.dims, generator, device=x.device, dtype=x.dtype)
         z_q, log_q = self.infer(x, noise)
-        recon = model.decode(z_q[0])
+        with self.decoder_region():
+            recon = model.decode(z_q[0])
         sq = (x - recon).reshape(B, -1).pow(2).sum(-1)
         n_pix = recon[0].numel()
         log_px = -sq / (2 * sx * sx) - n_pix * (math.log(sx) + 0.5 * math.log(2 * math.pi))
