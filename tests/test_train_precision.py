@@ -140,3 +140,14 @@ def test_a_bf16_run_trains_records_its_precision_keeps_fp32_checkpoints_and_resu
     lines = read_metrics(run_dir)
     assert lines[-1]["iter"] == 6 and lines[-1]["precision"] == "fp32"
     assert load_checkpoint(res.checkpoint)["config"]["precision"] == "fp32"
+
+
+def test_the_report_states_the_runs_precision_and_its_chains_notes(tmp_path):
+    from jebm.evaluate import report
+    cfg = resolve_config(precision="bf16")
+    lines = [{"iter": 1, "precision": "bf16", "precision_note": "prior chain: ran fp32 (no bf16 kernels)"},
+             {"iter": 2, "precision": "bf16"}, {"iter": 3, "precision": "fp32"}]
+    html = report._section_run(tmp_path, cfg, lines)
+    assert "bf16 (logged iterations: bf16 then fp32); prior chain: ran fp32 (no bf16 kernels)" in html
+    old = {k: v for k, v in cfg.items() if k != "precision"}  # a run from before the key
+    assert "<td>precision</td><td>fp32</td>" in report._section_run(tmp_path, old, [])
