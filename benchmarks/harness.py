@@ -19,9 +19,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from jebm.bench.configs import BATCHES, N_STEPS, QUICK, make_case
+from jebm.bench.configs import BATCHES, CONFIG_BATCHES, CONFIG_STEPS, N_STEPS, QUICK, make_case
 from jebm.bench.machine import FmaPeak, cpu_seconds, load_average, machine, matmul_rate
-from jebm.bench.providers import PHILOX_PROVIDERS, compiled_mode, flat_state, make_runner, max_abs_diff, relative_diff
+from jebm.bench.providers import (
+    PHILOX_PROVIDERS,
+    compiled_mode,
+    flat_state,
+    make_runner,
+    max_abs_diff,
+    relative_diff,
+    run_precision,
+)
 from jebm.bench.timing import rounds_for, time_calls
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +45,8 @@ RUN_INFO: dict = {
     "quick": QUICK,
     "batches": list(BATCHES),
     "n_steps": N_STEPS,
+    "config_steps": dict(CONFIG_STEPS),      # configurations with their own K ...
+    "config_batches": {k: list(v) for k, v in CONFIG_BATCHES.items()},  # ... and batches
     "budget_s": BUDGET_S,
     "skipped": [],
     "fma_peak": [],          # full measurements (start and end of the session)
@@ -188,7 +198,9 @@ def bench_chain(benchmark, config: str, batch: int, provider: str) -> None:
         flops_per_call=case.flops_per_call, chain_steps_per_call=case.chain_steps_per_call,
         flops_per_chain_step=case.flops_per_chain_step, rounds=rounds, torch_threads=torch.get_num_threads(),
     )
-    if provider == "compiled":
+    precision, note = run_precision(provider, case)
+    info.update(precision=precision, precision_note=note)
+    if provider.startswith("compiled"):
         info["compiled_mode"] = compiled_mode()
     seconds = stat(benchmark, "min")
     if seconds is not None:

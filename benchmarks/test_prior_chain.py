@@ -15,16 +15,14 @@ can recompute everything from the JSON's stats with another statistic):
 """
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
-from jebm.bench.configs import BATCHES, PRIOR_CONFIGS
+from jebm.bench.configs import PRIOR_CONFIGS, batches_for
 from jebm.bench.providers import PROVIDERS
 
 from . import harness
 
-CASES = list(itertools.product(PRIOR_CONFIGS, BATCHES, PROVIDERS))
+CASES = [(c, b, p) for c in PRIOR_CONFIGS for b in batches_for(c) for p in PROVIDERS]
 # torch.compile imports torch.jit internals that warn about their own deprecation
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ".benchmarks/*.json in the current folder)")
 
     from .bench.configs import CONFIG_NAMES
-    from .bench.quick import DEFAULT_BATCHES, DEFAULT_BUDGET_S, DEFAULT_OUT, DEFAULT_STEPS
+    from .bench.quick import DEFAULT_BATCHES, DEFAULT_BUDGET_S, DEFAULT_CONFIGS, DEFAULT_OUT, DEFAULT_STEPS
     b = sub.add_parser("bench", help="a short benchmark of the prior chain at the papers' shapes on the backends "
                                      "available here; writes a JSON that `jebm report` shows")
     b.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON path (default {DEFAULT_OUT}, where `jebm report` "
@@ -149,10 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"batch sizes (default {' '.join(map(str, DEFAULT_BATCHES))})")
     b.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help=f"Langevin steps per chain (default {DEFAULT_STEPS})")
-    b.add_argument("--configs", nargs="+", choices=CONFIG_NAMES, default=list(CONFIG_NAMES),
-                   help="the papers' prior shapes to run (default: all)")
+    b.add_argument("--configs", nargs="+", choices=CONFIG_NAMES, default=list(DEFAULT_CONFIGS),
+                   help="the configurations to run (default: all but svhn-conv, whose generator takes seconds "
+                        "per chain)")
     b.add_argument("--providers", nargs="+", default=None,
-                   help="what to time (default: the sampler backends available here; also 'compile', 'torchebm')")
+                   help="what to time (default: the sampler backends available here and the plain loop; also "
+                        "'compiled', 'torchebm', and with bf16 products 'plain-bf16', 'compiled-bf16', 'cpu-bf16')")
     return parser
 
 

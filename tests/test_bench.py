@@ -5,6 +5,7 @@ benchmarks.report`` runs) reads it like the suite's JSON."""
 import json
 
 import pytest
+import torch
 
 import jebm
 import jebm_kernels as jk
@@ -74,3 +75,79 @@ def test_jebm_bench_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown configuration"):
         run_bench(tmp_path / "b.json", providers=["nope"], log=None)
     assert not (tmp_path / "b.json").exists()
+
+
+# ---- precision: the bf16 peers and providers, svhn-conv, the bf16 targets -------------------------
+
+def test_the_plain_peer_runs_its_energy_in_the_precision_asked_for():
+    from jebm.bench.peers import plain_langevin
+    seen = []
+
+    def energy(z):
+        h = torch.nn.functional.linear(z, torch.ones(3, 4))
+        seen.append(h.dtype)
+        return h.pow(2).sum(-1)
+
+    z0 = torch.randn(5, 4)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        seen.clear()
+        out = plain_langevin(energy, z0, n_steps=2, step_size=0.1, precision=precision)
+        assert seen == [dtype, dtype] and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        plain_langevin(energy, z0, n_steps=1, step_size=0.1, precision="fp16")
+
+
+def test_svhn_conv_is_lebms_svhn_posterior_chain():
+    from jebm.bench.configs import batches_for, make_case, steps_for
+    case = make_case("svhn-conv", 2)
+    assert case.n_steps == steps_for("svhn-conv") and case.kind == "posterior_chain" and case.step_size == 0.1
+    assert set(batches_for("svhn-conv")) <= {16, 100} and case.dims == (100,)
+    assert case.flops_per_chain_step == 3 * 2 * (100 * 512 * 16 + 512 * 256 * 16 * 16 + 256 * 128 * 16 * 64
+                                                 + 128 * 3 * 16 * 256)
+    assert case.energy(case.z0).shape == (2,)
+
+
+@pytest.mark.skipif("cpu" not in jk.available_backends(), reason="the cpu backend is not built")
+def test_the_bf16_providers_run_and_record_what_they_ran_in():
+    from jebm.bench.configs import make_case
+    from jebm.bench.providers import make_runner, run_precision
+    from jebm_kernels.precision import bf16_hardware_reason
+    case = make_case("closure-conv", 2, n_steps=2)
+    for provider in ("plain-bf16", "cpu-bf16"):
+        run, why = make_runner(provider, case)
+        if bf16_hardware_reason(torch.device("cpu")) is not None:
+            assert run is None and "bf16" in why
+            continue
+        out = run()
+        assert all(bool(torch.isfinite(t).all()) for t in ([out] if torch.is_tensor(out) else out))
+        assert run_precision(provider, case) == ("bf16", None)  # no kernel fuses a conv closure
+    precision, note = run_precision("cpu-bf16", make_case("lebm", 2, n_steps=1))  # a fused kernel
+    assert (precision, note is None) in (("bf16", True), ("fp32", False))
+    assert run_precision("cpu", case) == ("fp32", None)
+
+
+def _row(config, batch, provider, seconds, precision=None, kind="prior_chain"):
+    x = dict(kind=kind, config=config, batch=batch, provider=provider, n_steps=5, chain_steps_per_call=batch * 5)
+    if precision is not None:
+        x.update(precision=precision, precision_note=None if precision == "bf16" else "no bf16 kernels here")
+    return {"stats": {"min": seconds, "median": seconds}, "extra_info": x}
+
+
+def test_a_bf16_target_is_not_measured_where_the_kernel_ran_fp32_and_checked_where_it_ran_bf16():
+    from jebm.bench.results import chain_rows, check_targets, prior_rows, train_rows
+    for ran, status in (("fp32", "NOT MEASURED"), ("bf16", "PASS")):
+        data = {"benchmarks": [_row("lebm", 1000, "cpu", 2.0, "fp32"), _row("lebm", 1000, "cpu-bf16", 1.0, ran)],
+                "jebm": {}}
+        rows = prior_rows(data, "min"), [], chain_rows(data, "min", "posterior_chain")
+        t = {x["name"]: x for x in check_targets(data, *rows)}
+        target = t["fused prior chain in bf16 >= 1.5x in fp32, LEBM, batch 1000"]
+        assert target["status"] == status
+        if ran == "fp32":
+            assert "no bf16 kernels here" in target["note"]
+    it = [{"stats": {"min": s}, "extra_info": dict(kind="train_iteration", case="conv-mnist5k", scheme="mle",
+                                                   backend="cpu", precision=p)} for p, s in (("fp32", 3.0),
+                                                                                            ("bf16", 1.0))]
+    rows = train_rows({"benchmarks": it}, "min")
+    assert [r["vs_fp32"] for r in rows] == [1.0, 3.0]
+    t = {x["name"]: x for x in check_targets({"benchmarks": it, "jebm": {}}, [], rows, [])}
+    assert t["conv-mnist5k MLE training iteration in bf16 >= 2.5x the same iteration in fp32"]["status"] == "PASS"

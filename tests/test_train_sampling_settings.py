@@ -48,9 +48,10 @@ def test_model_config_is_read_only_and_still_a_dict():
 def test_sampling_settings_give_each_chain_its_keywords():
     # prior_steps and space named: this test is about the passing-on, not the defaults
     s = SamplingSettings.from_config(resolve_config(prior_step_size=[0.4, 0.2], post_steps=7, prior_steps=30,
-                                                    space="eps"))
-    assert s.prior() == dict(n_steps=30, step_size=[0.4, 0.2], noise_scale=1.0, space="eps")
-    assert s.posterior() == dict(n_steps=7, step_size=0.1, noise_scale=1.0, space="eps")
+                                                    space="eps", precision="bf16"))
+    assert s.prior() == dict(n_steps=30, step_size=[0.4, 0.2], noise_scale=1.0, space="eps", precision="bf16")
+    assert s.posterior() == dict(n_steps=7, step_size=0.1, noise_scale=1.0, space="eps", precision="bf16")
+    assert s.with_precision("fp32").prior()["precision"] == "fp32"
     half = s.with_step_scale(0.5)
     assert half.prior_step_size == [0.2, 0.1] and half.post_step_size == 0.05 and s.prior_step_size == [0.4, 0.2]
     assert s.with_post_step_size([0.3, 0.2]).posterior()["step_size"] == [0.3, 0.2]

@@ -12,9 +12,18 @@
   f_0 on concat(z) (124 -> 200 -> 200 -> 1); four Gaussians with two hidden layers of 200;
   LeakyReLU(0.2); eps-space; step 0.4.
 
+Posterior configurations: ``posterior`` (jebm's default model's), ``closure-mlp`` and
+``closure-conv`` (closures as users write them), and ``svhn-conv``: LEBM's SVHN generator (Pang et
+al. 2020, ``_netG`` of their ``train_svhn.py``: nz = 100, transposed convolutions 100 -> 512
+(4x4) -> 256 (8x8) -> 128 (16x16) -> 3 (32x32), LeakyReLU(0.2), tanh; ngf = 64, no batch norm)
+in their posterior chain, the closure ||x - g(z)||^2 / (2 * 0.3^2) + ||z||^2 / 2, K = 20 steps
+of s = 0.1 (their g_l_steps, g_l_step_size), batch 16 and 100.
+
 The suite in ``benchmarks/`` runs every chain for K = 60 steps (the papers' prior chain) at batch
-8, 100 and 1000; ``JEBM_BENCH_QUICK=1`` shrinks this to batch 8 and K = 5 (an end-to-end check of
-the suite). ``jebm bench`` chooses its own (``jebm.bench.quick``).
+8, 100 and 1000, except where a configuration names its own (``CONFIG_STEPS``,
+``CONFIG_BATCHES``: ``svhn-conv``); ``JEBM_BENCH_QUICK=1`` shrinks this to batch 8 (16 for
+``svhn-conv``) and K = 5 (an end-to-end check of the suite). ``jebm bench`` chooses its own
+(``jebm.bench.quick``).
 """
 from __future__ import annotations
 
@@ -31,15 +40,18 @@ from jebm_kernels.spec import GaussianSpec, MLPSpec, PriorSpec, mlp_spec_from_se
 from ..train.presets import resolve_config
 
 __all__ = ["QUICK", "BATCHES", "N_STEPS", "CONFIG_NAMES", "PRIOR_CONFIGS", "POSTERIOR_CONFIGS", "CONFIG_TITLES",
-           "Case", "make_case",
-           "WEIGHT_SEED", "START_SEED", "NOISE_SEED"]
+           "CONFIG_STEPS", "CONFIG_BATCHES", "steps_for", "batches_for", "Case", "make_case",
+           "lebm_svhn_generator", "WEIGHT_SEED", "START_SEED", "NOISE_SEED"]
 
 QUICK = os.environ.get("JEBM_BENCH_QUICK", "0") not in ("", "0")
 BATCHES: tuple[int, ...] = (8,) if QUICK else (8, 100, 1000)
 N_STEPS: int = 5 if QUICK else 60
 PRIOR_CONFIGS = ("lebm", "cvpr", "iccv")
-POSTERIOR_CONFIGS = ("posterior", "closure-mlp", "closure-conv")
+POSTERIOR_CONFIGS = ("posterior", "closure-mlp", "closure-conv", "svhn-conv")
 CONFIG_NAMES = PRIOR_CONFIGS + POSTERIOR_CONFIGS
+# Configurations with their own chain length and batches (the paper's posterior chain of that model).
+CONFIG_STEPS = {"svhn-conv": 5 if QUICK else 20}
+CONFIG_BATCHES = {"svhn-conv": (16,) if QUICK else (16, 100)}
 CONFIG_TITLES = {
     "lebm": "LEBM, d=100, MLP 100-200-200-1 GELU",
     "cvpr": "CVPR 2023 CIFAR-10 prior, L=2, d=(128,100)",
@@ -47,7 +59,18 @@ CONFIG_TITLES = {
     "posterior": "jebm default model's posterior, MLP decoder, eps-space",
     "closure-mlp": "closure posterior, MLP decoder 32-256-256-784",
     "closure-conv": "closure posterior, small conv decoder to 1x16x16",
+    "svhn-conv": "closure posterior, LEBM's SVHN generator (nz=100, ngf=64) to 3x32x32",
 }
+
+
+def steps_for(config: str) -> int:
+    """K of ``config``'s chain in the suite."""
+    return CONFIG_STEPS.get(config, N_STEPS)
+
+
+def batches_for(config: str) -> tuple[int, ...]:
+    """The batches the suite times ``config`` at."""
+    return CONFIG_BATCHES.get(config, BATCHES)
 
 WEIGHT_SEED = 0        # torch seed of every configuration's weights
 START_SEED = 1         # torch seed of the chains' starting points
@@ -196,7 +219,9 @@ class Case:
             moved = jk.PosteriorEnergy(_move_spec(e.spec, device), _move_mlp(e.decoder, device), e.x_obs.to(device),
                                        e.sigma_x)
             return replace(self, z0=z0, energy=moved, flops_spec=moved.spec, device=str(device))
-        if not isinstance(self.energy, jk.PriorEnergy):  # a closure: built again on the device
+        if self.config == "svhn-conv":  # a closure: built again on the device
+            return _svhn_conv_posterior(self.batch, self.n_steps, device)
+        if not isinstance(self.energy, jk.PriorEnergy):
             return _closure_posterior(self.config, self.batch, self.n_steps, device)
         spec = _move_spec(self.energy.spec, device)
         return replace(self, z0=z0, energy=jk.PriorEnergy(spec), device=str(device))
@@ -208,8 +233,10 @@ def _with_seed(seed: int, fn):
         return fn()
 
 
-def make_case(config: str, batch: int, n_steps: int = N_STEPS) -> Case:
-    """The configuration ``config`` at batch ``batch`` (weights and starts are the same every call)."""
+def make_case(config: str, batch: int, n_steps: int | None = None) -> Case:
+    """The configuration ``config`` at batch ``batch`` (weights and starts are the same every call);
+    ``n_steps`` None: the configuration's own K (``steps_for``)."""
+    n_steps = steps_for(config) if n_steps is None else n_steps
     if config == "lebm":
         net = _with_seed(WEIGHT_SEED, lambda: _frozen(_mlp([100, 200, 200, 1], nn.GELU())))
         mlp = _spec_of(net)
@@ -226,6 +253,8 @@ def make_case(config: str, batch: int, n_steps: int = N_STEPS) -> Case:
         return _jebm_posterior(batch, n_steps)
     if config in ("closure-mlp", "closure-conv"):
         return _closure_posterior(config, batch, n_steps)
+    if config == "svhn-conv":
+        return _svhn_conv_posterior(batch, n_steps)
     raise ValueError(f"unknown configuration {config!r}; choose one of {CONFIG_NAMES}")
 
 
@@ -285,6 +314,52 @@ def _closure_posterior(config: str, batch: int, n_steps: int, device="cpu") -> C
     return Case(config, batch, n_steps, energy, z0, POST_STEP_SIZE, None, None,
                 "jebm/bench/configs.py (a closure over an nn.Sequential decoder)", device=str(device),
                 step_flops=flops, kind="posterior_chain")
+
+
+SVHN_NZ = 100
+SVHN_NGF = 64
+
+
+def lebm_svhn_generator(nz: int = SVHN_NZ, ngf: int = SVHN_NGF, nc: int = 3) -> nn.Sequential:
+    """LEBM's SVHN generator (their ``_netG`` without batch norm, as they train it): z [B, nz, 1, 1]
+    -> images [B, nc, 32, 32] in [-1, 1]."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0), nn.LeakyReLU(LEAK),
+        nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1), nn.LeakyReLU(LEAK),
+        nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1), nn.LeakyReLU(LEAK),
+        nn.ConvTranspose2d(ngf * 2, nc, 4, 2, 1), nn.Tanh())
+
+
+def _transposed_conv_flops(net: nn.Sequential, side: int = 1) -> int:
+    """2 x the multiply-adds of the transposed convolutions of ``net`` on a side x side input."""
+    flops = 0
+    for m in net:
+        if isinstance(m, nn.ConvTranspose2d):
+            k, st, pad = m.kernel_size[0], m.stride[0], m.padding[0]
+            flops += 2 * m.in_channels * m.out_channels * k * k * side * side
+            side = (side - 1) * st - 2 * pad + k
+    return flops
+
+
+def _svhn_conv_posterior(batch: int, n_steps: int, device="cpu") -> Case:
+    """The posterior chain of LEBM's SVHN model as its code runs it, written as a user writes it:
+    a closure ||x - g(z)||^2 / (2 * 0.3^2) + ||z||^2 / 2 over their generator (random weights from
+    WEIGHT_SEED), x fixed random images in [-1, 1] of 3x32x32. No kernel fuses it: autograd gives
+    the gradient, the backend its update."""
+    dec = _with_seed(WEIGHT_SEED, lebm_svhn_generator).to(device)
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    x = _with_seed(START_SEED + 1, lambda: torch.rand(batch, 3, 32, 32) * 2 - 1).to(device)
+    two_var = 2 * SIGMA_X * SIGMA_X
+
+    def energy(z):
+        recon = dec(z.reshape(z.shape[0], SVHN_NZ, 1, 1))
+        return (x - recon).reshape(z.shape[0], -1).pow(2).sum(-1) / two_var + 0.5 * z.pow(2).sum(-1)
+
+    z0 = _with_seed(START_SEED, lambda: torch.randn(batch, SVHN_NZ)).to(device)
+    return Case("svhn-conv", batch, n_steps, energy, z0, POST_STEP_SIZE, None, None,
+                "jebm/bench/configs.py (LEBM's SVHN generator, a closure as users write it)", device=str(device),
+                step_flops=3 * _transposed_conv_flops(dec), kind="posterior_chain")
 
 
 def describe(config: str) -> str:

@@ -13,6 +13,12 @@ that runs the whole K-step chain for the whole batch and returns the final state
   ``torchebm.core.BaseModel`` wrapping the same energy; multi-layer priors are expressed on the
   concatenation of the layers, split inside ``forward``. Its noise is torch.randn, so it is not
   compared element-wise.
+- ``plain-bf16`` / ``compiled-bf16``: the same loop and compiled step with the energy under
+  ``torch.autocast(device, dtype=torch.bfloat16)``, as a user writes it (``peers``, ``precision``).
+- ``cpu-bf16``: ``langevin(backend="cpu", precision="bf16")``.
+
+``run_precision(provider, case)`` says what a provider's energy products ran in ("fp32" / "bf16")
+and why a bf16 provider ran otherwise (a fused kernel without a bf16 build runs fp32).
 
 ``make_runner(provider, case)`` returns ``(runner, None)`` or ``(None, reason)`` when the provider
 cannot run here; the reason is what the benchmark reports as the skip.
@@ -24,17 +30,27 @@ import math
 import torch
 
 import jebm_kernels as jk
+from jebm_kernels.precision import bf16_hardware_reason
 
 from .configs import NOISE_SEED, Case
 from .peers import CompiledLangevin, plain_langevin
 
-__all__ = ["PROVIDERS", "PHILOX_PROVIDERS", "PEERS", "make_runner", "flat_state", "gpu_reason", "compiled_mode"]
+__all__ = ["PROVIDERS", "PHILOX_PROVIDERS", "PEERS", "BF16_PROVIDERS", "make_runner", "flat_state", "gpu_reason",
+           "compiled_mode", "run_precision", "provider_precision"]
 
-PROVIDERS = ("reference", "plain", "compiled", "torchebm", "cpu", "triton", "cuda")
+PROVIDERS = ("reference", "plain", "compiled", "torchebm", "cpu", "triton", "cuda", "plain-bf16", "compiled-bf16",
+             "cpu-bf16")
 # What users would otherwise run (their noise is torch.randn): the speed-ups jebm is judged by.
-PEERS = ("plain", "compiled")
+PEERS = ("plain", "compiled", "plain-bf16", "compiled-bf16")
 # Providers that draw the reference's Philox stream: their chains are compared element-wise.
-PHILOX_PROVIDERS = ("cpu", "triton", "cuda")
+PHILOX_PROVIDERS = ("cpu", "triton", "cuda", "cpu-bf16")
+# The providers whose energy asks for bf16 products.
+BF16_PROVIDERS = ("plain-bf16", "compiled-bf16", "cpu-bf16")
+
+
+def provider_precision(provider: str) -> str:
+    """The precision a provider asks for ("bf16" or "fp32")."""
+    return "bf16" if provider in BF16_PROVIDERS else "fp32"
 
 
 def flat_state(out) -> list[torch.Tensor]:
@@ -54,7 +70,12 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
-def _backend_runner(case: Case, backend: str):
+def _bf16_reason(case: Case) -> str | None:
+    why = bf16_hardware_reason(torch.device(case.device))
+    return None if why is None else f"no bf16 products here: {why}"
+
+
+def _backend_runner(case: Case, backend: str, precision: str = "fp32"):
     if backend not in jk.available_backends():
         if backend == "cpu":
             return None, ("the fused 'cpu' backend is not built (jebm_kernels.available_backends() = "
@@ -63,7 +84,7 @@ def _backend_runner(case: Case, backend: str):
         return None, f"backend {backend!r} is not available here (available: {jk.available_backends()})"
 
     def run():
-        out = case.langevin(backend)
+        out = case.langevin(backend, precision=precision)
         _sync(case.device)
         return out
 
@@ -79,10 +100,10 @@ def _backend_runner(case: Case, backend: str):
 _COMPILED = CompiledLangevin()  # one cache of compiled steps for the whole session
 
 
-def _peer_runner(case: Case, peer):
+def _peer_runner(case: Case, peer, precision: str = "fp32"):
     """``plain`` / ``compiled`` (jebm.bench.peers) on the case's energy; a first call compiles."""
     kw = dict(n_steps=case.n_steps, step_size=case.step_size, prior_sigma=case.prior_sigma,
-              generator=jk.PhiloxGenerator(NOISE_SEED))
+              generator=jk.PhiloxGenerator(NOISE_SEED), precision=precision)
 
     def run():
         out = peer(case.energy_of_layers, [t.clone() for t in case.layers], **kw)
@@ -139,6 +160,13 @@ def _torchebm_runner(case: Case):
 
 def make_runner(provider: str, case: Case):
     """(runner, None) or (None, why it cannot run here)."""
+    if provider in BF16_PROVIDERS:
+        why = _bf16_reason(case)
+        if why is not None:
+            return None, why
+        if provider == "cpu-bf16":
+            return _backend_runner(case, "cpu", "bf16")
+        return _peer_runner(case, plain_langevin if provider == "plain-bf16" else _COMPILED, "bf16")
     if provider == "reference":
         return _backend_runner(case, "reference")
     if provider == "cpu":
@@ -155,6 +183,20 @@ def make_runner(provider: str, case: Case):
     if provider == "torchebm":
         return _torchebm_runner(case)
     raise ValueError(f"unknown provider {provider!r}; choose one of {PROVIDERS}")
+
+
+def run_precision(provider: str, case: Case) -> tuple[str, str | None]:
+    """(what the provider's energy products ran in, why a bf16 provider ran otherwise or None). A
+    jebm backend says it in its info (a fused kernel without a bf16 build runs fp32); a peer runs
+    what it asks for."""
+    asked = provider_precision(provider)
+    backend = {"cpu-bf16": "cpu"}.get(provider, provider)
+    if backend not in ("reference", "cpu", "triton", "cuda"):
+        return asked, None
+    c = case.to("cuda") if backend in ("triton", "cuda") else case
+    _, info = jk.langevin(c.energy, c.z0, n_steps=1, step_size=c.step_size, prior_sigma=c.prior_sigma,
+                          generator=(NOISE_SEED, 0), backend=backend, precision=asked, return_info=True)
+    return info["precision"], info["precision_note"]
 
 
 def compiled_mode() -> str:

@@ -6,7 +6,9 @@ K Langevin steps (default 60, the papers' prior chain), on every backend that ca
 ``budget_s`` seconds. The JSON it writes has pytest-benchmark's layout (``benchmarks`` with
 ``stats`` and ``extra_info``, ``"jebm"`` with the machine), so ``jebm report`` shows it in its
 benchmark section like the full suite's (``benchmarks/`` in the repository, BENCHMARKS.md), whose
-figures it does not replace: fewer rounds, no batch 1000, no FMA-peak measurement.
+figures it does not replace: fewer rounds, no batch 1000, no FMA-peak measurement. Every record
+says what its energy's products ran in (``precision``, and ``precision_note`` when a bf16 provider
+ran otherwise); ``providers=["plain-bf16", "cpu-bf16", ...]`` times them with bf16 products.
 """
 from __future__ import annotations
 
@@ -22,16 +24,28 @@ import jebm_kernels as jk
 from ..atomic import atomic_write
 from .configs import CONFIG_NAMES, PRIOR_CONFIGS, make_case
 from .machine import cpu_seconds, load_average, machine, matmul_rate
-from .providers import PHILOX_PROVIDERS, PROVIDERS, flat_state, gpu_reason, make_runner, max_abs_diff, relative_diff
+from .providers import (
+    PHILOX_PROVIDERS,
+    PROVIDERS,
+    flat_state,
+    gpu_reason,
+    make_runner,
+    max_abs_diff,
+    relative_diff,
+    run_precision,
+)
 from .results import chain_rows, prior_table
 from .timing import time_rounds
 
-__all__ = ["run_bench", "DEFAULT_OUT", "DEFAULT_BATCHES", "DEFAULT_STEPS", "DEFAULT_BUDGET_S", "default_providers"]
+__all__ = ["run_bench", "DEFAULT_OUT", "DEFAULT_BATCHES", "DEFAULT_STEPS", "DEFAULT_BUDGET_S", "DEFAULT_CONFIGS",
+           "default_providers"]
 
 DEFAULT_OUT = Path(".benchmarks") / "jebm-bench.json"   # where `jebm report` looks (the current folder)
 DEFAULT_BATCHES = (8, 100)
 DEFAULT_STEPS = 60
 DEFAULT_BUDGET_S = 0.25
+# the command's configurations: svhn-conv's generator takes seconds per chain at batch 100
+DEFAULT_CONFIGS = tuple(c for c in CONFIG_NAMES if c != "svhn-conv")
 
 
 def default_providers() -> list[str]:
@@ -85,7 +99,9 @@ def run_bench(out=None, *, configs=PRIOR_CONFIGS, batches=DEFAULT_BATCHES, n_ste
                 warmup = 1 if provider == "torchebm" else 0
                 result, stats = time_rounds(run, budget_s=budget_s, min_rounds=2, warmup=warmup)
                 state = flat_state(result)
+                precision, note = run_precision(provider, case)
                 extra = dict(kind=case.kind, config=config, batch=batch, n_steps=n_steps, provider=provider,
+                             precision=precision, precision_note=note,
                              dims=list(case.dims), space=case.space,
                              device="cuda" if provider in ("triton", "cuda") else "cpu",
                              flops_per_call=case.flops_per_call, chain_steps_per_call=case.chain_steps_per_call,
@@ -99,8 +115,8 @@ def run_bench(out=None, *, configs=PRIOR_CONFIGS, batches=DEFAULT_BATCHES, n_ste
                 records.append({"name": f"{case.kind}[{config}-B{batch}-{provider}]", "group":
                                 f"{case.kind.replace('_', ' ')}: {config}, batch {batch}, K={n_steps}", "stats": stats,
                                 "extra_info": extra})
-                log(f"{config:5s} B={batch:<5d} {provider:10s} {stats['min'] * 1e3:10.2f} ms per chain "
-                    f"({stats['rounds']} rounds)")
+                log(f"{config:5s} B={batch:<5d} {provider:10s} {precision:4s} {stats['min'] * 1e3:10.2f} ms per chain "
+                    f"({stats['rounds']} rounds)" + (f"; {note}" if note else ""))
     info["suite_seconds"] = time.time() - t_start
     info["load_average_at_end"] = load_average()
     cpu_end = cpu_seconds()

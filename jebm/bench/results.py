@@ -37,7 +37,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 COMMAND = ('pip install -e ".[test,bench]" && python -m pytest benchmarks '
            '--benchmark-json=.benchmarks/latest.json && python -m benchmarks.report .benchmarks/latest.json')
 
-CONFIG_ORDER = ("lebm", "cvpr", "iccv", "posterior", "closure-mlp", "closure-conv")
+CONFIG_ORDER = ("lebm", "cvpr", "iccv", "posterior", "closure-mlp", "closure-conv", "svhn-conv")
 CONFIG_TITLES = {
     "lebm": "LEBM (d=100, MLP 100-200-200-1, GELU)",
     "cvpr": "CVPR 2023 CIFAR-10 prior (L=2, d=(128,100))",
@@ -45,13 +45,17 @@ CONFIG_TITLES = {
     "posterior": "jebm default posterior, MLP decoder (eps)",
     "closure-mlp": "closure posterior, MLP decoder",
     "closure-conv": "closure posterior, conv decoder",
+    "svhn-conv": "closure posterior, LEBM SVHN generator",
 }
-PROVIDER_ORDER = ("reference", "plain", "compiled", "torchebm", "cpu", "triton", "cuda")
+PROVIDER_ORDER = ("reference", "plain", "compiled", "torchebm", "cpu", "triton", "cuda", "plain-bf16", "compiled-bf16",
+                  "cpu-bf16")
 PROVIDER_STYLE = {
     "reference": ("tab:gray", "o"), "plain": ("tab:orange", "x"), "compiled": ("tab:purple", "s"),
     "torchebm": ("tab:brown", "^"), "cpu": ("tab:red", "D"), "triton": ("tab:blue", "v"), "cuda": ("tab:green", "P"),
+    "plain-bf16": ("tab:olive", "x"), "compiled-bf16": ("tab:pink", "s"), "cpu-bf16": ("tab:cyan", "D"),
 }
-PEERS = ("plain", "compiled")  # what users would otherwise run: the speed-ups jebm is judged by
+# what users would otherwise run, in both precisions: the speed-ups jebm is judged by
+PEERS = ("plain", "compiled", "plain-bf16", "compiled-bf16")
 FUSED = "cpu"  # the fused kernel the CPU targets are about
 GPU_PROVIDERS = ("triton", "cuda")
 TARGET_CONFIGS = ("lebm", "cvpr")
@@ -89,6 +93,8 @@ def chain_rows(data: dict, stat: str, kind: str = "prior_chain") -> list[dict]:
                          # the FMA peak is the CPU's: no fraction for GPU providers
                          frac_peak=(gflops / peak) if peak and gflops and x["provider"] not in GPU_PROVIDERS else None,
                          rounds=b["stats"].get("rounds"), compiled_mode=x.get("compiled_mode"),
+                         precision=x.get("precision", "bf16" if x["provider"].endswith("-bf16") else "fp32"),
+                         precision_note=x.get("precision_note"),
                          diff=x.get("max_abs_diff_vs_reference"), rel_diff=x.get("rel_diff_vs_reference")))
     for base in ("reference",) + PEERS:
         times = {(r["config"], r["batch"]): r["seconds"] for r in rows if r["provider"] == base}
@@ -103,23 +109,36 @@ def prior_rows(data: dict, stat: str) -> list[dict]:
     return chain_rows(data, stat, "prior_chain")
 
 
+TRAIN_CASE_ORDER = ("default", "conv-mnist5k", "cvpr-cifar10")
+
+
 def train_rows(data: dict, stat: str) -> list[dict]:
+    """One row per training-iteration benchmark: its case ("default": the default preset on the
+    digits, per backend and peer; "conv-mnist5k", "cvpr-cifar10": conv decoders per precision),
+    scheme, precision and backend, with the speed-ups against the reference and the peers in the
+    same case and precision (``vs_<peer>``), and against the same iteration in fp32 (``vs_fp32``)."""
     rows = []
     for b in data["benchmarks"]:
         x = b.get("extra_info", {})
         if x.get("kind") != "train_iteration":
             continue
         t = float(b["stats"][stat])
-        rows.append(dict(scheme=x["scheme"], backend=x["backend"], seconds=t, ms=t * 1e3, preset=x.get("preset"),
+        rows.append(dict(case=x.get("case", "default"), precision=x.get("precision", "fp32"), scheme=x["scheme"],
+                         backend=x["backend"], seconds=t, ms=t * 1e3, preset=x.get("preset"), dataset=x.get("dataset"),
                          dims=x.get("dims"), batch=x.get("batch"), prior_steps=x.get("prior_steps"),
                          post_steps=x.get("post_steps"), space=x.get("space"), decoder=x.get("decoder"),
-                         rounds=b["stats"].get("rounds")))
+                         ngf=x.get("ngf"), image_shape=x.get("image_shape"), rounds=b["stats"].get("rounds")))
     for base in ("reference",) + PEERS:
-        times = {r["scheme"]: r["seconds"] for r in rows if r["backend"] == base}
+        times = {(r["case"], r["scheme"], r["precision"]): r["seconds"] for r in rows if r["backend"] == base}
         for r in rows:
-            r["speedup" if base == "reference" else f"vs_{base}"] = (times[r["scheme"]] / r["seconds"]
-                                                                     if r["scheme"] in times else None)
-    return sorted(rows, key=lambda r: (r["scheme"], _index(PROVIDER_ORDER, r["backend"])))
+            t0 = times.get((r["case"], r["scheme"], r["precision"]))
+            r["speedup" if base == "reference" else f"vs_{base}"] = t0 / r["seconds"] if t0 else None
+    fp32 = {(r["case"], r["scheme"], r["backend"]): r["seconds"] for r in rows if r["precision"] == "fp32"}
+    for r in rows:
+        t0 = fp32.get((r["case"], r["scheme"], r["backend"]))
+        r["vs_fp32"] = t0 / r["seconds"] if t0 else None
+    return sorted(rows, key=lambda r: (_index(TRAIN_CASE_ORDER, r["case"]), r["scheme"], r["precision"] != "fp32",
+                                       _index(PROVIDER_ORDER, r["backend"])))
 
 
 def _index(order, value) -> int:
@@ -143,7 +162,9 @@ def _skip_reason(info: dict, **kw) -> str | None:
 
 
 def _ratio_target(info, rows, name, need, where: dict, base: str, kind: str):
-    """fused (or jebm's provider) time vs ``base``'s at ``where``: PASS when base / fused >= need."""
+    """fused (or jebm's provider) time vs ``base``'s at ``where``: PASS when base / fused >= need. A
+    bf16 provider that ran in another precision (a fused kernel without a bf16 build) measured no
+    bf16: NOT MEASURED, with its note."""
     who = where.get("provider", FUSED)
     sel = {k: v for k, v in where.items() if k != "provider"}
     fused = _find(rows, provider=who, **sel)
@@ -153,6 +174,10 @@ def _ratio_target(info, rows, name, need, where: dict, base: str, kind: str):
         why = _skip_reason(info, kind=kind, provider=missing, **{k: v for k, v in sel.items() if k != "scheme"})
         return dict(name=name, value=None, shown="-", status="NOT MEASURED",
                     note=f"no {missing} measurement" + (f": {why}" if why else " in this run"))
+    for r in (fused, other):
+        if r["provider"].endswith("-bf16") and r.get("precision") != "bf16":
+            return dict(name=name, value=None, shown="-", status="NOT MEASURED",
+                        note=f"{r['provider']} ran {r.get('precision')}: {r.get('precision_note') or 'no bf16'}")
     v = other["seconds"] / fused["seconds"]
     return dict(name=name, value=v, shown=f"{v:.1f}x", status="PASS" if v >= need else "FAIL",
                 note=f"{base} {other['ms']:.2f} ms, {who} {fused['ms']:.2f} ms")
@@ -199,6 +224,22 @@ def check_targets(data: dict, prows: list[dict], trows: list[dict], orows: list[
             out.append(_ratio_target(info, orows, f"{config} closure with the cpu backend >= 1.2x the plain loop, "
                                      f"batch {batch}", 1.2, dict(config=config, batch=batch), "plain",
                                      "posterior_chain"))
+    # bf16: the same energies with bf16 products, against the peers in both precisions and jebm's fp32
+    bf16 = dict(provider="cpu-bf16")
+    out.append(_ratio_target(info, orows, "svhn-conv posterior with cpu-bf16 >= 2x the plain fp32 loop, batch 100",
+                             2.0, dict(config="svhn-conv", batch=100, **bf16), "plain", "posterior_chain"))
+    out.append(_ratio_target(info, orows, "svhn-conv posterior with cpu-bf16 >= 1.1x the plain bf16 loop, batch 100",
+                             1.1, dict(config="svhn-conv", batch=100, **bf16), "plain-bf16", "posterior_chain"))
+    out.append(_ratio_target(info, orows, "svhn-conv posterior with cpu-bf16 >= 1.5x the plain fp32 loop, batch 16",
+                             1.5, dict(config="svhn-conv", batch=16, **bf16), "plain", "posterior_chain"))
+    out.append(_precision_train_target(info, trows, "conv-mnist5k", 2.5))
+    for batch, need in ((1000, 1.5), (100, 1.3)):
+        out.append(_ratio_target(info, prows, f"fused prior chain in bf16 >= {need:g}x in fp32, LEBM, batch {batch}",
+                                 need, dict(config="lebm", batch=batch, **bf16), "cpu", "prior_chain"))
+    for batch, need in ((100, 4.0), (1000, 2.0)):
+        out.append(_ratio_target(info, prows, f"fused prior chain in bf16 >= {need:g}x compiled-bf16, LEBM, batch "
+                                 f"{batch}", need, dict(config="lebm", batch=batch, **bf16), "compiled-bf16",
+                                 "prior_chain"))
     # against the reference backend
     for batch, need in ((100, 3.0), (8, 10.0)):
         for config in TARGET_CONFIGS:
@@ -209,10 +250,22 @@ def check_targets(data: dict, prows: list[dict], trows: list[dict], orows: list[
     return out
 
 
+def _precision_train_target(info, trows, case, need):
+    name = f"{case} MLE training iteration in bf16 >= {need:g}x the same iteration in fp32"
+    low = _find(trows, case=case, scheme="mle", precision="bf16")
+    full = _find(trows, case=case, scheme="mle", precision="fp32", backend=low["backend"] if low else FUSED)
+    if low is None or full is None:
+        why = _skip_reason(info, kind="train_iteration", case=case, precision="bf16" if low is None else "fp32")
+        return dict(name=name, value=None, shown="-", status="NOT MEASURED", note=why or "no measurement in this run")
+    v = full["seconds"] / low["seconds"]
+    return dict(name=name, value=v, shown=f"{v:.1f}x", status="PASS" if v >= need else "FAIL",
+                note=f"fp32 {full['ms']:.0f} ms, bf16 {low['ms']:.0f} ms per iteration ({low['backend']})")
+
+
 def _train_target(info, trows, scheme, base, need):
     name = f"{scheme} training iteration >= {need:g}x faster than with {base}"
-    fused = _find(trows, scheme=scheme, backend=FUSED)
-    other = _find(trows, scheme=scheme, backend=base)
+    fused = _find(trows, case="default", scheme=scheme, backend=FUSED)
+    other = _find(trows, case="default", scheme=scheme, backend=base)
     if fused is None or other is None:
         why = _skip_reason(info, kind="train_iteration", scheme=scheme, backend=FUSED if fused is None else base)
         return dict(name=name, value=None, shown="-", status="NOT MEASURED", note=why or "no measurement in this run")
@@ -294,28 +347,45 @@ def _x(v) -> str:
 
 
 def prior_table(rows: list[dict], stat: str) -> list[str]:
-    """The chain table (prior or posterior rows): time, rates, % of peak in executed FLOPs, and the
-    speed-ups against the plain loop, its compiled step and the reference."""
-    head = (f"| config | batch | provider | ms / chain ({stat}) | chain-steps/s | GFLOP/s "
-            "| % of FMA peak, executed FLOPs | vs plain | vs compiled | vs reference | max abs diff vs reference |")
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The chain table (prior or posterior rows): time, rates, % of peak in executed FLOPs (against
+    the fp32 FMA peak, in either precision), and the speed-ups against the plain loop and its
+    compiled step in both precisions and the reference. "precision": what the energy's products
+    ran in (a bf16 provider whose fused kernel has no bf16 build ran fp32)."""
+    head = (f"| config | batch | provider | precision | ms / chain ({stat}) | chain-steps/s | GFLOP/s "
+            "| % of FMA peak, executed FLOPs | vs plain | vs compiled | vs plain-bf16 | vs compiled-bf16 "
+            "| vs reference | max abs diff vs reference |")
+    lines = [head, "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['config']} | {r['batch']} | {r['provider']} | {_ms(r['ms'])} | {r['steps_per_s']:,.0f} "
-            f"| {_f(r['gflops'], '.2f')} "
+            f"| {r['config']} | {r['batch']} | {r['provider']} | {r.get('precision', 'fp32')} | {_ms(r['ms'])} "
+            f"| {r['steps_per_s']:,.0f} | {_f(r['gflops'], '.2f')} "
             f"| {_f(r['frac_peak'] * EXECUTED if r['frac_peak'] is not None else None, '.1%')} "
-            f"| {_x(r.get('vs_plain'))} | {_x(r.get('vs_compiled'))} | {_x(r['speedup'])} "
-            f"| {_f(r['diff'], '.1e')} |")
+            f"| {_x(r.get('vs_plain'))} | {_x(r.get('vs_compiled'))} | {_x(r.get('vs_plain-bf16'))} "
+            f"| {_x(r.get('vs_compiled-bf16'))} | {_x(r['speedup'])} | {_f(r['diff'], '.1e')} |")
     return lines
 
 
 def train_table(rows: list[dict], stat: str) -> list[str]:
-    lines = [f"| scheme | backend | ms / iteration ({stat}) | vs plain | vs compiled | vs reference |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [f"| case | scheme | precision | backend | ms / iteration ({stat}) | vs plain | vs compiled "
+             "| vs reference | vs fp32 |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['scheme']} | {r['backend']} | {_ms(r['ms'])} | {_x(r.get('vs_plain'))} "
-                     f"| {_x(r.get('vs_compiled'))} | {_x(r['speedup'])} |")
+        lines.append(f"| {r.get('case', 'default')} | {r['scheme']} | {r.get('precision', 'fp32')} | {r['backend']} "
+                     f"| {_ms(r['ms'])} | {_x(r.get('vs_plain'))} | {_x(r.get('vs_compiled'))} | {_x(r['speedup'])} "
+                     f"| {_x(r.get('vs_fp32'))} |")
     return lines
+
+
+def _train_case_line(rows: list[dict]) -> str:
+    r0 = rows[0]
+    if r0.get("case", "default") == "default":
+        return (f"`default`: one iteration of each scheme on jebm's `{r0['preset']}` configuration: dims {r0['dims']}, "
+                f"batch {r0['batch']}, {r0['prior_steps']} prior / {r0['post_steps']} posterior Langevin steps, "
+                f"{r0['space']}-space, {r0['decoder']} decoder, per backend and peer.")
+    shape = "x".join(map(str, r0["image_shape"])) if r0.get("image_shape") else "?"
+    return (f"`{r0['case']}`: one MLE iteration of the `{r0['preset']}` preset with the {r0['decoder']} decoder "
+            f"(ngf {r0.get('ngf')}) on {r0.get('dataset')} images of {shape}, dims {r0['dims']}, batch {r0['batch']}, "
+            f"{r0['prior_steps']} prior / {r0['post_steps']} posterior steps, per precision.")
 
 
 def skipped_lines(info: dict) -> list[str]:
@@ -324,7 +394,8 @@ def skipped_lines(info: dict) -> list[str]:
         if s.get("kind") in ("prior_chain", "posterior_chain"):
             what = f"{s['provider']} ({s['config']}, batch {s['batch']})"
         else:
-            what = f"{s.get('scheme')} iteration on {s.get('backend')}"
+            what = (f"{s.get('scheme')} iteration on {s.get('backend')}" if s.get("case", "default") == "default"
+                    else f"{s['case']} {s.get('scheme')} iteration in {s.get('precision')} on {s.get('backend')}")
         groups.setdefault(s["reason"], []).append(what)
     lines = []
     for reason, whats in groups.items():
@@ -375,15 +446,15 @@ def build_markdown(data: dict, source: str, stat: str, plot_rel: str | None, pro
             "`posterior`: jebm's default model's posterior (a PosteriorEnergy with its MLP decoder, fused "
             "whole by the cpu backend); `closure-mlp` / `closure-conv`: posteriors written as Python closures "
             "over an MLP / a small conv decoder, which no kernel fuses (autograd for the gradient, the "
-            "backend's fused update for the noise and the move). Columns as above.", ""]
+            "backend's fused update for the noise and the move); `svhn-conv`: the same closure over LEBM's SVHN "
+            "generator, with its own chain (K = 20 steps of 0.1, batches 16 and 100). Columns as above; the "
+            "`-bf16` providers evaluate the energy with bf16 products.", ""]
     out += prior_table(orows, stat) if orows else ["(no posterior-chain measurements in this run)"]
     out += ["", "### Training iteration", ""]
     if trows:
-        r0 = trows[0]
-        out += [f"One iteration of each scheme on jebm's `{r0['preset']}` configuration: dims {r0['dims']}, batch "
-                f"{r0['batch']}, {r0['prior_steps']} prior / {r0['post_steps']} posterior Langevin steps, "
-                f"{r0['space']}-space, {r0['decoder']} decoder.", ""]
-        out += train_table(trows, stat)
+        for case in dict.fromkeys(r.get("case", "default") for r in trows):
+            out += ["- " + _train_case_line([r for r in trows if r.get("case", "default") == case])]
+        out += [""] + train_table(trows, stat)
     else:
         out += ["(no training-iteration measurements in this run)"]
     out += ["", "### Targets", "", "| target | measured | status | detail |", "|---|---:|---|---|"]

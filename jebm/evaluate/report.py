@@ -5,7 +5,7 @@ can be mailed or archived alone. Sections, in order, each read from the files th
 leave in the run folder; a part that is missing is said so in the page, with the command that
 makes it, never dropped silently:
 
-1. the run: data set, scheme, preset, iterations, wall time, the whole config;
+1. the run: data set, scheme, preset, iterations, precision, wall time, the whole config;
 2. training curves (drawn here from ``metrics.jsonl`` as PNG);
 3. samples, reconstructions and the hierarchical sampling grid (``samples.png``,
    ``reconstructions.png`` from ``jebm train``; ``eval_*.png``, ``hierarchical.png`` and the
@@ -165,7 +165,8 @@ def _section_run(run_dir: Path, cfg: dict | None, lines: list[dict]) -> str:
              ("held-out class", cfg.get("exclude_class")), ("Langevin space", cfg.get("space")),
              ("prior chain", f"{cfg.get('prior_steps')} steps of s = {cfg.get('prior_step_size')}"),
              ("posterior chain", f"{cfg.get('post_steps')} steps of s = {cfg.get('post_step_size')}"),
-             ("backend / device", f"{cfg.get('backend')} / {cfg.get('device')}"), ("seed", cfg.get("seed"))]
+             ("backend / device", f"{cfg.get('backend')} / {cfg.get('device')}"),
+             ("precision", _precision_fact(cfg, lines)), ("seed", cfg.get("seed"))]
     if secs:
         facts.append(("training time (sum of logged s/iter x interval)",
                       f"{_training_seconds(lines):.1f} s; last {secs[-1]:.3g} s/iter"))
@@ -173,6 +174,17 @@ def _section_run(run_dir: Path, cfg: dict | None, lines: list[dict]) -> str:
     rows = [[_e(k), _e(json.dumps(v))] for k, v in sorted(cfg.items())]
     out.append("<details><summary>full config.json</summary>" + _table(["key", "value"], rows) + "</details>")
     return "".join(out)
+
+
+def _precision_fact(cfg: dict, lines: list[dict]) -> str:
+    """The run's precision (a run from before the key trained in fp32), the precisions its logged
+    iterations ran in when a resume changed it, and the chains' notes (a chain that ran otherwise)."""
+    logged = list(dict.fromkeys(l["precision"] for l in lines if isinstance(l.get("precision"), str)))
+    text = cfg.get("precision", "fp32")
+    if len(logged) > 1:
+        text += f" (logged iterations: {' then '.join(logged)})"
+    notes = list(dict.fromkeys(l["precision_note"] for l in lines if isinstance(l.get("precision_note"), str)))
+    return text + "".join(f"; {n}" for n in notes)
 
 
 def _training_seconds(lines: list[dict]) -> float:

@@ -259,7 +259,8 @@ class JEBM(nn.Module):
     def _param(self) -> torch.Tensor:
         return next(self.decoder.parameters())
 
-    def _run_chain(self, energy, init, n, space, n_steps, step_size, noise_scale, generator, backend):
+    def _run_chain(self, energy, init, n, space, n_steps, step_size, noise_scale, generator, backend,
+                   precision="auto"):
         p = self._param()
         start = init if init is not None else randn_layers(n, self.dims, generator, device=p.device, dtype=p.dtype)
         start = self._check_latents(start)
@@ -268,17 +269,17 @@ class JEBM(nn.Module):
         else:
             state, info = jk.langevin(energy, list(start), n_steps=n_steps, step_size=step_size,
                                       noise_scale=noise_scale, generator=generator, backend=backend,
-                                      return_info=True)
+                                      return_info=True, precision=precision)
         with torch.no_grad():
             z = self.eps_to_z(state) if space == "eps" else state
         return [t.detach() for t in z], state, info
 
     def sample_prior(self, n: int, *, n_steps: int | None = None, step_size=None, noise_scale=None,
                      space: str | None = None, generator=None, backend: str = "auto", init=None,
-                     return_info: bool = False):
+                     return_info: bool = False, precision: str = "auto"):
         """z ~ p(z) by short-run Langevin from N(0, I) noise (or from ``init``, in ``space``,
         for persistent chains); returns z-space layers [n, d_l] (and an info dict with the chain's
-        final ``state`` in its own space and the sampler's info).
+        final ``state`` in its own space and the sampler's info). ``precision``: ``langevin``'s.
 
         The Gaussian baseline (no EBM) has p = p_beta exactly, so it is sampled ancestrally."""
         _check_count(n)
@@ -290,17 +291,18 @@ class JEBM(nn.Module):
                 z = [t.detach() for t in self.eps_to_z(eps)]
             return (z, {"state": eps, "sampler": None, "exact": True}) if return_info else z
         z, state, info = self._run_chain(self.prior_energy_fn(space), init, n, space, n_steps, step_size,
-                                         noise_scale, generator, backend)
+                                         noise_scale, generator, backend, precision)
         return (z, {"state": state, "sampler": info, "exact": False}) if return_info else z
 
     def sample_posterior(self, x: torch.Tensor, *, n_steps: int | None = None, step_size=None, noise_scale=None,
                          space: str | None = None, generator=None, backend: str = "auto", init=None,
-                         return_info: bool = False):
-        """z ~ p(z | x) by short-run Langevin on U(z | x) from noise (or ``init``); z-space layers."""
+                         return_info: bool = False, precision: str = "auto"):
+        """z ~ p(z | x) by short-run Langevin on U(z | x) from noise (or ``init``); z-space layers.
+        ``precision``: ``langevin``'s."""
         self._check_images(x)
         n_steps, step_size, noise_scale, space = self._settings("post", n_steps, step_size, noise_scale, space)
         z, state, info = self._run_chain(self.posterior_energy_fn(x.detach(), space), init, x.shape[0], space,
-                                         n_steps, step_size, noise_scale, generator, backend)
+                                         n_steps, step_size, noise_scale, generator, backend, precision)
         return (z, {"state": state, "sampler": info}) if return_info else z
 
     def sample_ancestral(self, n: int, *, generator=None) -> list[torch.Tensor]:
@@ -322,7 +324,8 @@ class JEBM(nn.Module):
         return self.decode(self.sample_posterior(x, **kwargs)[0])
 
     def hierarchical_samples(self, n: int, *, n_steps: int | None = None, step_size=None, noise_scale=None,
-                             space: str | None = None, generator=None, backend: str = "auto"):
+                             space: str | None = None, generator=None, backend: str = "auto",
+                             precision: str = "auto"):
         """Hierarchical sampling (docs/design.md, section 7): draw one z from the prior, then for each
         layer l (top first) resample z_l ``n`` times with the other layers fixed, by Langevin on
         U restricted to layer l. Returns one image tensor [n, C, H, W] per layer, top layer first.
@@ -334,7 +337,8 @@ class JEBM(nn.Module):
         n_steps, step_size, noise_scale, space = self._settings("prior", n_steps, step_size, noise_scale, space)
         steps = list(step_size) if isinstance(step_size, (list, tuple)) else [step_size] * self.n_layers
         _, info = self.sample_prior(1, n_steps=n_steps, step_size=step_size, noise_scale=noise_scale,
-                                    space=space, generator=generator, backend=backend, return_info=True)
+                                    space=space, generator=generator, backend=backend, return_info=True,
+                                    precision=precision)
         base = info["state"]
         energy_all = self.prior_energy_fn(space)
         p = self._param()
@@ -347,7 +351,7 @@ class JEBM(nn.Module):
 
             start = randn_layers(n, [self.dims[l]], generator, device=p.device, dtype=p.dtype)[0]
             v = jk.langevin(energy_l, start, n_steps=max(n_steps, 1), step_size=steps[l], noise_scale=noise_scale,
-                            generator=generator, backend=backend)
+                            generator=generator, backend=backend, precision=precision)
             state = fixed[:l] + [v.detach()] + fixed[l + 1:]
             with torch.no_grad():
                 z = self.eps_to_z(state) if space == "eps" else state

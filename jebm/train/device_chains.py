@@ -35,9 +35,11 @@ def chain_kernel(backend: str, device: torch.device) -> str:
 
 
 def make_chain(energy, start: list[torch.Tensor], *, n_steps: int, step_size, noise_scale: float, backend: str,
-               generator: tuple[int, int]):
-    """A chain of ``energy`` for starts shaped like ``start``, on the kernels ``backend`` names."""
-    kw = dict(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, generator=generator)
+               generator: tuple[int, int], precision: str = "auto"):
+    """A chain of ``energy`` for starts shaped like ``start``, on the kernels ``backend`` names, its
+    energy in ``precision`` (``langevin``'s)."""
+    kw = dict(n_steps=n_steps, step_size=step_size, noise_scale=noise_scale, generator=generator,
+              precision=precision)
     return jk.GraphSafeChain(energy, list(start), kernel=chain_kernel(backend, start[0].device), **kw)
 
 

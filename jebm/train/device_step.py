@@ -91,7 +91,8 @@ class DevicePath:
         # parameter storage: a model moved or re-created gets new chains (they hold views of the weights)
         storage = tuple(p.data_ptr() for p in model.parameters())
         return (kind, tuple(tuple(s) for s in shapes), settings["n_steps"], _floats(settings["step_size"]),
-                float(settings["noise_scale"]), settings["space"], backend, model.sigma_x, storage)
+                float(settings["noise_scale"]), settings["space"], settings["precision"], backend, model.sigma_x,
+                storage)
 
     def sample_prior(self, chains, n: int, *, generator, backend: str, settings) -> list[torch.Tensor]:
         """``PriorChains.sample`` (``JEBM.sample_prior`` with the trainer's settings) on this path:
@@ -109,7 +110,8 @@ class DevicePath:
 
         def build(generator):
             return make_chain(model.prior_energy_fn(space), start, n_steps=s["n_steps"], step_size=s["step_size"],
-                              noise_scale=s["noise_scale"], backend=backend, generator=generator)
+                              noise_scale=s["noise_scale"], backend=backend, generator=generator,
+                              precision=s["precision"])
 
         entry = self.chains.get(self._key("prior", [t.shape for t in start], s, backend), build, generator)
         state = entry.run(start, generator)
@@ -137,7 +139,7 @@ class DevicePath:
             holder["x"] = x_buf
             chain = make_chain(model.posterior_energy_fn(x_buf, space), start, n_steps=s["n_steps"],
                                step_size=s["step_size"], noise_scale=s["noise_scale"], backend=backend,
-                               generator=generator)
+                               generator=generator, precision=s["precision"])
             chain.x_obs = x_buf
             return chain
 

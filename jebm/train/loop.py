@@ -2,8 +2,9 @@
 
 What a run writes into its folder (``out_dir``):
 - ``config.json``: the resolved run config;
-- ``metrics.jsonl``: one JSON object per logged iteration (losses, energies, seconds per iteration);
-  event lines carry ``diverged`` or ``rollback``;
+- ``metrics.jsonl``: one JSON object per logged iteration (losses, energies, seconds per iteration,
+  the run's ``precision``, and once a ``precision_note`` when a chain ran in another precision than
+  asked); event lines carry ``diverged`` or ``rollback``;
 - ``checkpoint.pt``: written atomically every ``ckpt_every`` iterations (``checkpoint_every``,
   ``--checkpoint-every``), at the start and at the end; the checkpoint it replaces is kept as
   ``checkpoint.prev.pt`` and both carry a digest checked on load (``jebm.train.checkpoint``);
@@ -73,9 +74,11 @@ from .run_state import RunState
 
 __all__ = ["train", "TrainResult", "TrainingDiverged"]
 
-# Keys that may differ between a run and its resumption (they do not change the math).
-_RESUMABLE_CHANGES = ("iters", "backend", "device", "log_every", "ckpt_every", "sample_every", "data_root",
-                      "n_samples", "rollback_retries", "rollback_lr_factor", "rollback_step_factor")
+# Keys that may differ between a run and its resumption (they do not change the math; backend,
+# device and precision change only the rounding: the state is float32 in every precision, so a bf16
+# run can go on in fp32 where no bf16 hardware is at hand).
+_RESUMABLE_CHANGES = ("iters", "backend", "device", "precision", "log_every", "ckpt_every", "sample_every",
+                      "data_root", "n_samples", "rollback_retries", "rollback_lr_factor", "rollback_step_factor")
 # An offset into the Philox key space for the fixed stream that draws the PNG snapshots, so they
 # never consume (and so never perturb) the training stream.
 _SNAPSHOT_SEED_XOR = 0x5EED_0F_5A4D_1E5
@@ -286,7 +289,10 @@ def _run(cfg, run_dir: Path, ckpt, damaged_newest: bool, ctx: dp.DistContext, de
                 if it % cfg["log_every"] == 0 or it == total:
                     now = time.perf_counter()
                     line = {"iter": it, **values, "sec_per_iter": (now - t_last_log) / (it - it_last_log),
-                            "philox_offset": state.gen.offset}
+                            "philox_offset": state.gen.offset, "precision": trainer.precision}
+                    notes = trainer.new_precision_notes()
+                    if notes:  # a chain ran in another precision than asked (said once, when first seen)
+                        line["precision_note"] = "; ".join(f"{k} chain: {v}" for k, v in notes.items())
                     if track_scales:
                         line.update(lr_scale=state.rollback["lr_scale"], step_scale=state.rollback["step_scale"])
                     t_last_log, it_last_log = now, it

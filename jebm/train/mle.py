@@ -44,7 +44,7 @@ class MLETrainer(Trainer):
             return self.short_run.posterior(x, self.sampling, generator=generator, backend=backend)
         return self.model.sample_posterior(x, generator=generator, backend=backend, **self.sampling.posterior())
 
-    def loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
+    def scheme_loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
         """Sample the chains and compute the iteration's losses: (metric values as floats, one
         scalar whose gradient is each parameter group's update)."""
         model, sx2 = self.model, 2 * self.model.sigma_x ** 2
@@ -55,7 +55,8 @@ class MLETrainer(Trainer):
             z_pos = self.sample_posterior(x, generator=generator, backend=backend)  # the GPU path or not: Trainer
         z_neg = self.sample_prior(x.shape[0], generator=generator, backend=backend) if model.has_ebm else None
 
-        recon = model.decode(z_pos[0])
+        with self.decoder_region():
+            recon = model.decode(z_pos[0])
         sq = (x - recon).reshape(x.shape[0], -1).pow(2).sum(-1)
         loss_recon = sq.mean() / sx2
         logp_pos = model.log_p_beta(z_pos).mean()

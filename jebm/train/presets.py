@@ -52,8 +52,8 @@ from ..model.config import is_real as _is_real
 from ..model.config import normalize_hidden
 from ..model.config import widths as _widths
 
-__all__ = ["PRESETS", "SCHEME_DEFAULTS", "RUN_KEYS", "resolve_config", "validate_config", "upgrade_config",
-           "describe_presets"]
+__all__ = ["PRESETS", "SCHEME_DEFAULTS", "RUN_KEYS", "PRECISIONS", "resolve_config", "validate_config",
+           "upgrade_config", "describe_presets"]
 
 # Every key a run config has, with the "default" preset's value.
 _BASE = dict(
@@ -106,6 +106,7 @@ _BASE = dict(
     seed=0,
     backend="auto",
     device="cpu",            # where the model, data and chains live ("cuda", "cuda:1", ...)
+    precision="fp32",        # "fp32" or "bf16": bf16 products in the chains and the losses, fp32 weights and sums
     preset="default",
     log_every=1,
     ckpt_every=100,          # checkpoint every N iterations (train(checkpoint_every=N), --checkpoint-every N)
@@ -152,6 +153,8 @@ PRESETS: dict[str, dict] = {
 }
 
 RUN_KEYS = tuple(_BASE)
+# What a run's products may run in (jebm.train.trainer.Trainer: the chains and the losses).
+PRECISIONS = ("fp32", "bf16")
 
 
 def describe_presets() -> str:
@@ -295,6 +298,8 @@ def validate_config(cfg: dict) -> dict:
         raise TypeError(f"backend must be a string, got {type(cfg['backend']).__name__}")
     if cfg["backend"] != "auto" and cfg["backend"] not in jk.BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {jk.BACKENDS}, got {cfg['backend']!r}")
+    if cfg["precision"] not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} (--set precision=bf16), got {cfg['precision']!r}")
     if not isinstance(cfg["device"], str):
         raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(cfg['device']).__name__}")
     try:

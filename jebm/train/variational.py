@@ -9,7 +9,7 @@ One iteration on a batch x:
 - alpha minimises mean F(z-) - mean F(z_q detached).
 Only the prior chain remains in the loop. The F(z) term of the ELBO gives phi (through the
 reparameterised z_q) a gradient, but alpha learns from its own loss only: one backward pass of
-loss_gen + mean F(z-) gives exactly that (``VariationalTrainer.loss`` says why).
+loss_gen + mean F(z-) gives exactly that (``VariationalTrainer.scheme_loss`` says why).
 
 With ``learn_step_size=True`` q's sample is refined by ``post_steps`` posterior Langevin steps with
 learned per-layer step sizes (``jebm.train.short_run.LearnedPosterior``), started from q's detached
@@ -61,7 +61,7 @@ class VariationalTrainer(Trainer):
             return self.short_run.posterior(x, self.sampling, generator=generator, backend=backend, start=z)
         return z
 
-    def loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
+    def scheme_loss(self, x: torch.Tensor, *, generator, backend: str) -> tuple[dict, torch.Tensor]:
         """Sample q and the prior chains and compute the losses: (metric values as floats, one
         scalar whose gradient is each parameter group's update).
 
@@ -76,7 +76,8 @@ class VariationalTrainer(Trainer):
         sx = model.sigma_x
         noise = randn_layers(B, model.dims, generator, device=x.device, dtype=x.dtype)
         z_q, log_q = self.infer(x, noise)
-        recon = model.decode(z_q[0])
+        with self.decoder_region():
+            recon = model.decode(z_q[0])
         sq = (x - recon).reshape(B, -1).pow(2).sum(-1)
         n_pix = recon[0].numel()
         log_px = -sq / (2 * sx * sx) - n_pix * (math.log(sx) + 0.5 * math.log(2 * math.pi))
