@@ -16,11 +16,13 @@ The rule (``select``), used by ``langevin``, by the custom ops and by ``GraphSaf
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 import torch
 
 from . import extension, fusion
 from .chain import autograd_energy_and_grad, run_chain
+from .layout import channels_last_convs
 from .precision import Precision
 from .prior_chain import cpu as prior_chain_cpu
 from .prior_chain import cuda as prior_chain_cuda
@@ -100,9 +102,13 @@ class Backend:
         # loop starts from the start check's evaluation when there was one (no call repeated). A
         # bf16 loop runs inside one autocast region, so the weights' bf16 copies are made once
         # per chain, not once per step (autocast's cache lives as long as the region).
-        with problem.precision.context(problem.device.type):
+        with problem.precision.context(problem.device.type), self.chain_context(problem):
             return run_chain(problem, self.energy_and_grad(problem), self.update.propose,
                              getattr(self.update, "mala_select", None), start=problem.start)
+
+    def chain_context(self, problem: Problem):
+        """What else holds for the length of a chain run through autograd (nothing by default)."""
+        return nullcontext()
 
 
 class ReferenceBackend(Backend):
@@ -147,6 +153,10 @@ class CpuBackend(Backend):
             if isinstance(terms, prior_chain_cpu.InputFault):
                 why = terms
         return why
+
+    def chain_context(self, problem):
+        # bf16 convolutions on the CPU run in the channels-last layout (layout.py)
+        return channels_last_convs(problem.energy, problem.device) if problem.precision.bf16 else nullcontext()
 
     def energy_and_grad(self, problem):
         post = problem.posterior

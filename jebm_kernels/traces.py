@@ -379,6 +379,34 @@ def _reachable(roots) -> list:
     return list(tensors.values())
 
 
+def reachable_modules(energy) -> list[nn.Module]:
+    """The modules (and their submodules) the energy's computation can reach, found as the trace
+    keys find its tensors (``_roots``: the energy itself, closure cells, defaults, globals named,
+    bound objects and their attributes)."""
+    found: dict = {}
+
+    def walk(o, depth):
+        if isinstance(o, nn.Module):
+            for m in o.modules():
+                found.setdefault(id(m), m)
+        elif depth and isinstance(o, (list, tuple)) and len(o) <= _MAX_ITEMS:
+            for x in o:
+                walk(x, depth - 1)
+        elif depth and isinstance(o, dict) and len(o) <= _MAX_ITEMS:
+            for x in o.values():
+                walk(x, depth - 1)
+        elif depth and isinstance(o, types.FunctionType):
+            for x in _function_roots(o)[1]:
+                walk(x, depth - 1)
+        elif depth and not torch.is_tensor(o) and _attributes(o) is not None:
+            for _, x in _attributes(o):
+                walk(x, depth - 1)
+
+    for r in _roots(energy)[1]:
+        walk(r, 2)
+    return list(found.values())
+
+
 def _places(roots, tensors: dict | None = None) -> dict:
     """id(tensor) -> (root index, path) for every tensor reachable from the roots: a tensor root,
     a module's parameters, buffers and tensor attributes, the items of a list, tuple or dict, an

@@ -149,3 +149,47 @@ def test_the_prior_chain_op_takes_fp32_or_bf16_only():
     chain = FusedPriorChain(prior, n_steps=3, step_size=0.1, precision="bf16")
     out = chain([torch.randn(4, 5)], jk.philox_tensor(1, 0))
     assert out[0].shape == (4, 5) and torch.isfinite(out[0]).all()
+
+
+def small_conv_decoder(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Unflatten(1, (6, 1, 1)), nn.ConvTranspose2d(6, 8, 4, 1, 0), nn.LeakyReLU(0.2),
+                         nn.ConvTranspose2d(8, 1, 4, 2, 1), nn.Tanh())
+
+
+def test_a_bf16_conv_chain_holds_weights_channels_last_only_for_the_chain():
+    dec = small_conv_decoder()
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    energy = lambda z: ((x - dec(z)) ** 2).flatten(1).sum(-1) / (2 * 0.3 ** 2) + 0.5 * z.pow(2).sum(-1)  # noqa: E731
+    weights = [m.weight for m in dec if isinstance(m, nn.ConvTranspose2d)]
+    before = [(w.data_ptr(), w.detach().clone()) for w in weights]
+    seen = []
+    dec[1].register_forward_hook(lambda m, i, o: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    z = torch.randn(5, 6)
+    out, info = run(energy, z, backend="cpu", precision="bf16")
+    if info["precision"] == "bf16":
+        assert len(seen) >= 6 and all(seen[-6:])  # channels-last at each of the chain's 6 evaluations
+    ref, _ = run(energy, z, backend="reference", precision="bf16")  # the plain autocast loop
+    for w, (ptr, values) in zip(weights, before):
+        assert w.data_ptr() == ptr and w.is_contiguous() and torch.equal(w, values)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0.05 * 0.3)  # bf16 rounding in two layouts
+    fp32, _ = run(energy, z, backend="cpu", precision="fp32")
+    seen.clear()
+    run(energy, z, backend="cpu", precision="fp32")
+    assert len(seen) >= 6 and not any(seen[-6:])  # fp32 chains run the user's layout
+
+
+def test_a_write_into_a_conv_weight_during_a_bf16_chain_is_kept():
+    dec = small_conv_decoder()
+    calls = []
+
+    def energy(z):
+        calls.append(1)
+        with torch.no_grad():
+            dec[1].weight.mul_(1.0)  # an in-place write (same values) bumps the version
+            dec[1].weight[0, 0, 0, 0] = float(len(calls))
+        return dec(z).flatten(1).pow(2).sum(-1) + 0.5 * z.pow(2).sum(-1)
+
+    z = torch.randn(3, 6)
+    run(energy, z, backend="cpu", precision="bf16", n_steps=3)
+    assert float(dec[1].weight.detach()[0, 0, 0, 0]) == float(len(calls)) and dec[1].weight.is_contiguous()
