@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--score-sigma-x", type=_sigma_or_model, default=None, metavar="S|model",
                    help="--outlier: the sigma of the score's reconstruction term ||x - g(z_1)||^2/(2 S^2), the same "
                         "for the three models; 'model': each model's own sigma_x (default: the data set's outlier "
-                        "default, 5 on mnist5k, else 'model')")
+                        "default, 4 on mnist5k, else 'model')")
     e.add_argument("--score-prior", choices=("U", "F"), default=None,
                    help="--outlier: the score's prior term, U(z) = -F(z) - log p_beta(z) (with --score-sigma-x model: "
                         "the exact -log p(x, z)) or F: -F(z) alone, the EBM term (default: the data set's outlier "
