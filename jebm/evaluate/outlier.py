@@ -5,11 +5,15 @@ for each held-out class c and seed,
 - train on the train split (80%) of the nine inlier classes;
 - test on the test split (the other 20%) of the inlier classes plus *every* image of class c
   (about 36% positives on MNIST);
-- score each test image by the negative log joint ||x - g(z_1)||^2 / (2 sigma_x^2) + U(z), averaged
-  over ``n_chains`` posterior chains (one chain is too noisy to compare models:
-  ``jebm.evaluate.scores.outlier_score_parts``); higher = more anomalous;
-- AUPRC (the papers' number) and AUROC with class c positive, and the AUPRC of -F(z) alone (the
-  EBM term's own share of the score).
+- score each test image by ||x - g(z_1)||^2 / (2 s^2) + P(z), P = U(z) or -F(z), one s and P for
+  the three models, averaged over ``n_chains`` posterior chains (one chain is too noisy to compare
+  models: ``jebm.evaluate.scores.outlier_score_parts``); higher = more anomalous. s = the model's own
+  sigma_x with P = U is the exact negative log joint (the generic default); data sets may have other
+  defaults (``OUTLIER_DEFAULTS``), and then the summary says the score is not the exact one;
+- AUPRC (the papers' number) and AUROC with class c positive, for the score and for each of its
+  parts alone (``SCORE_PARTS``: the exact negative log joint, the squared error, U(z), -F(z)), so
+  the table shows which term carries the result; optionally (``checkpoint_average``) the mean and
+  spread over each run's last checkpoints, the papers' averaging.
 Three models, trained the same way (scheme, preset, iterations, seed, overrides): the joint EBM
 prior (``"ebm"``: the configured generator, L >= 2), the same generator with its Gaussian prior
 (``"gauss"``: ``ebm=False``) and LEBM (``"lebm"``: one latent layer, d_1, with an EBM prior on
@@ -458,8 +462,9 @@ def _plot_outlier(summary: dict, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     what = "validation" if summary.get("validation") else "test"
+    score = (summary.get("score") or {}).get("formula", "-log p(x, z)")
     ax.set_title(f"{summary['dataset']} ({what}), {summary['scheme']}, {summary['iters']} iters, "
-                 f"{summary.get('n_chains', 1)} chains, seeds {summary['seeds']}", fontsize=8)
+                 f"{summary.get('n_chains', 1)} chains, seeds {summary['seeds']}\nscore {score}", fontsize=8)
     fig.tight_layout()
     try:
         return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
