@@ -7,7 +7,8 @@
     jebm sample RUN_DIR_OR_CHECKPOINT --n 64 --out samples.png
     jebm eval RUN_DIR [--out DIR] [--n-test N]
     jebm eval --outlier --dataset mnist5k [--classes 1 4 5 7 9] [--seeds 0 1 2] [--chains 8] [--jobs 2 --threads 1]
-              [--validation] [--out runs/outlier]
+              [--validation] [--out runs/outlier] [--score-sigma-x S|model] [--score-prior U|F]
+              [--refine-steps K] [--checkpoint-average N]
     jebm eval RUN_DIR --classifier-fd [--fid-weights pt_inception-2015-12-05-6726825d.pth] [--fd-n 10000]
     jebm report RUN_DIR [--outlier runs/outlier/outlier.json] [--benchmarks .benchmarks/latest.json]
     jebm bench [--out .benchmarks/jebm-bench.json] [--budget SECONDS] [--batches 8 100] [--steps 60]
@@ -37,6 +38,19 @@ def parse_set(items: list[str] | None) -> dict:
             value = raw
         out[key] = value
     return out
+
+
+def _sigma_or_model(text: str):
+    """--score-sigma-x: a positive number, or 'model' (each model's own sigma_x)."""
+    if text == "model":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or 'model', got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or 'model', got {text!r}")
+    return v
 
 
 def _add_common_train(p: argparse.ArgumentParser, *, for_eval: bool = False) -> None:
@@ -106,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--validation", action="store_true",
                    help="--outlier: run the protocol inside the train split (fit / val parts), never reading the "
                         "test split: for choosing settings")
+    e.add_argument("--score-sigma-x", type=_sigma_or_model, default=None, metavar="S|model",
+                   help="--outlier: the sigma of the score's reconstruction term ||x - g(z_1)||^2/(2 S^2), the same "
+                        "for the three models; 'model': each model's own sigma_x (default: the data set's outlier "
+                        "default, 4 on mnist5k, else 'model')")
+    e.add_argument("--score-prior", choices=("U", "F"), default=None,
+                   help="--outlier: the score's prior term, U(z) = -F(z) - log p_beta(z) (with --score-sigma-x model: "
+                        "the exact -log p(x, z)) or F: -F(z) alone, the EBM term (default: the data set's outlier "
+                        "default, F on mnist5k, else U)")
+    e.add_argument("--refine-steps", type=int, default=None, metavar="K",
+                   help="--outlier: K noise-free posterior steps from each chain's end before scoring (default 0)")
+    e.add_argument("--checkpoint-average", type=int, default=None, metavar="N",
+                   help="--outlier: also score each run's last N checkpoints (kept every ckpt_every iterations) and "
+                        "report their mean and spread, the papers' averaging (default 1: the final checkpoint only)")
     e.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="--outlier: runs trained at once in worker processes (default 1); with --threads, the torch "
                         "threads of each (default: the cores shared out)")
@@ -201,7 +228,7 @@ def _cmd_eval(a) -> int:
             base = {k: cfg[k] for k in ("dataset", "data_root", "preset", "scheme")}
             kwargs = {**{k: v for k, v in cfg.items() if k not in ("dataset", "data_root", "preset", "scheme", "ebm",
                                                                    "exclude_class", "seed", "iters", "backend",
-                                                                   "validation")},
+                                                                   "validation", "keep_checkpoints")},
                       **kwargs}
             iters = iters if iters is not None else cfg["iters"]  # the same budget as the given run
         else:
@@ -209,7 +236,9 @@ def _cmd_eval(a) -> int:
         for k in ("dataset", "data_root", "preset", "scheme"):
             if getattr(a, k) is not None:
                 base[k] = getattr(a, k)
-        extra = {k: v for k, v in (("n_chains", a.chains), ("models", a.models)) if v is not None}
+        extra = {k: v for k, v in (("n_chains", a.chains), ("models", a.models), ("score_sigma_x", a.score_sigma_x),
+                                   ("score_prior", a.score_prior), ("refine_steps", a.refine_steps),
+                                   ("checkpoint_average", a.checkpoint_average)) if v is not None}
         summary = outlier_experiment(
             classes=a.classes if a.classes is not None else PAPER_CLASSES,
             seeds=a.seeds if a.seeds is not None else (0, 1, 2), iters=iters,

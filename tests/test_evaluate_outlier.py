@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from jebm.data import load_dataset
-from jebm.evaluate.outlier import MODELS, format_outlier_table, model_overrides, outlier_experiment, outlier_test_set
+from jebm.evaluate.outlier import (
+    MODELS,
+    OUTLIER_DEFAULTS,
+    format_outlier_table,
+    model_overrides,
+    outlier_experiment,
+    outlier_settings,
+    outlier_test_set,
+)
 from jebm.evaluate.report import write_report
+from jebm.train.checkpoint import kept_checkpoints, save_checkpoint
 from jebm.train.presets import resolve_config
 
 TINY = dict(dims=[6, 3], ebm_hidden=[16], gauss_hidden=[16], dec_hidden=[32], infer_hidden=[32],
@@ -91,3 +100,59 @@ def test_models_and_arguments():
         outlier_experiment(classes=[1], n_chains=0)
     with pytest.raises(ValueError, match="jobs must be an int >= 1"):
         outlier_experiment(classes=[1], jobs=0)
+
+
+def test_settings_take_the_data_sets_defaults_and_given_values_win():
+    generic = outlier_settings("digits")
+    assert generic["score_sigma_x"] == "model" and generic["score_prior"] == "U"  # the exact -log p(x, z)
+    assert generic["checkpoint_average"] == 1 and generic["refine_steps"] == 0
+    mn = outlier_settings("mnist5k")
+    for k, v in OUTLIER_DEFAULTS["mnist5k"].items():
+        assert mn[k] == ({**generic["train"], **v} if k == "train" else v)
+    given = outlier_settings("mnist5k", score_sigma_x="model", score_prior="U", train={"lr_ebm": 1e-4})
+    assert given["score_sigma_x"] == "model" and given["score_prior"] == "U" and given["train"]["lr_ebm"] == 1e-4
+    with pytest.raises(TypeError, match="unknown outlier setting"):
+        outlier_settings("digits", sigma=1.0)
+    with pytest.raises(ValueError, match="score_prior must be one of"):
+        outlier_experiment(classes=[1], score_prior="eps")
+    with pytest.raises(ValueError, match="score_sigma_x must be a number > 0 or 'model'"):
+        outlier_experiment(classes=[1], score_sigma_x=-1.0)
+    with pytest.raises(ValueError, match="checkpoint_average must be an int >= 1"):
+        outlier_experiment(classes=[1], checkpoint_average=0)
+    with pytest.raises(TypeError, match="checkpoint_average=N"):
+        outlier_experiment(classes=[1], keep_checkpoints=3)
+
+
+def test_keep_checkpoints_keeps_the_newest_n_and_none_by_default(tmp_path):
+    obj = {"format_version": 2, "image_shape": [1, 8, 8], "model": {"w": torch.zeros(2)}, "optimizers": {},
+           "philox": [1, 0]}
+    for it in range(0, 6):
+        save_checkpoint({**obj, "config": {"keep_checkpoints": 3}, "iteration": it}, tmp_path / "a" / "checkpoint.pt")
+        save_checkpoint({**obj, "config": {"keep_checkpoints": 0}, "iteration": it}, tmp_path / "b" / "checkpoint.pt")
+    kept = kept_checkpoints(tmp_path / "a")
+    assert [p.name for p in kept] == ["checkpoint_0000003.pt", "checkpoint_0000004.pt", "checkpoint_0000005.pt"]
+    assert torch.load(kept[-1], weights_only=True)["iteration"] == 5
+    assert kept_checkpoints(tmp_path / "b") == [] and resolve_config()["keep_checkpoints"] == 0
+
+
+def test_score_options_and_the_checkpoint_average(tmp_path):
+    s = outlier_experiment(classes=[1], seeds=[0], iters=6, out_dir=tmp_path / "o", progress=False, n_chains=1,
+                           models=["ebm", "gauss"], score_sigma_x=2.0, score_prior="F", checkpoint_average=3,
+                           **{**TINY, "ckpt_every": 2})
+    assert s["score"]["exact"] is False and s["score"]["formula"].endswith("- F(z)")
+    assert "not the exact" in s["score"]["note"]
+    row = s["runs"][0]
+    # each part beside the score; the Gaussian prior has no F, so its score ranks as its reconstruction error
+    for k in ("auprc", "auroc", "joint_auprc", "joint_auroc", "recon_auprc", "U_auprc", "U_auroc", "negF_auprc"):
+        assert 0 <= row[f"ebm_{k}"] <= 1
+    assert row["gauss_negF_auprc"] is None and row["gauss_auprc"] == row["gauss_recon_auprc"]
+    # the last 3 checkpoints, each scored; the final one is the run's own score
+    assert row["ebm_ckpt_iterations"] == [2, 4, 6] and row["ebm_ckpt_auprc"][-1] == row["ebm_auprc"]
+    cell = s["per_class"]["1"]["ebm"]
+    assert cell["ckpt_n"] == 3 and cell["ckpt_auprc"]["mean"] == pytest.approx(sum(row["ebm_ckpt_auprc"]) / 3)
+    cfg = json.loads((tmp_path / "o" / "c1_s0_ebm" / "config.json").read_text())
+    assert cfg["keep_checkpoints"] == 3
+    text = format_outlier_table(s)
+    assert "not the exact -log p(x, z)" in text and "last 3 checkpoints" in text and "joint" in text
+    html = write_report(tmp_path / "o" / "c1_s0_ebm", outlier=tmp_path / "o" / "outlier.json").read_text()
+    assert "exact -log p(x, z)" in html and "-F(z) alone" in html and "last 3 checkpoints" in html

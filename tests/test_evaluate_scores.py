@@ -6,7 +6,15 @@ import torch
 
 import jebm
 from jebm.data import load_dataset
-from jebm.evaluate.scores import auprc, auroc, eval_generator, outlier_score_parts, outlier_scores
+from jebm.evaluate.scores import (
+    SCORE_PRIORS,
+    auprc,
+    auroc,
+    eval_generator,
+    outlier_score_parts,
+    outlier_scores,
+    weighted_score,
+)
 
 TINY = dict(dims=[6, 3], ebm_hidden=[16], gauss_hidden=[16], dec_hidden=[32], infer_hidden=[32],
             infer_head_hidden=[16], prior_steps=5, post_steps=5, batch_size=50, sample_every=0, n_samples=9)
@@ -77,3 +85,31 @@ def test_auroc():
     assert auroc(torch.tensor([0.9, 0.8, 0.7, 0.1]), torch.tensor([1, 0, 1, 0])) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="both positives"):
         auroc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1]))
+
+
+def test_weighted_score_recombines_the_parts(mle_run):
+    run = jebm.load_run(mle_run.run_dir)
+    x = load_dataset("digits", split="test").images[:12]
+    parts = outlier_score_parts(run.model, x, seed=4, n_chains=2)
+    # the model's own sigma_x with U(z): the negative log joint itself
+    torch.testing.assert_close(weighted_score(parts, sigma_x=run.model.sigma_x, prior="U"), parts["score"])
+    torch.testing.assert_close(parts["recon"], parts["sq"] / (2 * run.model.sigma_x ** 2))
+    # another weight, and -F alone in place of U
+    torch.testing.assert_close(weighted_score(parts, sigma_x=5.0, prior="F"), parts["sq"] / 50.0 - parts["F"])
+    assert set(SCORE_PRIORS) == {"U", "F"}
+    with pytest.raises(ValueError, match="prior must be one of"):
+        weighted_score(parts, sigma_x=1.0, prior="eps")
+    with pytest.raises(ValueError, match="sigma_x must be a finite number > 0"):
+        weighted_score(parts, sigma_x=0.0)
+
+
+def test_refinement_descends_the_posterior_energy(mle_run):
+    # noise-free steps from the chains' ends go downhill on U(z | x) = recon + U (small steps)
+    run = jebm.load_run(mle_run.run_dir)
+    x = load_dataset("digits", split="test").images[:40]
+    noisy = outlier_score_parts(run.model, x, seed=4, n_chains=2, sampling=run.sampling)
+    refined = outlier_score_parts(run.model, x, seed=4, n_chains=2, sampling=run.sampling, refine_steps=20)
+    assert float(refined["score"].mean()) < float(noisy["score"].mean())
+    assert not torch.equal(refined["score"], noisy["score"])
+    with pytest.raises(ValueError, match="refine_steps must be an int >= 0"):
+        outlier_score_parts(run.model, x, refine_steps=-1)

@@ -355,6 +355,33 @@ def _section_outlier(run_dir: Path, outlier) -> str:
         out.append(_table(["class", *[f"AUROC, {_OUTLIER_NAMES[k]}" for k in models],
                            *[f"AUPRC of -F alone, {_OUTLIER_NAMES[k]}" for k in models if k != "gauss"]],
                           extra, num_cols=tuple(range(1, 2 * len(models)))))
+    score = summary.get("score")
+    part_keys = [("score", ""), ("exact -log p(x, z)", "joint_"), ("||x - g(z_1)||^2 alone", "recon_"),
+                 ("U(z) alone", "U_"), ("-F(z) alone", "negF_")]
+    if any("joint_auprc" in v[k] for v in summary["per_class"].values() for k in models):
+        def pair(d, p):
+            a, r = (d if not p else d.get(p + "auprc")), d.get(p + "auroc")
+            if not isinstance(a, dict) or a.get("mean") is None:
+                return "&ndash;"
+            return f"{a['mean']:.3f} / {r['mean']:.3f}" if isinstance(r, dict) and r.get("mean") is not None \
+                else f"{a['mean']:.3f}"
+        prow = [[f"held-out {_e(c)}", _e(_OUTLIER_NAMES[k]), *[pair(v[k], p) for _, p in part_keys]]
+                for c, v in summary["per_class"].items() for k in models]
+        out.append(_table(["class", "model", *[f"AUPRC / AUROC, {_e(n)}" for n, _ in part_keys]], prow,
+                          num_cols=tuple(range(2, 2 + len(part_keys)))))
+    if isinstance(score, dict):
+        out.append(f"<p class=note>Score: {_e(score.get('formula'))}; {_e(score.get('note', ''))}. The parts table "
+                   "shows which term carries the result: the same chains, each term ranked alone.</p>")
+    ck_models = [k for k in models if any("ckpt_auprc" in v[k] for v in summary["per_class"].values())]
+    if ck_models:
+        crow = [[f"held-out {_e(c)}", *[(f"{v[k]['ckpt_auprc']['mean']:.3f} &plusmn; {v[k]['ckpt_within_std']:.3f}"
+                                         if v[k].get("ckpt_auprc", {}).get("mean") is not None else "&ndash;")
+                                        for k in ck_models]] for c, v in summary["per_class"].items()]
+        out.append(_table(["class", *[f"AUPRC over the last {_e(summary.get('checkpoint_average'))} checkpoints, "
+                                      f"{_OUTLIER_NAMES[k]}" for k in ck_models]], crow,
+                          num_cols=tuple(range(1, 1 + len(ck_models)))))
+        out.append("<p class=note>Each run scored at its last checkpoints: mean over seeds of the per-run means "
+                   "&plusmn; the mean over runs of the spread over checkpoints (the papers' &plusmn;).</p>")
     paper = summary.get("paper_auprc")
     if paper and summary.get("dataset") in ("mnist", "mnist5k"):
         cls = list(summary["per_class"])

@@ -6,8 +6,11 @@ negative log joint) and AUPRC.
   posterior sample (posterior Langevin for MLE runs, q(z|x) for variational runs).
 - ``outlier_scores``: ||x - g(z_1)||^2 / (2 sigma_x^2) + U(z) at a posterior sample (higher = more
   anomalous), or averaged over several chains; ``outlier_score_parts``: that average and its parts
-  (reconstruction, F, log p_beta); ``auprc``: ``sklearn.metrics.average_precision_score`` and
-  ``auroc``: ``roc_auc_score``, with the outliers positive.
+  (reconstruction, F, log p_beta), optionally after noise-free refinement steps from the chains'
+  ends; ``weighted_score``: the parts recombined with another reconstruction weight and either
+  U(z) or the EBM term -F(z) alone (the outlier protocol's score options); ``auprc``:
+  ``sklearn.metrics.average_precision_score`` and ``auroc``: ``roc_auc_score``, with the outliers
+  positive.
 
 Every function that samples takes ``seed`` and draws from its own ``PhiloxGenerator``
 (``eval_generator``), so results are reproducible and two models scored with the same seed see the
@@ -24,7 +27,11 @@ import jebm_kernels as jk
 from ..model import JEBM, SamplingSettings, randn_layers
 
 __all__ = ["eval_generator", "posterior_latents", "reconstruction_error", "outlier_scores", "outlier_score_parts",
-           "auprc", "auroc"]
+           "weighted_score", "SCORE_PRIORS", "auprc", "auroc"]
+
+# The prior term of ``weighted_score``: "U" = U(z) = -F(z) - log p_beta(z) (with the model's own
+# sigma_x, the exact negative log joint), "F" = -F(z) alone (the EBM term, without the base density).
+SCORE_PRIORS = ("U", "F")
 
 _EVAL_SEED_XOR = 0xE7A1_5EED
 
@@ -116,30 +123,54 @@ def outlier_scores(model: JEBM, images: torch.Tensor, *, infer=None, method: str
 
 def outlier_score_parts(model: JEBM, images: torch.Tensor, *, infer=None, method: str = "auto", seed: int = 0,
                         backend: str = "auto", batch_size: int = 500, sampling: SamplingSettings | None = None,
-                        n_chains: int = 4) -> dict:
+                        n_chains: int = 4, refine_steps: int = 0) -> dict:
     """The outlier score and its parts, each averaged over ``n_chains`` independent posterior chains
     per image (the images repeated ``n_chains`` times in one batch of chains), [N] each:
-    ``score`` = ``recon`` + ``U``, with ``recon`` = ||x - g(z_1)||^2/(2 sigma_x^2), ``U`` = -F(z) -
-    log p_beta(z) and its parts ``F`` and ``log_p_beta``. With one chain, ``score`` is
-    ``outlier_scores``'s."""
+    ``score`` = ``recon`` + ``U`` (the negative log joint), with ``recon`` = ||x - g(z_1)||^2/(2
+    sigma_x^2) and ``sq`` = ||x - g(z_1)||^2 itself, ``U`` = -F(z) - log p_beta(z) and its parts
+    ``F`` and ``log_p_beta``. With one chain, ``score`` is ``outlier_scores``'s.
+
+    ``refine_steps`` > 0: from each chain's end, that many noise-free steps of the posterior chain
+    (gradient descent on U(z | x) with the chain's step size), towards the nearest mode."""
     if not isinstance(n_chains, int) or isinstance(n_chains, bool) or n_chains < 1:
         raise ValueError(f"n_chains must be an int >= 1, got {n_chains!r}")
+    if not isinstance(refine_steps, int) or isinstance(refine_steps, bool) or refine_steps < 0:
+        raise ValueError(f"refine_steps must be an int >= 0, got {refine_steps!r}")
     images = _check_images(model, images)
     per = max(1, batch_size // n_chains)  # images per batch: per * n_chains chains at once
-    parts = {k: [] for k in ("score", "recon", "U", "F", "log_p_beta")}
+    parts = {k: [] for k in ("score", "recon", "sq", "U", "F", "log_p_beta")}
     g = eval_generator(seed)
+    post = (SamplingSettings.from_config(model.config) if sampling is None else sampling).posterior()
     for sl in _batches(images.shape[0], per):
         x = images[sl]
         xr = x.repeat(n_chains, 1, 1, 1)  # chain m of image i at row m * b + i
         z = posterior_latents(model, xr, infer=infer, method=method, generator=g, backend=backend, sampling=sampling)
+        if refine_steps:
+            # posterior_latents returns z-space layers, so the refinement runs in z-space
+            z = model.sample_posterior(xr, init=z, n_steps=refine_steps, step_size=post["step_size"],
+                                       noise_scale=0.0, space="z", generator=g, backend=backend)
         with torch.no_grad():
+            sq = (xr - model.decode(z[0])).reshape(xr.shape[0], -1).pow(2).sum(-1)
             recon = model.recon_energy(xr, z[0])
             F = model.F(z)
             lp = model.log_p_beta(z)
-        vals = {"recon": recon, "F": F, "log_p_beta": lp, "U": -F - lp, "score": recon - F - lp}
+        vals = {"recon": recon, "sq": sq, "F": F, "log_p_beta": lp, "U": -F - lp, "score": recon - F - lp}
         for k, v in vals.items():
             parts[k].append(v.reshape(n_chains, x.shape[0]).mean(0))
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def weighted_score(parts: dict, *, sigma_x: float, prior: str = "U") -> torch.Tensor:
+    """||x - g(z_1)||^2 / (2 sigma_x^2) plus the prior term ``prior`` (``SCORE_PRIORS``: "U" for
+    U(z), "F" for -F(z) alone), from the chain averages of ``outlier_score_parts`` (the average is
+    linear, so this is the chain average of the recombined score). With the model's own sigma_x and
+    "U" it is the negative log joint, ``parts["score"]``; any other choice is not -log p(x, z)."""
+    if prior not in SCORE_PRIORS:
+        raise ValueError(f"prior must be one of {SCORE_PRIORS}, got {prior!r}")
+    if not isinstance(sigma_x, (int, float)) or isinstance(sigma_x, bool) or not math.isfinite(sigma_x) \
+            or sigma_x <= 0:
+        raise ValueError(f"sigma_x must be a finite number > 0, got {sigma_x!r}")
+    return parts["sq"] / (2 * float(sigma_x) ** 2) + (parts["U"] if prior == "U" else -parts["F"])
 
 
 def auprc(scores: torch.Tensor, positive: torch.Tensor) -> float:

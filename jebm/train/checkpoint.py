@@ -30,7 +30,8 @@ import torch
 from ..atomic import TEMP_MARK, atomic_write
 
 __all__ = ["CHECKPOINT_NAME", "PREVIOUS_NAME", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint",
-           "find_checkpoint", "newest_good_checkpoint", "content_digest", "remove_stale_temporaries"]
+           "find_checkpoint", "newest_good_checkpoint", "content_digest", "remove_stale_temporaries",
+           "kept_checkpoints"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_NAME = "checkpoint.prev.pt"
@@ -82,7 +83,48 @@ def save_checkpoint(obj: dict, path: str | os.PathLike, *, keep_previous: bool =
         if keep_previous and path.exists():
             _keep_as_previous(path)
 
-    return atomic_write(path, lambda f: torch.save(payload, f), fsync=True, before_replace=before_replace)
+    written = atomic_write(path, lambda f: torch.save(payload, f), fsync=True, before_replace=before_replace)
+    config = payload.get("config")
+    keep = config.get("keep_checkpoints", 0) if isinstance(config, dict) else 0
+    if keep and isinstance(payload.get("iteration"), int) and payload["iteration"] > 0:
+        _keep_numbered(written, payload["iteration"], keep)
+    return written
+
+
+_KEPT_PREFIX = "checkpoint_"
+
+
+def _keep_numbered(path: Path, iteration: int, keep: int) -> None:
+    """Keep the checkpoint just written as ``checkpoint_<iteration>.pt`` too (the run config's
+    ``keep_checkpoints``: the papers average their outlier figures over a run's last checkpoints),
+    and delete the numbered ones beyond the newest ``keep``. Iteration 0 (the untrained model) is
+    never kept."""
+    numbered = path.with_name(f"{_KEPT_PREFIX}{iteration:07d}.pt")
+    link = numbered.with_name(f".{numbered.name}{TEMP_MARK}{os.getpid()}")
+    try:
+        if link.exists():
+            link.unlink()
+        os.link(path, link)  # the same bytes, no copy (checkpoint.pt is replaced, never written in place)
+        os.replace(link, numbered)
+    except OSError:  # no hard links on this file system: a copy
+        if link.exists():
+            link.unlink()
+        atomic_write(numbered, path.read_bytes())
+    for old in kept_checkpoints(path.parent)[:-keep]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
+def kept_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The numbered checkpoints a run with ``keep_checkpoints`` > 0 kept, oldest first."""
+    found = []
+    for p in Path(run_dir).glob(f"{_KEPT_PREFIX}*.pt"):
+        digits = p.stem[len(_KEPT_PREFIX):]
+        if digits.isdigit():
+            found.append((int(digits), p))
+    return [p for _, p in sorted(found)]
 
 
 def _keep_as_previous(path: Path) -> None:

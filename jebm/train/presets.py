@@ -110,6 +110,8 @@ _BASE = dict(
     preset="default",
     log_every=1,
     ckpt_every=100,          # checkpoint every N iterations (train(checkpoint_every=N), --checkpoint-every N)
+    keep_checkpoints=0,      # also keep the newest N checkpoints as checkpoint_<iteration>.pt (0: none; the
+                             # outlier protocol's checkpoint average scores them)
     rollback_retries=0,      # on NaN/inf: reload the last good checkpoint and retry, at most N times (0: stop)
     rollback_lr_factor=0.5,  # each rollback multiplies the learning rates by this
     rollback_step_factor=0.5,  # ... and the Langevin step sizes by this
@@ -262,7 +264,8 @@ def validate_config(cfg: dict) -> dict:
     _pos_float(cfg, "noise_scale", allow_zero=True)
     if cfg["space"] not in ("z", "eps"):
         raise ValueError(f"space must be 'z' or 'eps', got {cfg['space']!r}")
-    for key in ("prior_steps", "post_steps", "log_every", "ckpt_every", "sample_every", "iters", "seed"):
+    for key in ("prior_steps", "post_steps", "log_every", "ckpt_every", "sample_every", "iters", "seed",
+                "keep_checkpoints"):
         _int(cfg, key, 0)
     for key in ("batch_size", "n_samples", "log_every", "ckpt_every"):
         _int(cfg, key, 1)
