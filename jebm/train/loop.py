@@ -77,8 +77,9 @@ __all__ = ["train", "TrainResult", "TrainingDiverged"]
 # Keys that may differ between a run and its resumption (they do not change the math; backend,
 # device and precision change only the rounding: the state is float32 in every precision, so a bf16
 # run can go on in fp32 where no bf16 hardware is at hand).
-_RESUMABLE_CHANGES = ("iters", "backend", "device", "precision", "log_every", "ckpt_every", "sample_every",
-                      "data_root", "n_samples", "rollback_retries", "rollback_lr_factor", "rollback_step_factor")
+_RESUMABLE_CHANGES = ("iters", "backend", "device", "precision", "keep_checkpoints", "log_every", "ckpt_every",
+                      "sample_every", "data_root", "n_samples", "rollback_retries", "rollback_lr_factor",
+                      "rollback_step_factor")
 # An offset into the Philox key space for the fixed stream that draws the PNG snapshots, so they
 # never consume (and so never perturb) the training stream.
 _SNAPSHOT_SEED_XOR = 0x5EED_0F_5A4D_1E5
