@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["Precision", "PRECISIONS", "resolve", "autocast_enabled", "autocast_dtype", "bf16_hardware_reason",
-           "FP32"]
+           "cpu_flags", "FP32"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _NAMES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -49,7 +49,8 @@ def autocast_dtype(device_type: str) -> torch.dtype:
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset:
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -63,7 +64,7 @@ def _cpu_flags() -> frozenset:
 def bf16_hardware_reason(device: torch.device) -> str | None:
     """Why ``device`` has no bf16 dot-product instructions (None: it has them)."""
     if device.type == "cpu":
-        flags = _cpu_flags()
+        flags = cpu_flags()
         if "avx512_bf16" in flags or "amx_bf16" in flags:
             return None
         return "this CPU has no bf16 dot-product instructions (AVX512-BF16 or AMX)"

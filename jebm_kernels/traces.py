@@ -385,25 +385,11 @@ def reachable_modules(energy) -> list[nn.Module]:
     bound objects and their attributes)."""
     found: dict = {}
 
-    def walk(o, depth):
-        if isinstance(o, nn.Module):
-            for m in o.modules():
-                found.setdefault(id(m), m)
-        elif depth and isinstance(o, (list, tuple)) and len(o) <= _MAX_ITEMS:
-            for x in o:
-                walk(x, depth - 1)
-        elif depth and isinstance(o, dict) and len(o) <= _MAX_ITEMS:
-            for x in o.values():
-                walk(x, depth - 1)
-        elif depth and isinstance(o, types.FunctionType):
-            for x in _function_roots(o)[1]:
-                walk(x, depth - 1)
-        elif depth and not torch.is_tensor(o) and _attributes(o) is not None:
-            for _, x in _attributes(o):
-                walk(x, depth - 1)
+    def on_module(module, where):
+        for m in module.modules():
+            found.setdefault(id(m), m)
 
-    for r in _roots(energy)[1]:
-        walk(r, 2)
+    _walk(_roots(energy)[1], on_module=on_module)
     return list(found.values())
 
 
@@ -414,19 +400,35 @@ def _places(roots, tensors: dict | None = None) -> dict:
     places: dict = {}
     seen = tensors if tensors is not None else {}
 
+    def on_tensor(t, where):
+        places.setdefault(id(t), where)
+        seen[id(t)] = t
+
+    def on_module(module, where):
+        for name, m in module.named_modules(remove_duplicate=False):
+            prefix = tuple(name.split(".")) if name else ()
+            own = [(k, v) for d in (m._parameters, m._buffers) for k, v in d.items()]
+            own += [(k, v) for k, v in m.__dict__.items() if torch.is_tensor(v)]
+            for k, v in own:
+                if v is not None:
+                    on_tensor(v, (where[0], where[1] + prefix + (k,)))
+
+    _walk(roots, on_tensor=on_tensor, on_module=on_module)
+    return places
+
+
+def _walk(roots, *, on_tensor=None, on_module=None, depth: int = 2) -> None:
+    """Visits every tensor and module reachable from the roots with its place (root index, path):
+    through the items of a list, tuple or dict, a function's roots and an object's attributes, down
+    to ``depth`` containers (a module is visited whole: its own walk is the caller's)."""
+
     def walk(o, where, depth):
         if torch.is_tensor(o):
-            places.setdefault(id(o), where)
-            seen[id(o)] = o
+            if on_tensor is not None:
+                on_tensor(o, where)
         elif isinstance(o, nn.Module):
-            for name, m in o.named_modules(remove_duplicate=False):
-                prefix = tuple(name.split(".")) if name else ()
-                own = [(k, v) for d in (m._parameters, m._buffers) for k, v in d.items()]
-                own += [(k, v) for k, v in m.__dict__.items() if torch.is_tensor(v)]
-                for k, v in own:
-                    if v is not None:
-                        places.setdefault(id(v), (where[0], where[1] + prefix + (k,)))
-                        seen[id(v)] = v
+            if on_module is not None:
+                on_module(o, where)
         elif depth and isinstance(o, (list, tuple)) and len(o) <= _MAX_ITEMS:
             for i, x in enumerate(o):
                 walk(x, (where[0], where[1] + (("item", i),)), depth - 1)
@@ -441,8 +443,7 @@ def _places(roots, tensors: dict | None = None) -> dict:
                 walk(x, (where[0], where[1] + (k,)), depth - 1)
 
     for i, r in enumerate(roots):
-        walk(r, (i, ()), 2)
-    return places
+        walk(r, (i, ()), depth)
 
 
 def _resolve(roots, where):

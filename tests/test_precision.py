@@ -100,7 +100,7 @@ def test_a_float16_region_runs_the_energy_there_unfused():
 
 
 def test_without_bf16_hardware_bf16_runs_fp32_and_says_so(monkeypatch):
-    monkeypatch.setattr(prec, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(prec, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     net, z = lebm_like(), torch.randn(8, 12)
     ref, _ = run(closure_of(net), z, backend="reference", precision="fp32")
     out, info = run(closure_of(net), z, backend="reference", precision="bf16")

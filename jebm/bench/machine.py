@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import jebm_kernels as jk
+from jebm_kernels.precision import cpu_flags
 
 from .timing import time_calls
 
@@ -38,14 +39,7 @@ def _lscpu() -> dict:
 
 
 def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
-    except OSError:
-        pass
-    return []
+    return sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "amx")))
 
 
 def machine() -> dict:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import torch
 
 import jebm_kernels as jk
-from jebm_kernels.precision import autocast_enabled
+from jebm_kernels.precision import PRECISIONS, autocast_enabled
 
 __all__ = ["plain_langevin", "CompiledLangevin", "patched_langevin"]
 
@@ -49,8 +49,8 @@ def _call(energy, xs, is_list):
 
 
 def _check_precision(precision):
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def _energy_region(precision: str, device_type: str):
