@@ -145,6 +145,18 @@ JEBM_INLINE vd vdfma(vd a, vd b, vd c) {
 #endif
 }
 JEBM_INLINE vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
+// every lane of a comparison's mask set (a branch that skips work no lane needs)
+JEBM_INLINE bool all_set(vi m) {
+#if JEBM_FMA == 512
+    return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) == (__mmask16)0xFFFF;
+#elif JEBM_FMA == 256
+    return _mm256_movemask_ps((__m256)m) == 0xFF;
+#else
+    for (int i = 0; i < V; ++i)
+        if (!m[i]) return false;
+    return true;
+#endif
+}
 JEBM_INLINE vf vmax(vf a, vf b) { return sel(a > b, a, b); }
 // sqrt of a chain vector (correctly rounded, as vsqrt)
 JEBM_INLINE cf csqrt(cf a) {

@@ -370,6 +370,29 @@ def test_activation_value_and_derivative(name):
         assert_close_where(deriv.double(), dref, atol=2e-6, rtol=4e-7, what=f"{name} derivative ({isa})")
 
 
+@needs_ext
+def test_gelu_vectors_of_small_inputs_equal_mixed_vectors_bit_for_bit():
+    """GELU skips erfc's fit for a vector whose lanes all lie below |a| < sqrt 2
+    (activations_simd.h): the same inputs in vectors that also hold a large value take the full
+    path, and every value and derivative must be the same bits."""
+    from jebm_kernels import _C
+    gelu = _C.act_codes()["gelu"]
+    small = torch.linspace(-1.414, 1.414, 16 * 64)
+    mixed = small.reshape(-1, 16).clone()
+    mixed[:, ::4] = 3.0  # every vector (16, 8 or 4 lanes) holds a large value
+    mixed = mixed.reshape(-1)
+    keep = mixed != 3.0
+    for isa in _C.available_isas():
+        out = {}
+        for name, x in (("small", small), ("mixed", mixed)):
+            value, deriv = torch.empty_like(x), torch.empty_like(x)
+            with forced_isa(_C, isa):
+                _C.activation(gelu, 0.0, x.data_ptr(), x.numel(), value.data_ptr(), deriv.data_ptr())
+            out[name] = (value, deriv)
+        for i, what in enumerate(("value", "derivative")):
+            assert torch.equal(out["small"][i][keep], out["mixed"][i][keep]), f"GELU {what} ({isa})"
+
+
 @pytest.mark.slow
 @needs_ext
 def test_elu_within_one_ulp_of_torch_float32_and_its_signed_zeros():
