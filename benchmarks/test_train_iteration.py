@@ -20,7 +20,11 @@ The default configuration: d = (16, 8), MLP energies and Gaussians of width 64, 
 ``conv-mnist5k``, the default preset with ``decoder="conv"``, ``ngf=16`` on the first 100 mnist5k
 training images (1x28x28); ``cvpr-cifar10``, that preset as it is (its ngf 64 decoder onto 3x32x32,
 batch 100) on fixed random images of that shape (timing does not depend on the data).
-``JEBM_BENCH_QUICK=1`` runs both at batch 8 with 5-step chains.
+The decoder's memory layout (``layout``): "trainer" is the trainer's own choice (a conv decoder on the
+CPU in ``channels_last``, in both precisions); "contiguous" puts the decoder back in the default
+layout after the trainer is made, which is the fp32 iteration as jebm ran it before the trainer chose
+a layout: the baseline of the bf16 target ("bf16 >= 2.5x today's fp32 iteration, memory layout
+included"). ``JEBM_BENCH_QUICK=1`` runs both at batch 8 with 5-step chains.
 """
 from __future__ import annotations
 
@@ -117,13 +121,15 @@ CONV_CASES = {
     "conv-mnist5k": dict(preset="default", overrides=dict(decoder="conv", ngf=16, dataset="mnist5k")),
     "cvpr-cifar10": dict(preset="cvpr-cifar10", overrides={}, image_shape=(3, 32, 32)),
 }
-CONV_PARAMS = [(c, p) for c in CONV_CASES for p in ("fp32", "bf16")]
+CONV_RUNS = (("fp32", "contiguous"), ("fp32", "trainer"), ("bf16", "trainer"))
+CONV_PARAMS = [(c, p, lay) for c in CONV_CASES for p, lay in CONV_RUNS]
 
 
-@pytest.mark.parametrize("case,precision", CONV_PARAMS, ids=[f"{c}-{p}" for c, p in CONV_PARAMS])
-def test_conv_train_iteration(benchmark, peak, case, precision):
+@pytest.mark.parametrize("case,precision,layout", CONV_PARAMS,
+                         ids=[f"{c}-{p}" + ("-contiguous" if lay == "contiguous" else "") for c, p, lay in CONV_PARAMS])
+def test_conv_train_iteration(benchmark, peak, case, precision, layout):
     benchmark.group = f"training iteration: {case}, mle"
-    where = dict(kind="train_iteration", case=case, scheme="mle", backend="cpu", precision=precision)
+    where = dict(kind="train_iteration", case=case, scheme="mle", backend="cpu", precision=precision, layout=layout)
     api, why = _jebm()
     if api is None:
         harness.skip_with(why, **where)
@@ -153,6 +159,8 @@ def test_conv_train_iteration(benchmark, peak, case, precision):
             trainer = make_trainer(model, cfg)  # refuses bf16 where the CPU has no bf16 products
         except ValueError as exc:
             harness.skip_with(str(exc), **where)
+    if layout == "contiguous":  # before the optimisers' first step, so their state follows
+        model.decoder.to(memory_format=torch.contiguous_format)
     model.train()
     gen = jk.PhiloxGenerator(cfg["seed"])
 
