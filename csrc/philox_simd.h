@@ -44,14 +44,15 @@ JEBM_INLINE vf vcos_bm(vf t) {
 // ------------------------------------------------------------------------------ Philox, vectorised
 
 // hi, lo = the 64-bit products a[i] * m split in two words: two 32x32->64 multiplies (even and
-// odd lanes) and two blends; the generic fallback lets the compiler widen.
+// odd lanes) and the words put in place (AVX-512: one merge-masked in-lane shuffle per word, in
+// place of a shift and a blend); the generic fallback lets the compiler widen.
 JEBM_INLINE void mulhilo(vu a, uint32_t m, vu& hi, vu& lo) {
 #if JEBM_FMA == 512
     const __m512i va = (__m512i)a, vm = _mm512_set1_epi32((int)m);
-    const __m512i pe = _mm512_mul_epu32(va, vm);
-    const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(va, 32), vm);
-    hi = (vu)_mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 32), po);
-    lo = (vu)_mm512_mask_blend_epi32((__mmask16)0xAAAA, pe, _mm512_slli_epi64(po, 32));
+    const __m512i pe = _mm512_mul_epu32(va, vm);                         // [lo0 hi0 lo2 hi2 ..]
+    const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(va, 32), vm);  // [lo1 hi1 lo3 hi3 ..]
+    hi = (vu)_mm512_mask_shuffle_epi32(po, (__mmask16)0x5555, pe, _MM_PERM_DDBB);  // even lanes: pe's hi words
+    lo = (vu)_mm512_mask_shuffle_epi32(pe, (__mmask16)0xAAAA, po, _MM_PERM_CCAA);  // odd lanes: po's lo words
 #elif JEBM_FMA == 256
     const __m256i va = (__m256i)a, vm = _mm256_set1_epi32((int)m);
     const __m256i pe = _mm256_mul_epu32(va, vm);
