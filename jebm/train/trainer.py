@@ -20,7 +20,7 @@ must say what ran. At "fp32" nothing changes: no autocast region is entered.
 One exception, measured (docs/training.md, "Precision"): on the CPU a conv decoder's pass in the
 losses (its forward and the backward into its weights) runs in float32 at "bf16" too. oneDNN's
 bf16 weight gradient of a strided transposed convolution on AVX512-BF16 CPUs is faster than fp32
-on idle cores but 1.5-8x slower than fp32 once anything else shares them, while the chains, which
+on idle cores but 1.5-8.5x slower than fp32 once anything else shares them, while the chains, which
 need only the gradient with respect to z, run the decoder about twice as fast in bf16: they are
 where the decoder's time goes (K passes against one).
 
